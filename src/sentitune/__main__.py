@@ -1,0 +1,5 @@
+import sys
+
+from sentitune.cli import main
+
+sys.exit(main())

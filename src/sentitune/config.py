@@ -1,0 +1,391 @@
+"""Typed run configuration: YAML file -> dataclasses -> CLI overrides -> resolved YAML in the run folder.
+
+Every field has a default and a docstring-style comment; `__post_init__` validates values and names the
+field in the error. Unknown keys are errors, so a typo in a YAML file cannot silently fall back to a
+default.
+
+Example:
+    >>> cfg = RunConfig.from_dict({"model": "minilm-l6", "method": {"name": "lora"}})
+    >>> cfg.method.name, cfg.train.batch_size
+    ('lora', 32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the field."""
+
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_positive(section: str, name: str, value: Any, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if (value < 0) if allow_zero else (value <= 0):
+        raise ConfigError(f"{section}.{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "sst2"
+    """`sst2`, `imdb`, or `files` (any CSV/TSV/JSONL given by train_file/test_file)."""
+    data_dir: str | None = None
+    """Local folder with the dataset (e.g. ../shared/data); default: $SENTITUNE_DATA_DIR, else the hub."""
+    train_file: str | None = None
+    """Training file for dataset `files` (CSV, TSV or JSONL)."""
+    test_file: str | None = None
+    """Reported test split for dataset `files`."""
+    validation_file: str | None = None
+    """Optional model-selection split; default: a stratified slice carved from train."""
+    text_column: str | None = None
+    """Column holding the text; default per dataset (`sentence` for SST-2, `text` otherwise)."""
+    label_column: str | None = None
+    """Column holding the label; default `label`. For IMDB, `rating` gives the 8-class star target."""
+    label_names: list[str] | None = None
+    """Ordered label names; string labels in files map to ids in this order. Default: from the data."""
+    validation_size: float = 0.05
+    """Validation slice carved from train: a fraction (< 1) or a count (>= 1)."""
+    train_subset: int | None = None
+    """Use only this many (stratified, seeded) training examples; None = all."""
+    test_subset: int | None = None
+    """Use only this many test examples (for smoke runs; reported results should use all)."""
+    split_seed: int = 42
+    """Seed for the validation slice and subsets; fixed across training seeds so splits stay identical."""
+    max_length: int | None = None
+    """Max tokens per example including [CLS]/[SEP]; default 128 for SST-2, 512 for IMDB and files."""
+    truncation: str = "head"
+    """`head` keeps the start, `tail` the end, `head+tail` the first quarter and the last three quarters."""
+
+    def __post_init__(self) -> None:
+        _check_choice("data", "dataset", self.dataset, ("sst2", "imdb", "files"))
+        _check_choice("data", "truncation", self.truncation, ("head", "tail", "head+tail"))
+        _check_positive("data", "validation_size", self.validation_size)
+        _check_positive("data", "train_subset", self.train_subset)
+        _check_positive("data", "test_subset", self.test_subset)
+        if self.max_length is not None and not 8 <= self.max_length <= 512:
+            raise ConfigError(f"data.max_length: must be between 8 and 512 (BERT positions), got {self.max_length}")
+        if self.dataset == "files" and not (self.train_file and self.test_file):
+            raise ConfigError("data.train_file and data.test_file: both are required when data.dataset is 'files'")
+        if self.validation_size >= 1 and self.validation_size != int(self.validation_size):
+            raise ConfigError(f"data.validation_size: a count must be a whole number, got {self.validation_size}")
+
+    @property
+    def resolved_max_length(self) -> int:
+        if self.max_length is not None:
+            return self.max_length
+        return 128 if self.dataset == "sst2" else 512
+
+
+@dataclass
+class MethodConfig:
+    name: str = "full"
+    """Adaptation method: one of the registry (`sentitune train --help` lists them)."""
+    learning_rate: float | None = None
+    """Peak learning rate; None = the method's default (full 2e-5, lora 5e-4, head 1e-3)."""
+    head: str = "classifier"
+    """What `head` and `lora` train besides adapters: `classifier` or `pooler+classifier`.
+    `full` trains everything regardless. BERT's pooler is pretrained (NSP), so leaving it frozen is sound."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.1
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    """Modules that get adapters; `["all-linear"]` adapts every linear layer of the encoder."""
+    tfidf_word_ngrams: list[int] = field(default_factory=lambda: [1, 2])
+    """Word n-gram range [min, max] for the TF-IDF baseline; [] disables word features."""
+    tfidf_char_ngrams: list[int] = field(default_factory=lambda: [2, 5])
+    """Character (word-bounded) n-gram range [min, max]; [] disables char features."""
+    tfidf_max_features: int | None = 200_000
+    """Vocabulary cap per analyzer."""
+    tfidf_c_grid: list[float] = field(default_factory=lambda: [0.25, 1.0, 4.0, 16.0])
+    """Inverse regularisation strengths tried; the best on the validation slice is kept."""
+
+    def __post_init__(self) -> None:
+        from sentitune.methods import registry  # late import: methods import config
+
+        _check_choice("method", "name", self.name, tuple(registry.names()))
+        _check_choice("method", "head", self.head, ("classifier", "pooler+classifier"))
+        _check_positive("method", "learning_rate", self.learning_rate)
+        _check_positive("method", "lora_r", self.lora_r)
+        _check_positive("method", "lora_alpha", self.lora_alpha)
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"method.lora_dropout: must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules:
+            raise ConfigError("method.lora_target_modules: must name at least one module")
+        for name in ("tfidf_word_ngrams", "tfidf_char_ngrams"):
+            value = getattr(self, name)
+            if value and (len(value) != 2 or value[0] < 1 or value[0] > value[1]):
+                raise ConfigError(f"method.{name}: must be [] or [min, max] with 1 <= min <= max, got {value}")
+        if not self.tfidf_word_ngrams and not self.tfidf_char_ngrams:
+            raise ConfigError("method.tfidf_word_ngrams/tfidf_char_ngrams: at least one must be enabled")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3.0
+    """Training epochs (fractional allowed)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 = use epochs."""
+    batch_size: int = 32
+    """Per-device training batch size."""
+    eval_batch_size: int = 64
+    """Per-device evaluation batch size."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step (effective batch = batch_size x this x processes)."""
+    warmup_ratio: float = 0.06
+    """Fraction of steps with linear warm-up from 0 to the peak learning rate."""
+    lr_scheduler: str = "linear"
+    """Schedule after warm-up: linear, cosine or constant."""
+    weight_decay: float = 0.01
+    """AdamW weight decay; biases and LayerNorm weights are excluded (HF Trainer's no-decay groups)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    seed: int = 42
+    """Training seed (initialisation of new layers, dropout, data order)."""
+    precision: str = "auto"
+    """`auto` (bf16 on GPUs that support it, else fp16 on CUDA, else fp32), `fp32`, `bf16`, `fp16`."""
+    length_grouped: bool = True
+    """Batch examples of similar length together so dynamic padding wastes little."""
+    eval_strategy: str = "epoch"
+    """When to evaluate on the validation slice: `epoch`, `steps` or `no`."""
+    eval_steps: int | None = None
+    """Evaluate every N steps when eval_strategy is `steps`."""
+    logging_steps: int = 10
+    """Log loss and learning rate every N steps (the training history)."""
+    warmup_steps_excluded_from_throughput: int = 5
+    """First optimizer steps not counted in samples/s (allocation, kernel selection)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, more time."""
+    threads: int | None = None
+    """torch CPU threads; None = torch's default (all cores)."""
+    dataloader_workers: int = 0
+    """DataLoader workers; 0 keeps tokenised batches in the training process (best on 2 cores)."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            _check_positive("train", name, getattr(self, name))
+        _check_positive("train", "weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("train", "max_grad_norm", self.max_grad_norm, allow_zero=True)
+        _check_positive("train", "warmup_steps_excluded_from_throughput", self.warmup_steps_excluded_from_throughput, allow_zero=True)
+        _check_positive("train", "threads", self.threads)
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"train.max_steps: must be -1 (use epochs) or > 0, got {self.max_steps}")
+        _check_choice("train", "lr_scheduler", self.lr_scheduler, ("linear", "cosine", "constant"))
+        _check_choice("train", "precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _check_choice("train", "eval_strategy", self.eval_strategy, ("epoch", "steps", "no"))
+        if self.eval_strategy == "steps" and not self.eval_steps:
+            raise ConfigError("train.eval_steps: required when train.eval_strategy is 'steps'")
+
+
+@dataclass
+class RunConfig:
+    model: str = "bert-base-uncased"
+    """Hub id, local folder, or alias (`minilm-l6` = the bundled pretrained MiniLM, works offline)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None, source: str = "config") -> "RunConfig":
+        return _build(cls, raw or {}, source, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+        return _build(cls, raw or {}, str(path), "")
+
+    # ---- overrides ----------------------------------------------------------------------------
+    def override(self, dotted: dict[str, Any]) -> "RunConfig":
+        """Returns a new config with `{"train.epochs": 1, ...}` applied (None values are skipped)."""
+        raw = self.to_dict()
+        for key, value in dotted.items():
+            if value is None:
+                continue
+            node = raw
+            *parents, leaf = key.split(".")
+            for part in parents:
+                if part not in node or not isinstance(node[part], dict):
+                    raise ConfigError(f"{key}: unknown config section {part!r}")
+                node = node[part]
+            if leaf not in node:
+                raise ConfigError(f"{key}: unknown config field")
+            node[leaf] = value
+        return RunConfig.from_dict(raw, "overrides")
+
+    # ---- output -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def scaffolding(self) -> dict[str, Any]:
+        """Everything a fair comparison must hold fixed: all but the method section and the seed."""
+        raw = self.to_dict()
+        raw.pop("method")
+        raw["train"].pop("seed")
+        raw["data"]["max_length"] = self.data.resolved_max_length
+        return raw
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.scaffolding(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def learning_rate(self) -> float:
+        from sentitune.methods import registry
+
+        return self.method.learning_rate or registry.get(self.method.name).default_learning_rate
+
+
+def load_config(config_path: str | Path | None = None, preset: str | None = None,
+                overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults <- preset or YAML file <- dotted overrides."""
+    if config_path and preset:
+        raise ConfigError("--config and --preset: give one or the other")
+    if preset:
+        path = PRESET_DIR / f"{preset}.yaml"
+        if not path.exists():
+            raise ConfigError(f"--preset: unknown preset {preset!r}; available: {', '.join(preset_names())}")
+        cfg = RunConfig.from_yaml(path)
+    elif config_path:
+        cfg = RunConfig.from_yaml(config_path)
+    else:
+        cfg = RunConfig()
+    return cfg.override(overrides or {})
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def scaffolding_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of fields whose values differ between two scaffolding dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += scaffolding_differences(va, vb, name + ".")
+        elif va != vb:
+            out.append(f"{name} ({va!r} vs {vb!r})")
+    return out
+
+
+# ---- generic dict -> dataclass with type checks ---------------------------------------------------
+
+def _build(cls: type, raw: dict[str, Any], source: str, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]}; valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, source, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{source}: {prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if isinstance(value, str):  # CLI: "query,value" -> ["query", "value"]
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = get_args(hint)
+        return [_coerce(v, item, where) for v in value]
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {get_args(hint)}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value

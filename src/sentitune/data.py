@@ -1,0 +1,462 @@
+"""Data: sources (hub, GLUE TSV, IMDB CSV, any CSV/TSV/JSONL) -> labelled splits -> tokenised datasets.
+
+Splits are always train / validation / test:
+  * validation is a stratified, seeded slice carved from train and used only for model selection;
+  * test is what results report: GLUE SST-2's dev split (its test labels are hidden), IMDB's test split,
+    or the user's test file.
+
+Example:
+    >>> splits = load_splits(DataConfig(dataset="sst2", data_dir="../shared/data"))  # doctest: +SKIP
+    >>> len(splits.test), splits.label_names  # doctest: +SKIP
+    (872, ['negative', 'positive'])
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sentitune.config import DataConfig
+
+
+class DataError(ValueError):
+    """Input data is unusable; the message names the file, line, column and value."""
+
+
+SENTIMENT_NAMES = ["negative", "positive"]
+DATA_DIR_ENV = "SENTITUNE_DATA_DIR"
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices) -> "Split":
+        return Split([self.texts[i] for i in indices], [self.labels[i] for i in indices])
+
+
+@dataclass
+class DatasetSplits:
+    train: Split
+    validation: Split
+    test: Split
+    label_names: list[str]
+    source: str
+    """Where the data came from (paths or hub id), recorded in the run folder."""
+    notes: dict[str, int] = field(default_factory=dict)
+    """Counts of rows dropped or changed while loading (empty texts, duplicates, ...)."""
+
+
+@dataclass
+class RawTable:
+    """Rows read from one file before labels are mapped to ids."""
+
+    path: str
+    texts: list[str]
+    labels: list[str]
+    lines: list[int]
+    """1-based line number of each row in the file, for error messages."""
+    label_column: str
+    dropped_empty: int = 0
+    duplicates: int = 0
+
+
+# ---- reading files ----------------------------------------------------------------------------
+
+def _decode(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected a CSV/TSV/JSONL file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")  # -sig drops a BOM if present
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(
+            f"{path}: line {line}, column {column}: bytes {data[exc.start:exc.end]!r} are not UTF-8; "
+            "re-save the file as UTF-8"
+        ) from None
+
+
+def file_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in (".tsv", ".tab"):
+        return "tsv"
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise DataError(f"{path}: unknown file type {suffix or '(none)'}; use .csv, .tsv or .jsonl")
+
+
+def iter_records(path: str | Path, text: str | None = None):
+    """Yields (line_number, record dict) from a CSV/TSV/JSONL file; `text` replaces reading `path`.
+
+    TSV follows GLUE: tab-separated with no quoting, so quotes inside sentences are literal.
+    CSV follows RFC 4180, so quoted fields may hold commas and newlines.
+    """
+    path = Path(path)
+    fmt = file_format(path)
+    content = _decode(path) if text is None else text
+    if not content.strip():
+        raise DataError(f"{path}: file is empty")
+    if fmt == "jsonl":
+        for number, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {number}, column {exc.colno}: invalid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
+            yield number, record
+        return
+    if fmt == "tsv":
+        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.DictReader(io.StringIO(content, newline=""))
+    if not reader.fieldnames:
+        raise DataError(f"{path}: no header row")
+    reader.fieldnames = [name.strip() for name in reader.fieldnames]
+    try:
+        for record in reader:
+            yield reader.line_num, record
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: {exc}") from None
+
+
+def read_table(path: str | Path, text_column: str, label_column: str | None) -> RawTable:
+    """Reads texts (and labels unless `label_column` is None) from one file.
+
+    Whitespace-only texts are dropped and counted; exact duplicate rows are counted, not removed
+    (removing them would change the standard splits).
+    """
+    path = Path(path)
+    table = RawTable(str(path), [], [], [], label_column or "")
+    seen: set[tuple[str, str]] = set()
+    header_checked = False
+    for line, record in iter_records(path):
+        if not header_checked:
+            columns = list(record)
+            for wanted in [text_column] + ([label_column] if label_column else []):
+                if wanted not in record:
+                    raise DataError(f"{path}: line 1: no column {wanted!r}; columns are {columns}")
+            header_checked = True
+        text = record.get(text_column)
+        if text is None:
+            raise DataError(f"{path}: line {line}, column {text_column!r}: missing value")
+        text = str(text).strip()
+        if not text:
+            table.dropped_empty += 1
+            continue
+        label = ""
+        if label_column:
+            raw = record.get(label_column)
+            if raw is None or (isinstance(raw, str) and not raw.strip()):
+                raise DataError(f"{path}: line {line}, column {label_column!r}: empty label")
+            if isinstance(raw, (list, dict)):
+                raise DataError(f"{path}: line {line}, column {label_column!r}: label {raw!r} is not a single value")
+            label = str(raw).strip()
+        key = (text, label)
+        if key in seen:
+            table.duplicates += 1
+        seen.add(key)
+        table.texts.append(text)
+        table.labels.append(label)
+        table.lines.append(line)
+    if not header_checked:
+        raise DataError(f"{path}: header only, no data rows")
+    if not table.texts:
+        raise DataError(f"{path}: every text is empty ({table.dropped_empty} rows)")
+    return table
+
+
+# ---- labels -----------------------------------------------------------------------------------
+
+def _as_int(value: str) -> int | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def infer_label_names(tables: list[RawTable]) -> list[str]:
+    """Label names in id order: numbers sorted numerically, otherwise strings sorted."""
+    values = sorted({label for table in tables for label in table.labels})
+    numeric = [_as_int(v) for v in values]
+    if all(n is not None for n in numeric):
+        return [str(n) for n in sorted(set(numeric))]
+    if any(n is not None for n in numeric):
+        first_text = next(v for v, n in zip(values, numeric) if n is None)
+        first_number = next(v for v, n in zip(values, numeric) if n is not None)
+        table, line = _locate(tables, first_number)
+        raise DataError(
+            f"{table.path}: line {line}, column {table.label_column!r}: label {first_number!r} is a number "
+            f"but other labels are text (e.g. {first_text!r}); use one kind, or set data.label_names"
+        )
+    return values
+
+
+def _locate(tables: list[RawTable], value: str) -> tuple[RawTable, int]:
+    for table in tables:
+        for label, line in zip(table.labels, table.lines):
+            if label == value:
+                return table, line
+    raise KeyError(value)
+
+
+def map_labels(table: RawTable, label_names: list[str]) -> list[int]:
+    """Label strings -> ids by name; numeric labels also match names like '7' or an id 0..K-1."""
+    index = {name: i for i, name in enumerate(label_names)}
+    numeric_index = {_as_int(name): i for i, name in enumerate(label_names) if _as_int(name) is not None}
+    names_are_numbers = len(numeric_index) == len(label_names)
+    ids = []
+    for label, line in zip(table.labels, table.lines):
+        if label in index:
+            ids.append(index[label])
+            continue
+        number = _as_int(label)
+        if number is not None and number in numeric_index:
+            ids.append(numeric_index[number])
+        elif number is not None and not names_are_numbers and 0 <= number < len(label_names):
+            ids.append(number)  # files with 0/1 labels and declared names like negative/positive
+        else:
+            raise DataError(
+                f"{table.path}: line {line}, column {table.label_column!r}: label {label!r} is not one of "
+                f"{label_names}"
+            )
+    return ids
+
+
+# ---- sources ----------------------------------------------------------------------------------
+
+def resolve_data_dir(cfg: DataConfig) -> Path | None:
+    raw = cfg.data_dir or os.environ.get(DATA_DIR_ENV)
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_dir():
+        source = "data.data_dir" if cfg.data_dir else f"${DATA_DIR_ENV}"
+        raise DataError(f"{source}: folder {path} does not exist")
+    return path
+
+
+def _find_pair(root: Path, sub: str, names: tuple[str, str]) -> tuple[Path, Path] | None:
+    for folder in (root / sub, root):
+        if all((folder / n).exists() for n in names):
+            return folder / names[0], folder / names[1]
+    return None
+
+
+def _load_hub(cfg: DataConfig) -> tuple[list[RawTable], str]:
+    from sentitune.models import hub_offline_reason
+
+    hub_id, config_name, test_split = {
+        "sst2": ("nyu-mll/glue", "sst2", "validation"),
+        "imdb": ("stanfordnlp/imdb", None, "test"),
+    }[cfg.dataset]
+    reason = hub_offline_reason()
+    if reason:
+        raise DataError(
+            f"dataset {cfg.dataset!r}: no local copy (set --data-dir or ${DATA_DIR_ENV}) and {reason}"
+        )
+    import datasets
+
+    loaded = datasets.load_dataset(hub_id, config_name)
+    text_column = cfg.text_column or ("sentence" if cfg.dataset == "sst2" else "text")
+    label_column = cfg.label_column or "label"
+    tables = []
+    for split in ("train", test_split):
+        part = loaded[split]
+        tables.append(RawTable(f"{hub_id}:{split}", [t.strip() for t in part[text_column]],
+                               [str(v) for v in part[label_column]], list(range(2, len(part) + 2)), label_column))
+    return tables, f"hub:{hub_id}" + (f"/{config_name}" if config_name else "")
+
+
+def _default_names(cfg: DataConfig) -> list[str] | None:
+    if cfg.label_names:
+        return list(cfg.label_names)
+    if cfg.dataset in ("sst2", "imdb") and (cfg.label_column or "label") == "label":
+        return list(SENTIMENT_NAMES)
+    return None
+
+
+def load_raw_tables(cfg: DataConfig) -> tuple[RawTable, RawTable | None, RawTable, str]:
+    """(train, validation or None, test, source description)."""
+    validation = None
+    if cfg.dataset == "files":
+        text_column, label_column = cfg.text_column or "text", cfg.label_column or "label"
+        train = read_table(cfg.train_file, text_column, label_column)
+        test = read_table(cfg.test_file, text_column, label_column)
+        if cfg.validation_file:
+            validation = read_table(cfg.validation_file, text_column, label_column)
+        return train, validation, test, f"files:{cfg.train_file},{cfg.test_file}"
+    root = resolve_data_dir(cfg)
+    if root is None:
+        (train, test), source = _load_hub(cfg)
+        return train, None, test, source
+    names = {"sst2": ("train.tsv", "dev.tsv"), "imdb": ("train.csv", "test.csv")}[cfg.dataset]
+    pair = _find_pair(root, cfg.dataset, names)
+    if pair is None:
+        raise DataError(f"{root}: no {cfg.dataset}/{names[0]} and {names[1]} (nor in the folder itself)")
+    text_column = cfg.text_column or ("sentence" if cfg.dataset == "sst2" else "text")
+    label_column = cfg.label_column or "label"
+    train = read_table(pair[0], text_column, label_column)
+    test = read_table(pair[1], text_column, label_column)
+    return train, None, test, f"local:{pair[0]},{pair[1]}"
+
+
+def _stratified_take(labels: list[int], size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(taken, rest) indices: a stratified, seeded sample of `size` (fraction or count)."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(labels))
+    count = int(size) if size >= 1 else max(1, round(size * len(labels)))
+    if count >= len(labels):
+        raise DataError(f"cannot take {count} examples from a split of {len(labels)}")
+    counts = Counter(labels)
+    stratify = labels if min(counts.values()) >= 2 and count >= len(counts) and len(labels) - count >= len(counts) else None
+    rest, taken = train_test_split(indices, test_size=count, random_state=seed, stratify=stratify)
+    return np.sort(taken), np.sort(rest)
+
+
+def load_splits(cfg: DataConfig) -> DatasetSplits:
+    train_table, validation_table, test_table, source = load_raw_tables(cfg)
+    label_names = _default_names(cfg) or infer_label_names([train_table])
+    if len(label_names) < 2:
+        raise DataError(f"{train_table.path}: column {train_table.label_column!r} has a single class "
+                        f"({label_names[0]!r}); a classifier needs at least two")
+    train = Split(train_table.texts, map_labels(train_table, label_names))
+    if len(set(train.labels)) < 2:
+        raise DataError(f"{train_table.path}: column {train_table.label_column!r} has a single class "
+                        f"({label_names[train.labels[0]]!r}); a classifier needs at least two")
+    test = Split(test_table.texts, map_labels(test_table, label_names))
+    if validation_table is not None:
+        validation = Split(validation_table.texts, map_labels(validation_table, label_names))
+    else:
+        taken, rest = _stratified_take(train.labels, cfg.validation_size, cfg.split_seed)
+        validation, train = train.subset(taken), train.subset(rest)
+    if cfg.train_subset and cfg.train_subset < len(train):
+        taken, _ = _stratified_take(train.labels, cfg.train_subset, cfg.split_seed + 1)
+        train = train.subset(taken)
+    if cfg.test_subset and cfg.test_subset < len(test):
+        taken, _ = _stratified_take(test.labels, cfg.test_subset, cfg.split_seed + 2)
+        test = test.subset(taken)
+    tables = [train_table, test_table] + ([validation_table] if validation_table else [])
+    notes = {
+        "dropped_empty_texts": sum(t.dropped_empty for t in tables),
+        "duplicate_rows": sum(t.duplicates for t in tables),
+    }
+    return DatasetSplits(train, validation, test, label_names, source, notes)
+
+
+# ---- tokenisation -----------------------------------------------------------------------------
+
+def truncate_ids(ids: list[int], budget: int, strategy: str) -> list[int]:
+    """Keeps `budget` token ids: the start (`head`), the end (`tail`), or a quarter of the budget
+    from the start and the rest from the end (`head+tail`, after Sun et al. 2019 for long reviews)."""
+    if len(ids) <= budget:
+        return ids
+    if strategy == "head":
+        return ids[:budget]
+    if strategy == "tail":
+        return ids[-budget:]
+    head = budget // 4
+    return ids[:head] + ids[len(ids) - (budget - head):]
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int, truncation: str = "head") -> tuple[dict, int]:
+    """Token ids with [CLS]/[SEP] and no padding (padding happens per batch); returns (encoding, truncated)."""
+    if truncation == "head":
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)
+        truncated = sum(1 for ids in encoded["input_ids"] if len(ids) == max_length)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}, truncated
+    body = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
+    budget = max_length - 2
+    input_ids, truncated = [], 0
+    for ids in body:
+        truncated += len(ids) > budget
+        input_ids.append([tokenizer.cls_token_id] + truncate_ids(ids, budget, truncation) + [tokenizer.sep_token_id])
+    return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}, truncated
+
+
+def tokenize_split(tokenizer, split: Split, max_length: int, truncation: str):
+    """A `datasets.Dataset` with input_ids, attention_mask, labels and length (for length grouping)."""
+    import datasets
+
+    encoded, truncated = encode_texts(tokenizer, split.texts, max_length, truncation)
+    dataset = datasets.Dataset.from_dict({
+        **encoded,
+        "labels": split.labels,
+        "length": [len(ids) for ids in encoded["input_ids"]],
+    })
+    return dataset, truncated
+
+
+def token_length_stats(tokenizer, texts: list[str]) -> dict[str, float]:
+    """Token-length percentiles (with [CLS]/[SEP], no truncation)."""
+    lengths = np.array([len(ids) + 2 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]])
+    return {
+        "mean": float(lengths.mean()),
+        **{f"p{q}": float(np.percentile(lengths, q)) for q in (50, 90, 95, 99)},
+        "max": int(lengths.max()),
+    }
+
+
+def inspect_splits(splits: DatasetSplits, tokenizer=None, max_length: int | None = None) -> dict:
+    """Sizes, class balance and token-length percentiles per split (pure; printing is the CLI's job)."""
+    report = {"source": splits.source, "label_names": splits.label_names, "notes": splits.notes, "splits": {}}
+    for name in ("train", "validation", "test"):
+        split = getattr(splits, name)
+        counts = Counter(split.labels)
+        entry = {
+            "size": len(split),
+            "class_counts": {splits.label_names[i]: counts.get(i, 0) for i in range(len(splits.label_names))},
+        }
+        if tokenizer is not None:
+            entry["tokens"] = token_length_stats(tokenizer, split.texts)
+            if max_length:
+                lengths = [len(ids) + 2 for ids in tokenizer(split.texts, add_special_tokens=False)["input_ids"]]
+                entry["tokens"]["over_max_length"] = int(sum(1 for n in lengths if n > max_length))
+        report["splits"][name] = entry
+    return report
+
+
+def read_texts(path: str | Path, text_column: str | None = None):
+    """Streams texts from a CSV/TSV/JSONL file (or plain text, one per line; '-' = stdin)."""
+    if str(path) == "-":
+        for line in sys.stdin:
+            if line.strip():
+                yield line.rstrip("\n")
+        return
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        with path.open(encoding="utf-8-sig") as handle:
+            for line in handle:
+                if line.strip():
+                    yield line.rstrip("\n")
+        return
+    column = text_column or ("sentence" if file_format(path) == "tsv" else "text")
+    for line, record in iter_records(path):
+        if column not in record:
+            raise DataError(f"{path}: line 1: no column {column!r}; columns are {list(record)}")
+        yield str(record[column] or "")

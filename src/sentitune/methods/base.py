@@ -1,0 +1,68 @@
+"""What every adaptation method provides. Neural methods differ only in which parameters train
+(`prepare`) and in how their trained state is saved and restored; the training loop is shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sentitune.config import MethodConfig
+
+
+class Method:
+    name: str = ""
+    default_learning_rate: float = 2e-5
+    neural: bool = True
+    summary: str = ""
+
+    def prepare(self, model, cfg: MethodConfig):
+        """Returns the model to train, with exactly the intended parameters requiring grad."""
+        raise NotImplementedError
+
+    def save(self, model, folder: Path) -> None:
+        """Writes the trained state to `folder` as safetensors."""
+        model.save_pretrained(folder)
+
+    def load(self, folder: Path, load_base):
+        """Rebuilds the trained classifier from `folder`; `load_base()` gives the untrained base
+        classifier (same model, same label set) for methods that save only what they trained."""
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(folder)
+
+
+def head_module_names(cfg: MethodConfig) -> list[str]:
+    """Top-level modules of a BERT classifier that form the trainable head."""
+    return ["pooler", "classifier"] if cfg.head == "pooler+classifier" else ["classifier"]
+
+
+def freeze_all_but(model, module_names: list[str]) -> None:
+    """Freezes every parameter except those inside the named modules (matched at any depth)."""
+    for name, parameter in model.named_parameters():
+        parts = name.split(".")
+        parameter.requires_grad = any(m in parts for m in module_names)
+
+
+class FrozenBaseMethod(Method):
+    """Methods that keep (most of) the pretrained weights: they save only the trained tensors, so
+    the checkpoint is small and loading needs the base model."""
+
+    weights_file = "trained.safetensors"
+
+    def save(self, model, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        trained = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trained, str(folder / self.weights_file), metadata={"method": self.name})
+        model.config.save_pretrained(folder)
+
+    def load(self, folder: Path, load_base):
+        from safetensors.torch import load_file
+
+        model = load_base()
+        trained = load_file(str(folder / self.weights_file))
+        missing = set(trained) - set(dict(model.named_parameters()))
+        if missing:
+            raise ValueError(f"{folder / self.weights_file}: tensors {sorted(missing)[:3]} do not belong to the base model")
+        model.load_state_dict(trained, strict=False)
+        return model

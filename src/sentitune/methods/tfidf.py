@@ -1,0 +1,120 @@
+"""Classical baseline: TF-IDF word and character n-grams + logistic regression (scikit-learn).
+
+Same splits, metrics, run folder and predict surface as the neural methods. The regularisation
+strength is chosen on the validation slice, the analogue of best-checkpoint selection. Saved as
+safetensors (idf weights, coefficients) + JSON (vocabularies): no pickle is ever loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sentitune.methods.base import Method
+from sentitune.methods.registry import register
+
+
+class TfidfClassifier:
+    """A fitted TF-IDF + logistic-regression model with `predict_proba(texts)`."""
+
+    def __init__(self, vectorizers: dict, coef: np.ndarray, intercept: np.ndarray, c: float):
+        self.vectorizers = vectorizers
+        self.coef = coef
+        self.intercept = intercept
+        self.c = c
+
+    def features(self, texts):
+        from scipy.sparse import hstack
+
+        return hstack([v.transform(texts) for v in self.vectorizers.values()]).tocsr()
+
+    def predict_proba(self, texts) -> np.ndarray:
+        from scipy.special import expit, softmax
+
+        scores = self.features(list(texts)) @ self.coef.T + self.intercept
+        if self.coef.shape[0] == 1:  # binary logistic regression keeps one row of weights
+            positive = expit(scores[:, 0])
+            return np.stack([1 - positive, positive], axis=1)
+        return softmax(scores, axis=1)
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.coef.size + self.intercept.size)
+
+
+def _vectorizer(analyzer: str, ngrams: list[int], max_features: int | None):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(ngrams), max_features=max_features,
+                           sublinear_tf=True, lowercase=True, min_df=1, dtype=np.float32)
+
+
+def _make_vectorizers(cfg) -> dict:
+    vectorizers = {}
+    if cfg.tfidf_word_ngrams:
+        vectorizers["word"] = _vectorizer("word", cfg.tfidf_word_ngrams, cfg.tfidf_max_features)
+    if cfg.tfidf_char_ngrams:
+        vectorizers["char_wb"] = _vectorizer("char_wb", cfg.tfidf_char_ngrams, cfg.tfidf_max_features)
+    return vectorizers
+
+
+@register
+class Tfidf(Method):
+    name = "tfidf"
+    default_learning_rate = 0.0  # not gradient-trained
+    neural = False
+    summary = "TF-IDF word+char n-grams + logistic regression"
+
+    def fit(self, train, validation, cfg, seed: int) -> tuple[TfidfClassifier, list[dict]]:
+        """Fits on train, picks C on validation; returns the model and one history row per C."""
+        from scipy.sparse import hstack
+        from sklearn.linear_model import LogisticRegression
+
+        vectorizers = _make_vectorizers(cfg)
+        train_x = hstack([v.fit_transform(train.texts) for v in vectorizers.values()]).tocsr()
+        validation_x = hstack([v.transform(validation.texts) for v in vectorizers.values()]).tocsr()
+        best, history = None, []
+        for c in cfg.tfidf_c_grid:
+            model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+            model.fit(train_x, train.labels)
+            accuracy = float((model.predict(validation_x) == np.asarray(validation.labels)).mean())
+            history.append({"C": c, "eval_accuracy": accuracy})
+            if best is None or accuracy > best[0]:
+                best = (accuracy, c, model)
+        _, c, model = best
+        return TfidfClassifier(vectorizers, model.coef_.astype(np.float32), model.intercept_.astype(np.float32), c), history
+
+    def prepare(self, model, cfg):  # pragma: no cover - not a neural method
+        raise TypeError("tfidf is not a neural method")
+
+    def save(self, model: TfidfClassifier, folder: Path) -> None:
+        from safetensors.numpy import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"coef": model.coef, "intercept": model.intercept}
+        meta = {"C": model.c, "vectorizers": {}}
+        for key, vectorizer in model.vectorizers.items():
+            tensors[f"idf_{key}"] = vectorizer.idf_.astype(np.float32)
+            vocabulary = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
+            meta["vectorizers"][key] = {
+                "analyzer": vectorizer.analyzer,
+                "ngram_range": list(vectorizer.ngram_range),
+                "vocabulary": vocabulary,
+            }
+        save_file(tensors, str(folder / "tfidf.safetensors"))
+        (folder / "tfidf.json").write_text(json.dumps(meta), encoding="utf-8")
+
+    def load(self, folder: Path, load_base=None) -> TfidfClassifier:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(folder / "tfidf.safetensors"))
+        meta = json.loads((folder / "tfidf.json").read_text(encoding="utf-8"))
+        vectorizers = {}
+        for key, spec in meta["vectorizers"].items():
+            vectorizer = _vectorizer(spec["analyzer"], spec["ngram_range"], None)
+            vectorizer.vocabulary_ = {term: i for i, term in enumerate(spec["vocabulary"])}
+            vectorizer.idf_ = tensors[f"idf_{key}"]
+            vectorizers[key] = vectorizer
+        return TfidfClassifier(vectorizers, tensors["coef"], tensors["intercept"], meta["C"])

@@ -1,0 +1,117 @@
+"""Pure metric and statistics functions over labels and probabilities (numpy in, floats out).
+
+Example:
+    >>> import numpy as np
+    >>> classification_metrics(np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]))["accuracy"]
+    0.6666666666666666
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def classification_metrics(gold: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro F1/precision/recall, and mean negative log-likelihood ("loss")."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    gold = np.asarray(gold)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    predicted = probabilities.argmax(axis=1)
+    labels = list(range(probabilities.shape[1]))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        gold, predicted, labels=labels, average="macro", zero_division=0
+    )
+    picked = np.clip(probabilities[np.arange(len(gold)), gold], 1e-12, 1.0)
+    return {
+        "accuracy": float(accuracy_score(gold, predicted)),
+        "macro_f1": float(f1),
+        "precision_macro": float(precision),
+        "recall_macro": float(recall),
+        "loss": float(-np.log(picked).mean()),
+    }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def bootstrap_ci(values, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0,
+                 statistic=np.mean) -> tuple[float, float]:
+    """Percentile bootstrap CI of `statistic` over `values` (e.g. per-seed accuracies, or 0/1 correctness).
+
+    With a single value the interval collapses to that value: one seed says nothing about spread.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return (math.nan, math.nan)
+    if values.size == 1:
+        return (float(values[0]), float(values[0]))
+    rng = np.random.default_rng(seed)
+    samples = rng.choice(values, size=(resamples, values.size), replace=True)
+    stats = np.apply_along_axis(statistic, 1, samples) if statistic is not np.mean else samples.mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return (float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha)))
+
+
+def mcnemar(correct_a, correct_b) -> dict[str, float]:
+    """Exact McNemar test on paired per-example correctness.
+
+    b = A right & B wrong, c = A wrong & B right; p = two-sided binomial test of b vs c at 0.5.
+    """
+    from scipy.stats import binomtest
+
+    correct_a = np.asarray(correct_a, dtype=bool)
+    correct_b = np.asarray(correct_b, dtype=bool)
+    if correct_a.shape != correct_b.shape:
+        raise ValueError(f"paired test needs the same examples: {correct_a.shape} vs {correct_b.shape}")
+    b = int((correct_a & ~correct_b).sum())
+    c = int((~correct_a & correct_b).sum())
+    p_value = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+    return {"a_only_correct": b, "b_only_correct": c, "p_value": p_value}
+
+
+def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (slice accuracies with few examples)."""
+    from scipy.stats import norm
+
+    if total == 0:
+        return (math.nan, math.nan)
+    z = norm.ppf(1 - (1 - confidence) / 2)
+    p = successes / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def expected_calibration_error(gold, probabilities, bins: int = 10) -> dict:
+    """ECE over equal-width confidence bins, plus the per-bin table for a reliability diagram."""
+    gold = np.asarray(gold)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == gold
+    edges = np.linspace(0, 1, bins + 1)
+    table, ece = [], 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        mask = (confidence > low) & (confidence <= high) if low > 0 else (confidence >= low) & (confidence <= high)
+        count = int(mask.sum())
+        if count:
+            accuracy = float(correct[mask].mean())
+            mean_confidence = float(confidence[mask].mean())
+            ece += count / len(gold) * abs(accuracy - mean_confidence)
+        else:
+            accuracy = mean_confidence = math.nan
+        table.append({"low": float(low), "high": float(high), "count": count,
+                      "accuracy": accuracy, "confidence": mean_confidence})
+    return {"ece": float(ece), "bins": table}
+
+
+def confusion_matrix(gold, predicted, num_labels: int) -> np.ndarray:
+    matrix = np.zeros((num_labels, num_labels), dtype=int)
+    np.add.at(matrix, (np.asarray(gold), np.asarray(predicted)), 1)
+    return matrix

@@ -1,0 +1,177 @@
+"""The run folder is the contract between training and everything downstream.
+
+    <run>/config.yaml        fully resolved RunConfig
+    <run>/labels.json        label names in id order
+    <run>/metrics.json       status, test metrics, parameters, speed, memory, provenance (units in keys)
+    <run>/predictions.csv    test split: text, gold, pred, prob_<label> per class
+    <run>/history.csv        training history: step, epoch, loss, learning_rate, eval_* per log event
+    <run>/model/             weights as safetensors (+ tokenizer); LoRA: adapter + head only
+
+Every file is written atomically (temp file + rename), so a crash leaves the old or the new file.
+
+Example:
+    >>> run = load_run("runs/sst2-lora")  # doctest: +SKIP
+    >>> run.metrics["test_accuracy"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CONFIG_FILE = "config.yaml"
+LABELS_FILE = "labels.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+HISTORY_FILE = "history.csv"
+MODEL_DIR = "model"
+
+
+class RunFolderError(ValueError):
+    """A run folder is missing, unfinished or damaged."""
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default, allow_nan=True) + "\n")
+
+
+def rows_to_csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def atomic_write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    atomic_write_text(path, rows_to_csv(rows, columns))
+
+
+def predictions_rows(texts, gold, probabilities, label_names) -> list[dict[str, Any]]:
+    probabilities = np.asarray(probabilities)
+    predicted = probabilities.argmax(axis=1)
+    rows = []
+    for i, text in enumerate(texts):
+        row = {"id": i, "text": text, "gold": label_names[gold[i]], "pred": label_names[predicted[i]]}
+        for j, name in enumerate(label_names):
+            row[f"prob_{name}"] = round(float(probabilities[i, j]), 6)
+        rows.append(row)
+    return rows
+
+
+def read_status(folder: str | Path) -> str | None:
+    """'ok', 'failed', 'running' or None when the folder holds no run."""
+    path = Path(folder) / METRICS_FILE
+    if not path.exists():
+        return "running" if (Path(folder) / CONFIG_FILE).exists() else None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("status")
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+@dataclass
+class Run:
+    path: Path
+    config: Any  # RunConfig
+    label_names: list[str]
+    metrics: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return self.metrics.get("status", "unknown")
+
+    def predictions(self):
+        """The test-split predictions as a DataFrame, with `gold_id`, `pred_id` and `probs` (n x k)."""
+        import pandas as pd
+
+        path = self.path / PREDICTIONS_FILE
+        if not path.exists():
+            raise RunFolderError(f"{path}: no predictions (run status: {self.status})")
+        frame = pd.read_csv(path, keep_default_na=False, dtype={"gold": str, "pred": str})
+        index = {name: i for i, name in enumerate(self.label_names)}
+        frame["gold_id"] = frame["gold"].map(index)
+        frame["pred_id"] = frame["pred"].map(index)
+        return frame
+
+    def probabilities(self, frame=None) -> np.ndarray:
+        frame = self.predictions() if frame is None else frame
+        return frame[[f"prob_{name}" for name in self.label_names]].to_numpy(dtype=np.float64)
+
+    def history(self):
+        import pandas as pd
+
+        path = self.path / HISTORY_FILE
+        return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def load_run(folder: str | Path, require_ok: bool = False) -> Run:
+    from sentitune.config import ConfigError, RunConfig
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder}: run folder not found")
+    config_path = folder / CONFIG_FILE
+    if not config_path.exists():
+        raise RunFolderError(f"{folder}: not a run folder (no {CONFIG_FILE})")
+    try:
+        config = RunConfig.from_yaml(config_path)
+    except ConfigError as exc:
+        raise RunFolderError(f"{config_path}: {exc}") from None
+    metrics_path = folder / METRICS_FILE
+    metrics: dict[str, Any] = {"status": "running"}
+    if metrics_path.exists():
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RunFolderError(f"{metrics_path}: corrupted JSON at line {exc.lineno}, column {exc.colno}") from None
+    labels_path = folder / LABELS_FILE
+    label_names = json.loads(labels_path.read_text(encoding="utf-8")) if labels_path.exists() else []
+    run = Run(folder, config, label_names, metrics)
+    if require_ok and run.status != "ok":
+        raise RunFolderError(f"{folder}: run status is {run.status!r}, not 'ok'"
+                             + (f" ({metrics.get('error')})" if metrics.get("error") else ""))
+    return run
+
+
+def folder_size_mib(folder: str | Path, pattern: str = "*") -> float:
+    folder = Path(folder)
+    if not folder.exists():
+        return 0.0
+    return sum(p.stat().st_size for p in folder.rglob(pattern) if p.is_file()) / 2**20

@@ -1,0 +1,463 @@
+"""The one training loop: HF Trainer for every neural method, a scikit-learn fit for tfidf, and the
+same run folder from both.
+
+Example:
+    >>> from sentitune.config import load_config
+    >>> cfg = load_config(preset="sst2-quick", overrides={"method.name": "lora"})  # doctest: +SKIP
+    >>> metrics = train(cfg, "runs/sst2-lora")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sentitune import results
+from sentitune.config import RunConfig
+from sentitune.data import DatasetSplits, load_splits, tokenize_split
+from sentitune.methods import registry
+from sentitune.metrics import classification_metrics, softmax
+from sentitune.models import count_parameters, load_classifier, load_tokenizer, resolve_model
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class TrainingError(RuntimeError):
+    """Training could not finish; the message says why and what to try."""
+
+
+# ---- provenance -------------------------------------------------------------------------------
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("sentitune", "torch", "transformers", "peft", "accelerate", "scikit-learn", "datasets"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def device_description() -> dict[str, Any]:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"device": "cuda", "device_name": torch.cuda.get_device_name(0),
+                "device_count": torch.cuda.device_count()}
+    return {"device": "cpu", "device_name": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+
+
+def provenance() -> dict[str, Any]:
+    import torch
+
+    return {
+        "git_sha": _git_sha(),
+        "versions": package_versions(),
+        **device_description(),
+        "torch_threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+        "command": " ".join(sys.argv),
+    }
+
+
+# ---- run folder lifecycle ---------------------------------------------------------------------
+
+def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
+    status = results.read_status(output_dir)
+    if status == "ok" and not overwrite:
+        raise results.RunFolderError(
+            f"{output_dir}: already holds a finished run; pass --overwrite to replace it or pick another --output-dir"
+        )
+    if overwrite and output_dir.exists():
+        shutil.rmtree(output_dir)
+    if not resume and (output_dir / CHECKPOINT_DIR).exists():
+        shutil.rmtree(output_dir / CHECKPOINT_DIR)  # stale checkpoints of an unfinished run
+    if status not in (None, "ok") and not resume:
+        (output_dir / results.METRICS_FILE).unlink(missing_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def tensor_mib(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def resolve_precision(choice: str) -> str:
+    import torch
+
+    if choice != "auto":
+        if choice in ("bf16", "fp16") and not torch.cuda.is_available():
+            raise TrainingError(f"train.precision={choice} needs a CUDA GPU; use fp32 or auto on CPU")
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+# ---- neural training --------------------------------------------------------------------------
+
+def _callbacks_and_trainer_class(cfg: RunConfig):
+    import torch
+    from transformers import Trainer, TrainerCallback
+
+    class Meter(TrainerCallback):
+        """Samples/s and tokens/s over optimizer steps after the warm-up ones."""
+
+        def __init__(self, warmup_steps: int):
+            self.warmup_steps = warmup_steps
+            self.seconds = 0.0
+            self.samples = self.tokens = self.padded_tokens = self.steps = 0
+            self._step = {"samples": 0, "tokens": 0, "padded": 0}
+            self._start = None
+
+        @staticmethod
+        def _sync():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+
+        def observe(self, inputs) -> None:
+            mask = inputs.get("attention_mask")
+            self._step["samples"] += int(inputs["input_ids"].shape[0])
+            self._step["padded"] += int(inputs["input_ids"].numel())
+            self._step["tokens"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._sync()
+            self._start = time.perf_counter()
+            self._step = {"samples": 0, "tokens": 0, "padded": 0}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._sync()
+            if self._start is not None and state.global_step > self.warmup_steps:
+                self.seconds += time.perf_counter() - self._start
+                self.samples += self._step["samples"]
+                self.tokens += self._step["tokens"]
+                self.padded_tokens += self._step["padded"]
+                self.steps += 1
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss} at step {state.global_step}; lower method.learning_rate "
+                    f"(now {args.learning_rate}) or use precision fp32. The last good checkpoint is kept "
+                    f"in {args.output_dir}"
+                )
+
+    class MeasuredTrainer(Trainer):
+        meter: Meter
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.meter.observe(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return Meter(cfg.train.warmup_steps_excluded_from_throughput), MeasuredTrainer
+
+
+def training_arguments(cfg: RunConfig, checkpoint_dir: Path, precision: str):
+    import torch
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    evaluate = t.eval_strategy != "no"
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of total steps (transformers 5)
+        lr_scheduler_type=t.lr_scheduler if t.lr_scheduler != "constant" else "constant_with_warmup",
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        train_sampling_strategy="group_by_length" if t.length_grouped else "random",
+        eval_strategy=t.eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=t.eval_strategy if evaluate else "epoch",
+        save_steps=t.eval_steps,
+        save_total_limit=1,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        report_to="none",
+        dataloader_num_workers=t.dataloader_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+           if t.gradient_checkpointing else {}),
+        disable_tqdm=not sys.stderr.isatty() and os.environ.get("SENTITUNE_PROGRESS") != "1",
+    )
+
+
+def _compute_metrics(prediction) -> dict[str, float]:
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    metrics = classification_metrics(prediction.label_ids, softmax(np.asarray(logits, dtype=np.float64)))
+    metrics.pop("loss")  # the Trainer reports its own eval_loss
+    return metrics
+
+
+def _history_rows(log_history: list[dict]) -> list[dict]:
+    keep = ("step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss", "eval_accuracy", "eval_macro_f1")
+    return [{k: row[k] for k in keep if k in row} for row in log_history if "step" in row]
+
+
+def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: bool) -> dict[str, Any]:
+    import torch
+    from transformers import DataCollatorWithPadding, set_seed
+
+    method = registry.get(cfg.method.name)
+    source = resolve_model(cfg.model)  # already checked by train(); cheap for local folders
+    tokenizer = load_tokenizer(source)
+    max_length = cfg.data.resolved_max_length
+    started = time.perf_counter()
+    train_ds, truncated_train = tokenize_split(tokenizer, splits.train, max_length, cfg.data.truncation)
+    validation_ds, _ = tokenize_split(tokenizer, splits.validation, max_length, cfg.data.truncation)
+    test_ds, truncated_test = tokenize_split(tokenizer, splits.test, max_length, cfg.data.truncation)
+    tokenize_seconds = time.perf_counter() - started
+
+    set_seed(cfg.train.seed)  # before the head is created, so its initialisation follows the seed
+    model = method.prepare(load_classifier(source, splits.label_names), cfg.method)
+    trainable, total = count_parameters(model)
+    precision = resolve_precision(cfg.train.precision)
+    cuda = torch.cuda.is_available()
+
+    weights_mib = tensor_mib(list(model.parameters()))
+    gradients_mib = tensor_mib([p for p in model.parameters() if p.requires_grad])
+    rss_before_training = current_rss_mib()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    meter, trainer_class = _callbacks_and_trainer_class(cfg)
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
+    trainer = trainer_class(
+        model=model,
+        args=training_arguments(cfg, checkpoint_dir, precision),
+        train_dataset=train_ds,
+        eval_dataset=validation_ds if cfg.train.eval_strategy != "no" else None,
+        processing_class=tokenizer,
+        # Multiples of 8 feed tensor cores on GPU; on CPU they only add padding.
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if cuda else None),
+        compute_metrics=_compute_metrics,
+        callbacks=[meter],
+    )
+    trainer.meter = meter
+    has_checkpoint = resume and checkpoint_dir.exists() and any(checkpoint_dir.glob("checkpoint-*"))
+    train_started = time.perf_counter()
+    try:
+        train_output = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    except torch.OutOfMemoryError:
+        raise TrainingError(
+            f"out of memory at batch size {cfg.train.batch_size}; try --batch-size "
+            f"{max(1, cfg.train.batch_size // 2)} with gradient_accumulation_steps "
+            f"{cfg.train.gradient_accumulation_steps * 2} (same effective batch), or gradient_checkpointing"
+        ) from None
+    train_seconds = time.perf_counter() - train_started
+    optimizer_mib = tensor_mib([v for state in trainer.optimizer.state.values() for v in state.values()
+                                if torch.is_tensor(v)])
+    train_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    prediction = trainer.predict(test_ds, metric_key_prefix="test")
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    probabilities = softmax(np.asarray(logits, dtype=np.float64))
+    eval_seconds = prediction.metrics["test_runtime"]
+    eval_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
+
+    model_dir = output_dir / results.MODEL_DIR
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    method.save(trainer.model, model_dir)
+    tokenizer.save_pretrained(model_dir)
+    results.atomic_write_csv(output_dir / results.HISTORY_FILE, _history_rows(trainer.state.log_history))
+
+    if cuda:
+        activations = max(0.0, train_peak - weights_mib - gradients_mib - optimizer_mib)
+        activations_how = "measured (CUDA allocator peak minus weights, gradients and optimizer state)"
+        peak_how = "torch.cuda.max_memory_allocated during training"
+    else:
+        activations = max(0.0, train_peak - rss_before_training - gradients_mib - optimizer_mib)
+        activations_how = "estimated (peak RSS minus RSS before training, gradients and optimizer state)"
+        peak_how = "peak RSS of the training process (ru_maxrss)"
+    num_batches = math.ceil(len(test_ds) / cfg.train.eval_batch_size)
+    return {
+        "probabilities": probabilities,
+        "params_trainable": trainable,
+        "params_total": total,
+        "train_runtime_seconds": train_seconds,
+        "train_steps": trainer.state.global_step,
+        "train_epochs": float(trainer.state.epoch or 0),
+        "train_loss": float(train_output.training_loss),
+        "train_samples_per_second": meter.samples / meter.seconds if meter.seconds else math.nan,
+        "train_tokens_per_second": meter.tokens / meter.seconds if meter.seconds else math.nan,
+        "train_padded_tokens_per_second": meter.padded_tokens / meter.seconds if meter.seconds else math.nan,
+        "train_padding_fraction": 1 - meter.tokens / meter.padded_tokens if meter.padded_tokens else math.nan,
+        "throughput_measured_steps": meter.steps,
+        "throughput_warmup_steps_excluded": cfg.train.warmup_steps_excluded_from_throughput,
+        "tokenize_seconds": tokenize_seconds,
+        "validation_best_accuracy": trainer.state.best_metric,
+        "eval_samples_per_second": len(test_ds) / eval_seconds if eval_seconds else math.nan,
+        "eval_latency_ms_per_batch": 1000 * eval_seconds / num_batches,
+        "eval_batch_size": cfg.train.eval_batch_size,
+        "peak_memory_mib": train_peak,
+        "peak_memory_how": peak_how,
+        "eval_peak_memory_mib": eval_peak,
+        "memory_weights_mib": weights_mib,
+        "memory_gradients_mib": gradients_mib,
+        "memory_optimizer_state_mib": optimizer_mib,
+        "memory_activations_mib": activations,
+        "memory_breakdown_how": "weights, gradients and optimizer state measured from tensor sizes; activations "
+                                + activations_how,
+        "precision": precision,
+        "truncated_examples": truncated_train + truncated_test,
+        "max_length": max_length,
+        "model_location": source.location,
+    }
+
+
+# ---- classical training -----------------------------------------------------------------------
+
+def _train_classical(cfg: RunConfig, splits: DatasetSplits, output_dir: Path) -> dict[str, Any]:
+    method = registry.get(cfg.method.name)
+    rss_before = current_rss_mib()
+    started = time.perf_counter()
+    model, history = method.fit(splits.train, splits.validation, cfg.method, cfg.train.seed)
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    probabilities = model.predict_proba(splits.test.texts)
+    eval_seconds = time.perf_counter() - started
+    method.save(model, output_dir / results.MODEL_DIR)
+    results.atomic_write_csv(output_dir / results.HISTORY_FILE,
+                             [{"step": i + 1, **row} for i, row in enumerate(history)])
+    peak = peak_rss_mib()
+    # The fit covers every C in the grid; samples/s counts one pass per C over the training set.
+    samples = len(splits.train) * len(cfg.method.tfidf_c_grid)
+    return {
+        "probabilities": probabilities,
+        "params_trainable": model.num_parameters,
+        "params_total": model.num_parameters,
+        "train_runtime_seconds": train_seconds,
+        "train_steps": len(history),
+        "train_epochs": 1.0,
+        "train_samples_per_second": samples / train_seconds,
+        "throughput_measured_steps": len(history),
+        "throughput_warmup_steps_excluded": 0,
+        "validation_best_accuracy": max(row["eval_accuracy"] for row in history),
+        "tfidf_selected_c": model.c,
+        "eval_samples_per_second": len(splits.test) / eval_seconds if eval_seconds else math.nan,
+        "peak_memory_mib": peak,
+        "peak_memory_how": "peak RSS of the training process (ru_maxrss)",
+        "memory_weights_mib": (model.coef.nbytes + model.intercept.nbytes) / 2**20,
+        "memory_activations_mib": max(0.0, peak - rss_before),
+        "memory_breakdown_how": "weights measured; the rest estimated as peak RSS growth during the fit",
+        "precision": "fp32",
+    }
+
+
+# ---- entry point ------------------------------------------------------------------------------
+
+def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Trains one run and writes its folder; returns the metrics dict (also in metrics.json).
+
+    A failure after the folder was created leaves metrics.json with status 'failed' and the error,
+    then re-raises, so failed runs stay visible in comparisons.
+    """
+    import torch
+
+    output_dir = Path(output_dir)
+    # Bad model names and bad data fail here, before anything is written or replaced.
+    if registry.get(cfg.method.name).neural:
+        resolve_model(cfg.model)
+    splits = load_splits(cfg.data)
+    prepare_output_dir(output_dir, overwrite, resume)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    results.atomic_write_text(output_dir / results.CONFIG_FILE, cfg.to_yaml())
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    wall_started = time.perf_counter()
+    base = {
+        "method": cfg.method.name,
+        "model": cfg.model,
+        "dataset": cfg.data.dataset,
+        "seed": cfg.train.seed,
+        "learning_rate": cfg.learning_rate,
+        "fingerprint": cfg.fingerprint(),
+        "started_at": started_at,
+        "provenance": provenance(),
+    }
+    try:
+        results.atomic_write_json(output_dir / results.LABELS_FILE, splits.label_names)
+        method = registry.get(cfg.method.name)
+        measured = (_train_neural(cfg, splits, output_dir, resume) if method.neural
+                    else _train_classical(cfg, splits, output_dir))
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        results.atomic_write_json(output_dir / results.METRICS_FILE, {
+            "status": status, "error": f"{type(exc).__name__}: {exc}", **base,
+            "wall_seconds": time.perf_counter() - wall_started,
+        })
+        raise
+    probabilities = measured.pop("probabilities")
+    gold = np.asarray(splits.test.labels)
+    test = classification_metrics(gold, probabilities)
+    results.atomic_write_csv(output_dir / results.PREDICTIONS_FILE,
+                             results.predictions_rows(splits.test.texts, gold, probabilities, splits.label_names))
+    shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)  # finished: the model folder is the result
+    metrics = {
+        "status": "ok",
+        "error": None,
+        **base,
+        **{f"test_{k}": v for k, v in test.items()},
+        "test_examples": len(gold),
+        "train_examples": len(splits.train),
+        "validation_examples": len(splits.validation),
+        "params_trainable_percent": 100 * measured["params_trainable"] / measured["params_total"],
+        **measured,
+        "checkpoint_size_mib": results.folder_size_mib(output_dir / results.MODEL_DIR, "*.safetensors"),
+        "data_source": splits.source,
+        "data_notes": splits.notes,
+        "label_names": splits.label_names,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - wall_started,
+    }
+    results.atomic_write_json(output_dir / results.METRICS_FILE, metrics)
+    return metrics
