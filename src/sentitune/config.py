@@ -200,12 +200,44 @@ class TrainConfig:
 
 
 @dataclass
+class CompareConfig:
+    methods: list[str] = field(default_factory=lambda: ["full", "lora", "head", "tfidf"])
+    """Methods compared, each at its default knobs."""
+    seeds: list[int] = field(default_factory=lambda: [42])
+    """Training seeds; each (variant, seed) is one run in its own process."""
+    lora_r_sweep: list[int] = field(default_factory=list)
+    """Extra LoRA variants at these ranks (when lora is among the methods)."""
+    lora_targets_sweep: list[str] = field(default_factory=list)
+    """Extra LoRA variants per target set, e.g. ["query,value", "all-linear"]."""
+    learning_rates: list[float] = field(default_factory=list)
+    """Extra variants of every neural method at these learning rates."""
+
+    def __post_init__(self) -> None:
+        from sentitune.methods import registry
+
+        if not self.methods:
+            raise ConfigError("compare.methods: name at least one method")
+        for name in self.methods:
+            _check_choice("compare", "methods", name, tuple(registry.names()))
+        if not self.seeds:
+            raise ConfigError("compare.seeds: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"compare.seeds: duplicates in {self.seeds}")
+        for r in self.lora_r_sweep:
+            _check_positive("compare", "lora_r_sweep", r)
+        for lr in self.learning_rates:
+            _check_positive("compare", "learning_rates", lr)
+
+
+@dataclass
 class RunConfig:
     model: str = "bert-base-uncased"
     """Hub id, local folder, or alias (`minilm-l6` = the bundled pretrained MiniLM, works offline)."""
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    """Used by `sentitune compare` only; not part of a run's scaffolding."""
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -256,6 +288,7 @@ class RunConfig:
         """Everything a fair comparison must hold fixed: all but the method section and the seed."""
         raw = self.to_dict()
         raw.pop("method")
+        raw.pop("compare")
         raw["train"].pop("seed")
         raw["data"]["max_length"] = self.data.resolved_max_length
         return raw

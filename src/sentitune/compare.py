@@ -1,0 +1,358 @@
+"""`sentitune compare`: every (variant, seed) run under one scaffolding, each in its own fresh process,
+one at a time by default, then one results table with seed statistics and paired tests.
+
+Layout of a comparison folder:
+    <out>/comparison.yaml      the base config (scaffolding + compare section)
+    <out>/runs/<variant>-s<seed>/   ordinary run folders
+    <out>/logs/<run>.log       each run's console output
+    <out>/results.json|csv     one row per run (failed runs included), summary, pairwise tests
+
+Re-running the same command skips finished runs and redoes unfinished ones.
+
+Example:
+    >>> rows = expand_runs(load_config(preset="sst2-quick"))  # doctest: +SKIP
+    >>> [r.name for r in rows]  # doctest: +SKIP
+    ['full-s42', 'lora-s42', 'head-s42', 'tfidf-s42']
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from sentitune import results
+from sentitune.config import ConfigError, RunConfig, load_config, scaffolding_differences
+from sentitune.methods import registry
+from sentitune.metrics import bootstrap_ci, mcnemar
+
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+BASE_CONFIG = "comparison.yaml"
+RUNS_DIR = "runs"
+LOGS_DIR = "logs"
+SIGNIFICANCE_LEVEL = 0.05
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    variant: str
+    config: RunConfig
+    knobs: dict[str, Any] = field(default_factory=dict)
+
+
+def method_knobs(cfg: RunConfig) -> dict[str, Any]:
+    """The method-specific settings of a run: what may legitimately differ inside a comparison."""
+    m = cfg.method
+    knobs: dict[str, Any] = {"learning_rate": cfg.learning_rate} if registry.get(m.name).neural else {}
+    if m.name in ("lora", "head"):
+        knobs["head"] = m.head
+    if m.name == "lora":
+        knobs.update(lora_r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
+                     lora_target_modules=",".join(m.lora_target_modules))
+    if m.name == "tfidf":
+        knobs.update(tfidf_word_ngrams=str(m.tfidf_word_ngrams), tfidf_char_ngrams=str(m.tfidf_char_ngrams),
+                     tfidf_c_grid=str(m.tfidf_c_grid))
+    return knobs
+
+
+def _format_lr(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
+    """(variant name, dotted overrides) for every method and sweep point, without duplicates."""
+    c = base.compare
+    variants: dict[str, dict[str, Any]] = {}
+    for method in c.methods:
+        variants[method] = {"method.name": method}
+        if method == "lora":
+            for r in c.lora_r_sweep:
+                if r != base.method.lora_r:
+                    variants[f"lora-r{r}"] = {"method.name": "lora", "method.lora_r": r}
+            for targets in c.lora_targets_sweep:
+                target_list = [t.strip() for t in targets.split(",") if t.strip()]
+                if target_list != base.method.lora_target_modules:
+                    variants[f"lora-{'-'.join(target_list)}"] = {"method.name": "lora",
+                                                                  "method.lora_target_modules": target_list}
+        if registry.get(method).neural:
+            for lr in c.learning_rates:
+                variants[f"{method}-lr{_format_lr(lr)}"] = {"method.name": method, "method.learning_rate": lr}
+    return list(variants.items())
+
+
+def expand_runs(base: RunConfig) -> list[PlannedRun]:
+    runs = []
+    for (variant, overrides), seed in itertools.product(expand_variants(base), base.compare.seeds):
+        cfg = base.override({**overrides, "train.seed": seed})
+        runs.append(PlannedRun(f"{variant}-s{seed}", variant, cfg, method_knobs(cfg)))
+    return runs
+
+
+def verify_same_scaffolding(configs: dict[str, RunConfig]) -> str:
+    """Returns the shared fingerprint or raises ConfigError naming the first field that differs."""
+    items = list(configs.items())
+    reference_name, reference = items[0]
+    for name, cfg in items[1:]:
+        if cfg.fingerprint() != reference.fingerprint():
+            diff = scaffolding_differences(reference.scaffolding(), cfg.scaffolding())
+            raise ConfigError(
+                f"{name} and {reference_name} do not share their scaffolding: {'; '.join(diff)}. "
+                "A fair comparison holds everything but the method and its knobs fixed; use another --output-dir"
+            )
+    return reference.fingerprint()
+
+
+def _check_existing(out: Path, planned: list[PlannedRun]) -> None:
+    configs = {"this comparison": planned[0].config}
+    for folder in sorted((out / RUNS_DIR).glob("*")):
+        if (folder / results.CONFIG_FILE).exists():
+            configs[str(folder)] = RunConfig.from_yaml(folder / results.CONFIG_FILE)
+    verify_same_scaffolding(configs)
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+def _run_one(run: PlannedRun, out: Path) -> subprocess.Popen:
+    run_dir = out / RUNS_DIR / run.name
+    pending = out / LOGS_DIR / f"{run.name}.config.yaml"
+    results.atomic_write_text(pending, run.config.to_yaml())
+    log = (out / LOGS_DIR / f"{run.name}.log").open("w", encoding="utf-8")
+    # A fresh interpreter per run: its peak RSS is that run's own, and no state leaks between runs.
+    command = [sys.executable, "-m", "sentitune", "train", "--config", str(pending), "--output-dir", str(run_dir)]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def run_comparison(base: RunConfig, out: str | Path, parallel: int = 1, echo=print) -> dict[str, Any]:
+    """Runs every planned run not finished yet, then writes and returns the results."""
+    out = Path(out)
+    planned = expand_runs(base)
+    (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+    _check_existing(out, planned)
+    results.atomic_write_text(out / BASE_CONFIG, base.to_yaml())
+    todo = [r for r in planned if results.read_status(out / RUNS_DIR / r.name) != "ok"]
+    done = len(planned) - len(todo)
+    if done:
+        echo(f"{done} of {len(planned)} runs already finished in {out}; running the other {len(todo)}")
+    if parallel > 1:
+        echo(f"warning: {parallel} runs at once share the CPU cores; speed and memory figures will be distorted")
+    running: list[tuple[PlannedRun, subprocess.Popen, float]] = []
+    queue = list(todo)
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                run = queue.pop(0)
+                echo(f"[{done + len(running) + 1}/{len(planned)}] {run.name}: training ...")
+                running.append((run, _run_one(run, out), time.perf_counter()))
+            time.sleep(0.2)
+            for item in list(running):
+                run, process, started = item
+                if process.poll() is None:
+                    continue
+                running.remove(item)
+                done += 1
+                _mark_if_killed(out / RUNS_DIR / run.name, process.returncode)
+                row = _row(out, run)
+                took = time.perf_counter() - started
+                if row["status"] == "ok":
+                    echo(f"    {run.name}: ok, test accuracy {row['test_accuracy']:.4f} ({took:.0f} s)")
+                else:
+                    echo(f"    {run.name}: {row['status']}: {row.get('error')} (log: {out / LOGS_DIR / run.name}.log)")
+                write_results(out, planned)
+    except KeyboardInterrupt:
+        for _, process, _ in running:
+            process.terminate()
+        raise
+    return write_results(out, planned)
+
+
+def _mark_if_killed(run_dir: Path, returncode: int) -> None:
+    """A run killed from outside (OOM killer, SIGKILL) cannot write its own failure; record it."""
+    if returncode != 0 and results.read_status(run_dir) in (None, "running"):
+        reason = "killed (out of memory?)" if returncode in (-9, 137) else f"exited with code {returncode}"
+        results.atomic_write_json(run_dir / results.METRICS_FILE, {"status": "failed", "error": reason})
+
+
+def _row(out: Path, run: PlannedRun) -> dict[str, Any]:
+    run_dir = out / RUNS_DIR / run.name
+    row: dict[str, Any] = {"run_name": run.name, "run_dir": f"{RUNS_DIR}/{run.name}", "variant": run.variant,
+                           "method": run.config.method.name, "seed": run.config.train.seed,
+                           "status": "not started", **run.knobs}
+    status = results.read_status(run_dir)
+    if status is None:
+        return row
+    try:
+        metrics = results.load_run(run_dir).metrics
+    except results.RunFolderError as exc:
+        return {**row, "status": "failed", "error": str(exc)}
+    provenance = metrics.pop("provenance", {}) or {}
+    metrics.pop("label_names", None)
+    metrics.pop("data_notes", None)
+    row.update({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
+    row.update({"device": provenance.get("device"), "device_name": provenance.get("device_name"),
+                "torch_threads": provenance.get("torch_threads")})
+    return row
+
+
+# ---- statistics -------------------------------------------------------------------------------
+
+def _correctness(out: Path, row: dict[str, Any]) -> np.ndarray:
+    run = results.load_run(out / row["run_dir"])
+    frame = run.predictions()
+    return (frame["gold"] == frame["pred"]).to_numpy()
+
+
+def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    summary = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        group = [r for r in rows if r["variant"] == variant]
+        ok = [r for r in group if r["status"] == "ok"]
+        entry: dict[str, Any] = {"variant": variant, "method": group[0]["method"], "n_runs": len(group),
+                                 "n_seeds": len(ok), **{k: v for k, v in group[0].items() if k in method_knobs_keys(group[0])}}
+        if ok:
+            accuracies = np.array([r["test_accuracy"] for r in ok])
+            if len(ok) >= 2:
+                low, high = bootstrap_ci(accuracies)
+                ci_over = "seeds"
+            else:  # one seed: resample test examples instead, and say so
+                low, high = bootstrap_ci(_correctness(out, ok[0]).astype(float))
+                ci_over = "test examples (1 seed)"
+            entry.update({
+                "test_accuracy_mean": float(accuracies.mean()),
+                "test_accuracy_std": float(accuracies.std(ddof=1)) if len(ok) > 1 else math.nan,
+                "test_accuracy_ci95_low": low, "test_accuracy_ci95_high": high, "ci_over": ci_over,
+            })
+            for key in ("test_macro_f1", "peak_memory_mib", "train_samples_per_second", "train_tokens_per_second",
+                        "train_runtime_seconds", "eval_samples_per_second", "checkpoint_size_mib"):
+                values = [r[key] for r in ok if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+                entry[f"{key}_mean"] = float(np.mean(values)) if values else math.nan
+            for key in ("params_trainable", "params_total", "params_trainable_percent"):
+                entry[key] = ok[0].get(key)
+        summary.append(entry)
+    return summary
+
+
+def method_knobs_keys(row: dict[str, Any]) -> list[str]:
+    return [k for k in ("learning_rate", "head", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                        "tfidf_word_ngrams", "tfidf_char_ngrams", "tfidf_c_grid") if k in row]
+
+
+def pairwise_tests(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """McNemar on the same test examples for every pair of variants, per shared seed."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    by_key = {(r["variant"], r["seed"]): r for r in ok}
+    variants = list(dict.fromkeys(r["variant"] for r in ok))
+    cache: dict[str, np.ndarray] = {}
+    tests = []
+    for a, b in itertools.combinations(variants, 2):
+        for seed in sorted({s for v, s in by_key if v == a} & {s for v, s in by_key if v == b}):
+            ra, rb = by_key[(a, seed)], by_key[(b, seed)]
+            ca = cache.setdefault(ra["run_name"], _correctness(out, ra))
+            cb = cache.setdefault(rb["run_name"], _correctness(out, rb))
+            test = mcnemar(ca, cb)
+            tests.append({"a": a, "b": b, "seed": seed, "a_accuracy": float(ca.mean()), "b_accuracy": float(cb.mean()),
+                          **test, "significant": test["p_value"] < SIGNIFICANCE_LEVEL})
+    return tests
+
+
+def write_results(out: Path, planned: list[PlannedRun]) -> dict[str, Any]:
+    rows = [_row(out, run) for run in planned]
+    document = {
+        "fingerprint": planned[0].config.fingerprint(),
+        "scaffolding": planned[0].config.scaffolding(),
+        "runs": rows,
+        "summary": summarize(out, rows),
+        "pairwise": pairwise_tests(out, rows),
+        "significance_level": SIGNIFICANCE_LEVEL,
+    }
+    results.atomic_write_json(out / RESULTS_JSON, document)
+    results.atomic_write_csv(out / RESULTS_CSV, rows)
+    return document
+
+
+# ---- presentation -----------------------------------------------------------------------------
+
+def _fmt(value, spec: str, missing: str = "-") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
+
+
+def print_summary(document: dict[str, Any], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    table = Table(title=f"comparison (scaffolding {document['fingerprint']})")
+    for column in ("variant", "seeds", "test acc (mean ± std)", "95% CI", "macro-F1", "trainable params",
+                   "peak MiB", "train samples/s", "ckpt MiB", "knobs"):
+        table.add_column(column, justify="left" if column in ("variant", "knobs", "95% CI") else "right")
+    for entry in document["summary"]:
+        if not entry.get("n_seeds"):
+            table.add_row(entry["variant"], f"0/{entry['n_runs']}", "failed", "", "", "", "", "", "", "")
+            continue
+        knobs = " ".join(f"{k.replace('lora_target_modules', 'targets')}={entry[k]}"
+                         for k in method_knobs_keys(entry) if not k.startswith("tfidf"))
+        table.add_row(
+            entry["variant"], f"{entry['n_seeds']}/{entry['n_runs']}",
+            f"{100 * entry['test_accuracy_mean']:.2f} ± {_fmt(100 * entry['test_accuracy_std'], '.2f', 'n/a')}",
+            f"[{100 * entry['test_accuracy_ci95_low']:.1f}, {100 * entry['test_accuracy_ci95_high']:.1f}] ({entry['ci_over']})",
+            _fmt(100 * entry["test_macro_f1_mean"], ".2f"),
+            f"{entry['params_trainable']:,} ({entry['params_trainable_percent']:.2f}%)",
+            _fmt(entry["peak_memory_mib_mean"], ",.0f"),
+            _fmt(entry["train_samples_per_second_mean"], ",.1f"),
+            _fmt(entry["checkpoint_size_mib_mean"], ",.2f"),
+            knobs,
+        )
+    console.print(table)
+    failed = [r for r in document["runs"] if r["status"] not in ("ok",)]
+    for row in failed:
+        console.print(f"[red]{row['run_name']}: {row['status']}[/red] {row.get('error') or ''}")
+    pairs: dict[tuple[str, str], list[dict]] = {}
+    for test in document["pairwise"]:
+        pairs.setdefault((test["a"], test["b"]), []).append(test)
+    for (a, b), tests in pairs.items():
+        per_seed = "; ".join(
+            f"seed {t['seed']}: {100 * t['a_accuracy']:.2f} vs {100 * t['b_accuracy']:.2f}, p = {t['p_value']:.3g}"
+            + ("" if t["significant"] else " (not significant)") for t in tests)
+        console.print(f"McNemar {a} vs {b}: {per_seed}")
+
+
+def _parse_list(text: str | None, kind=str, sep: str = ",") -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(item.strip()) for item in text.split(sep) if item.strip()]
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a list of {kind.__name__}") from None
+
+
+def compare_from_args(args) -> int:
+    from sentitune.cli import config_from_args
+
+    cfg = config_from_args(args)
+    overrides: dict[str, Any] = {
+        "compare.methods": _parse_list(args.methods),
+        "compare.lora_r_sweep": _parse_list(args.lora_r_sweep, int),
+        "compare.lora_targets_sweep": _parse_list(args.lora_targets_sweep, str, "|"),
+        "compare.learning_rates": _parse_list(args.learning_rates, float),
+    }
+    if args.seeds:
+        seeds = _parse_list(args.seeds, int)
+        overrides["compare.seeds"] = list(range(1, seeds[0] + 1)) if len(seeds) == 1 else seeds
+    cfg = cfg.override(overrides)
+    out = args.output_dir or f"results/{cfg.data.dataset}"
+    document = run_comparison(cfg, out, parallel=args.parallel)
+    print_summary(document)
+    print(f"results: {Path(out) / RESULTS_CSV}, {Path(out) / RESULTS_JSON}")
+    return 0 if all(r["status"] == "ok" for r in document["runs"]) else 1
