@@ -1,0 +1,100 @@
+"""compare: fair scaffolding is enforced, results carry every field, interrupted comparisons resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from sentitune import compare, results
+from sentitune.config import ConfigError
+
+
+def _base(tiny_config, **compare_section):
+    cfg = tiny_config("full", **{"train.max_steps": 2})
+    return cfg.override({f"compare.{k}": v for k, v in compare_section.items()})
+
+
+def test_expand_runs_covers_methods_sweeps_and_seeds(tiny_config):
+    cfg = _base(tiny_config, methods=["full", "lora", "tfidf"], seeds=[1, 2], lora_r_sweep=[2, 8],
+                learning_rates=[1e-4])
+    names = [r.name for r in compare.expand_runs(cfg)]
+    # r=8 is the default rank, so it is not duplicated; tfidf gets no learning-rate variant.
+    assert names == ["full-s1", "full-s2", "full-lr1e-4-s1", "full-lr1e-4-s2", "lora-s1", "lora-s2",
+                     "lora-r2-s1", "lora-r2-s2", "lora-lr1e-4-s1", "lora-lr1e-4-s2", "tfidf-s1", "tfidf-s2"]
+    assert len({r.config.fingerprint() for r in compare.expand_runs(cfg)}) == 1
+
+
+def test_mixed_scaffolding_is_refused_naming_the_field(tiny_config):
+    a = tiny_config("full")
+    b = tiny_config("lora", **{"train.batch_size": 4})
+    with pytest.raises(ConfigError, match=r"train\.batch_size \(8 vs 4\)"):
+        compare.verify_same_scaffolding({"a": a, "b": b})
+    # Method knobs and seeds may differ.
+    c = tiny_config("lora", **{"method.lora_r": 2, "train.seed": 7})
+    assert compare.verify_same_scaffolding({"a": a, "c": c}) == a.fingerprint()
+
+
+def test_comparison_writes_all_fields_and_refuses_other_scaffolding(tiny_config, tmp_path):
+    cfg = _base(tiny_config, methods=["full", "lora"], seeds=[1, 2])
+    document = compare.run_comparison(cfg, tmp_path, echo=lambda *_: None)
+    rows = document["runs"]
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    for key in ("test_accuracy", "test_macro_f1", "params_trainable", "params_total", "params_trainable_percent",
+                "peak_memory_mib", "memory_weights_mib", "memory_optimizer_state_mib", "train_samples_per_second",
+                "train_tokens_per_second", "throughput_measured_steps", "eval_samples_per_second",
+                "checkpoint_size_mib", "wall_seconds", "torch_threads", "device", "learning_rate", "seed"):
+        assert all(key in r for r in rows), key
+    lora = next(r for r in rows if r["method"] == "lora")
+    full = next(r for r in rows if r["method"] == "full")
+    assert lora["params_trainable"] < full["params_trainable"] / 10
+    assert lora["checkpoint_size_mib"] < full["checkpoint_size_mib"] / 5
+    assert lora["lora_r"] == 8 and "lora_r" not in full
+    csv_header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"run_name", "status", "test_accuracy", "peak_memory_mib"} <= set(csv_header)
+    summary = {s["variant"]: s for s in document["summary"]}
+    assert summary["lora"]["n_seeds"] == 2 and summary["lora"]["ci_over"] == "seeds"
+    assert [(p["a"], p["b"]) for p in document["pairwise"]] == [("full", "lora")] * 2
+
+    changed = cfg.override({"data.max_length": 16})
+    with pytest.raises(ConfigError, match=r"data\.max_length \(16 vs 32\)|data\.max_length \(32 vs 16\)"):
+        compare.run_comparison(changed, tmp_path, echo=lambda *_: None)
+
+
+def test_failed_run_stays_in_the_table(tiny_config, tmp_path):
+    cfg = _base(tiny_config, methods=["full", "lora"], seeds=[1])
+    cfg = cfg.override({"train.precision": "bf16"})  # needs CUDA: every neural run fails cleanly on CPU
+    document = compare.run_comparison(cfg, tmp_path, echo=lambda *_: None)
+    assert [r["status"] for r in document["runs"]] == ["failed", "failed"]
+    assert "CUDA" in document["runs"][0]["error"]
+    assert document["summary"][0]["n_seeds"] == 0
+
+
+def test_killed_comparison_resumes_without_redoing_finished_runs(tiny_config, tmp_path):
+    cfg = _base(tiny_config, methods=["tfidf", "full", "lora"], seeds=[1])
+    config_file = tmp_path / "compare.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "sentitune", "compare", "--config", str(config_file), "--output-dir", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = out / "runs" / "tfidf-s1"
+    deadline = time.time() + 120
+    while results.read_status(first) != "ok" and time.time() < deadline:
+        time.sleep(0.2)
+    assert results.read_status(first) == "ok"
+    os.killpg(process.pid, signal.SIGKILL)  # the comparison and its current training run die at once
+    process.wait()
+    finished_at = json.loads((first / "metrics.json").read_text())["finished_at"]
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 of 3 runs already finished" in rerun.stdout
+    assert json.loads((first / "metrics.json").read_text())["finished_at"] == finished_at
+    document = json.loads((out / "results.json").read_text())
+    assert [r["status"] for r in document["runs"]] == ["ok"] * 3
