@@ -128,5 +128,8 @@ def evaluate_file(run_dir: str | Path, data_file: str | Path, text_column: str |
     results.atomic_write_csv(output_dir / results.PREDICTIONS_FILE,
                              results.predictions_rows(table.texts, gold, probabilities, predictor.label_names))
     results.atomic_write_json(output_dir / results.METRICS_FILE, {"status": "ok", **metrics})
+    from sentitune.analysis import analyze_evaluation
+
+    metrics["analysis"] = analyze_evaluation(output_dir, table.texts, gold, probabilities, predictor)
     metrics["output_dir"] = str(output_dir)
     return metrics

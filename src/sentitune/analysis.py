@@ -1,0 +1,776 @@
+"""Error analysis over a run's test predictions: per-class errors, highest-loss and ambiguous examples,
+likely label errors, slices with Wilson intervals, calibration, paired two-run comparison, and a
+minimal-pair negation probe.
+
+The functions above the "I/O edges" line are pure (arrays and strings in, dicts out); the writer and
+the CLI handler at the bottom read run folders, call them, and write:
+
+    <out>/analysis.json    everything below, JSON
+    <out>/errors.csv       top-k highest-loss, ambiguous and likely-mislabelled examples (`reason` column)
+    <out>/slices.csv       slice, count, accuracy, 95% Wilson interval
+    <out>/confusion.png    confusion matrix
+    <out>/reliability.png  reliability diagram
+    <out>/comparison.json  with --against: per-slice paired comparison with McNemar tests
+
+Example:
+    >>> import numpy as np
+    >>> texts = ["a fine film", "it is n't good", "dull but honest"]
+    >>> rows = slice_table(texts, np.array([True, False, True]))
+    >>> [(r["slice"], r["count"]) for r in rows][:3]
+    [('all', 3), ('negation', 1), ('no negation', 2)]
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from sentitune import results
+from sentitune.config import ConfigError
+from sentitune.metrics import (classification_metrics, confusion_matrix, expected_calibration_error, mcnemar,
+                               wilson_interval)
+from sentitune.results import RunFolderError
+
+ANALYSIS_DIR = "analysis"
+ANALYSIS_FILE = "analysis.json"
+ERRORS_FILE = "errors.csv"
+SLICES_FILE = "slices.csv"
+CONFUSION_FILE = "confusion.png"
+RELIABILITY_FILE = "reliability.png"
+COMPARISON_FILE = "comparison.json"
+
+# SST-2 is tokenised PTB-style ("is n't", "ca n't", "does n't"), user files are not ("isn't", "dont"):
+# `n't` with or without the space before it covers both, and the apostrophe-less forms catch typed reviews.
+# "cant"/"wont" are left out on purpose: they are also English words without negation.
+NEGATION_PATTERN = (
+    r"\b(?:not|no|never|nothing|nobody|none|neither|nor|without|hardly|barely|scarcely|nowhere|cannot)\b"
+    r"|n['’]t\b"
+    r"|\b(?:dont|doesnt|didnt|isnt|wasnt|arent|werent|couldnt|wouldnt|shouldnt|hasnt|havent|aint)\b"
+)
+CONTRAST_PATTERN = r"\b(?:but|although|though|however|yet|while|whereas|despite|nevertheless|nonetheless)\b"
+LENGTH_BUCKETS: tuple[tuple[str, int, float], ...] = (
+    ("length <=10", 0, 10), ("length 11-20", 11, 20), ("length 21-30", 21, 30), ("length >30", 31, math.inf))
+"""(slice name, min words, max words), counted as whitespace-separated tokens (SST punctuation counts)."""
+
+AMBIGUOUS_MARGIN = 0.1
+"""Top-1 minus top-2 probability below which a prediction is called ambiguous (binary: p in (0.45, 0.55))."""
+
+
+# ---- slices -----------------------------------------------------------------------------------
+
+def word_count(text: str) -> int:
+    """Whitespace tokens, so SST's `is n't` counts as two words, as in the treebank."""
+    return len(text.split())
+
+
+def parse_slices(specs: Sequence[str]) -> dict[str, str]:
+    """`["NAME=REGEX", ...]` -> {name: regex}; the regex must compile (matched case-insensitively).
+
+    Example:
+        >>> parse_slices(["superlatives=best|worst|greatest"])
+        {'superlatives': 'best|worst|greatest'}
+    """
+    builtin = {"all", "negation", "no negation", "contrast", *(name for name, _, _ in LENGTH_BUCKETS)}
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, pattern = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not pattern:
+            raise ConfigError(f"--slice {spec!r}: expected NAME=REGEX, e.g. --slice 'sarcasm=yeah right'")
+        if name in builtin or name in out:
+            raise ConfigError(f"--slice {spec!r}: the name {name!r} is already used; pick another")
+        try:
+            re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise ConfigError(f"--slice {spec!r}: invalid regular expression ({exc})") from None
+        out[name] = pattern
+    return out
+
+
+def slice_masks(texts: Sequence[str], custom: dict[str, str] | None = None) -> dict[str, dict]:
+    """Boolean membership masks for the built-in and user slices, in display order.
+
+    Returns {name: {"kind": ..., "rule": ..., "mask": bool array}}.
+
+    Example:
+        >>> masks = slice_masks(["it does n't work", "fine"])
+        >>> masks["negation"]["mask"].tolist()
+        [True, False]
+    """
+    texts = list(texts)
+
+    def matching(pattern: str) -> np.ndarray:
+        compiled = re.compile(pattern, re.IGNORECASE)
+        return np.array([bool(compiled.search(t)) for t in texts], dtype=bool)
+
+    negation = matching(NEGATION_PATTERN)
+    words = np.array([word_count(t) for t in texts])
+    out = {
+        "all": {"kind": "all", "rule": "every example", "mask": np.ones(len(texts), dtype=bool)},
+        "negation": {"kind": "negation", "rule": NEGATION_PATTERN, "mask": negation},
+        "no negation": {"kind": "negation", "rule": "not matching the negation rule", "mask": ~negation},
+        "contrast": {"kind": "contrast", "rule": CONTRAST_PATTERN, "mask": matching(CONTRAST_PATTERN)},
+    }
+    for name, low, high in LENGTH_BUCKETS:
+        out[name] = {"kind": "length", "rule": f"{low} <= words <= {high}", "mask": (words >= low) & (words <= high)}
+    for name, pattern in (custom or {}).items():
+        out[name] = {"kind": "custom", "rule": pattern, "mask": matching(pattern)}
+    return out
+
+
+def slice_table(texts: Sequence[str], correct: np.ndarray, custom: dict[str, str] | None = None,
+                confidence: float = 0.95) -> list[dict]:
+    """Count, accuracy and Wilson interval per slice; `correct` may be 0/1 or fractional (seed-averaged).
+
+    Example:
+        >>> slice_table(["not bad", "good"], np.array([1, 0]))[1]["accuracy"]
+        1.0
+    """
+    correct = np.asarray(correct, dtype=np.float64)
+    rows = []
+    for name, entry in slice_masks(texts, custom).items():
+        mask = entry["mask"]
+        count = int(mask.sum())
+        hits = float(correct[mask].sum())
+        low, high = wilson_interval(int(round(hits)), count, confidence)
+        rows.append({"slice": name, "kind": entry["kind"], "count": count,
+                     "correct": int(round(hits)) if float(hits).is_integer() else round(hits, 4),
+                     "accuracy": hits / count if count else math.nan, "ci95_low": low, "ci95_high": high,
+                     "rule": entry["rule"]})
+    return rows
+
+
+# ---- per-example views ------------------------------------------------------------------------
+
+def per_class_metrics(gold: np.ndarray, predicted: np.ndarray, label_names: Sequence[str]) -> list[dict]:
+    """Precision, recall, F1 and support for every class (zero when a class is never predicted).
+
+    Example:
+        >>> per_class_metrics(np.array([0, 1, 1]), np.array([0, 1, 0]), ["neg", "pos"])[1]["recall"]
+        0.5
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        gold, predicted, labels=list(range(len(label_names))), zero_division=0)
+    return [{"label": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(label_names, precision, recall, f1, support)]
+
+
+def example_losses(gold: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Per-example negative log-likelihood of the gold label."""
+    picked = probabilities[np.arange(len(gold)), gold]
+    return -np.log(np.clip(picked, 1e-12, 1.0))
+
+
+def top2_margin(probabilities: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 probability: 0 = a coin flip between two classes."""
+    if probabilities.shape[1] < 2:
+        return np.ones(len(probabilities))
+    ordered = np.sort(probabilities, axis=1)
+    return ordered[:, -1] - ordered[:, -2]
+
+
+def highest_loss(gold: np.ndarray, probabilities: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k examples with the highest loss: the most confident mistakes first.
+
+    Example:
+        >>> highest_loss(np.array([0, 1]), np.array([[0.9, 0.1], [0.8, 0.2]]), 1).tolist()
+        [1]
+    """
+    losses = example_losses(gold, probabilities)
+    return np.argsort(-losses, kind="stable")[:k]
+
+
+def ambiguous(probabilities: np.ndarray, k: int, max_margin: float = AMBIGUOUS_MARGIN) -> np.ndarray:
+    """Indices of up to k examples whose top-2 margin is below `max_margin`, smallest margin first.
+
+    Example:
+        >>> ambiguous(np.array([[0.52, 0.48], [0.9, 0.1]]), 5).tolist()
+        [0]
+    """
+    margin = top2_margin(probabilities)
+    order = np.argsort(margin, kind="stable")
+    return order[margin[order] < max_margin][:k]
+
+
+def errors_by_class(gold: np.ndarray, probabilities: np.ndarray, label_names: Sequence[str],
+                    limit: int) -> list[dict]:
+    """False positives and false negatives of every class (one-vs-rest), most confident first.
+
+    With two classes the false positives of one are the false negatives of the other, so only the
+    second class (conventionally `positive`) is listed. Each list holds up to `limit` indices.
+
+    Example:
+        >>> out = errors_by_class(np.array([0, 1]), np.array([[0.3, 0.7], [0.6, 0.4]]), ["neg", "pos"], 5)
+        >>> out[0]["false_positives"], out[0]["false_negatives"]
+        ([0], [1])
+    """
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    classes = [1] if len(label_names) == 2 else range(len(label_names))
+    out = []
+    for c in classes:
+        fp = np.flatnonzero((predicted == c) & (gold != c))
+        fn = np.flatnonzero((gold == c) & (predicted != c))
+        out.append({"label": label_names[c], "false_positive_count": int(fp.size),
+                    "false_negative_count": int(fn.size),
+                    "false_positives": fp[np.argsort(-confidence[fp], kind="stable")][:limit].tolist(),
+                    "false_negatives": fn[np.argsort(-confidence[fn], kind="stable")][:limit].tolist()})
+    return out
+
+
+def confident_learning_rule(gold: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Likely label errors by the confident-learning threshold rule (Northcutt et al., 2021).
+
+    The threshold of class j is the mean probability of j over examples labelled j (its mean
+    self-confidence). An example is flagged when the probability of its given label is below that
+    label's threshold while some other class reaches its own threshold. Needs out-of-sample
+    probabilities, which test-split predictions are. Returns (indices ranked by self-confidence,
+    lowest first; per-class thresholds, NaN for a class with no examples).
+
+    Example:
+        >>> gold = np.array([0, 0, 1, 1])
+        >>> probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.1, 0.9], [0.2, 0.8]])
+        >>> confident_learning_rule(gold, probs)[0].tolist()
+        [1]
+    """
+    k = probabilities.shape[1]
+    thresholds = np.array([probabilities[gold == j, j].mean() if (gold == j).any() else np.nan
+                           for j in range(k)])
+    self_confidence = probabilities[np.arange(len(gold)), gold]
+    below_own = self_confidence < thresholds[gold]
+    other_above = np.zeros(len(gold), dtype=bool)
+    for j in range(k):
+        if not np.isnan(thresholds[j]):
+            other_above |= (probabilities[:, j] >= thresholds[j]) & (gold != j)
+    flagged = np.flatnonzero(below_own & other_above)
+    return flagged[np.argsort(self_confidence[flagged], kind="stable")], thresholds
+
+
+def likely_label_errors(gold: np.ndarray, probabilities: np.ndarray, method: str = "auto") -> dict:
+    """Likely label errors with cleanlab when installed (`auto`/`cleanlab`), else the documented rule.
+
+    Returns {"method": ..., "indices": ranked list, "note": ...}; "thresholds" is set by the rule.
+
+    Example:
+        >>> out = likely_label_errors(np.array([0, 0, 1, 1]),
+        ...                           np.array([[0.9, 0.1], [0.1, 0.9], [0.1, 0.9], [0.2, 0.8]]), method="rule")
+        >>> out["method"], out["indices"]
+        ('confident-learning rule', [1])
+    """
+    gold = np.asarray(gold)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)  # CSV rounding breaks sum == 1
+    note = ""
+    if method in ("auto", "cleanlab"):
+        try:
+            from cleanlab.filter import find_label_issues
+        except ImportError:
+            if method == "cleanlab":
+                raise
+            note = "cleanlab is not installed; used the confident-learning rule"
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    # n_jobs=1: its multiprocessing buys nothing at test-set sizes and fights other jobs for cores.
+                    ranked = find_label_issues(gold, probabilities, return_indices_ranked_by="self_confidence",
+                                               n_jobs=1)
+                from importlib.metadata import version
+
+                return {"method": f"cleanlab {version('cleanlab')} find_label_issues (prune_by_noise_rate)",
+                        "indices": [int(i) for i in ranked], "note": ""}
+            except (ValueError, AssertionError, IndexError) as exc:
+                if method == "cleanlab":
+                    raise
+                note = f"cleanlab failed ({type(exc).__name__}: {exc}); used the confident-learning rule"
+    indices, thresholds = confident_learning_rule(gold, probabilities)
+    return {"method": "confident-learning rule", "indices": indices.tolist(), "note": note,
+            "thresholds": [None if np.isnan(t) else float(t) for t in thresholds]}
+
+
+# ---- one-run analysis -------------------------------------------------------------------------
+
+@dataclass
+class Predictions:
+    """Test predictions of one run (or of one `evaluate` output), in file order."""
+
+    texts: list[str]
+    gold: np.ndarray
+    probabilities: np.ndarray
+    label_names: list[str]
+    source: Path = Path(".")
+    """Folder the predictions were read from."""
+    run_dir: Path | None = None
+    """Run folder holding the model, when known (needed for the negation probe)."""
+    ids: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.gold = np.asarray(self.gold, dtype=int)
+        self.probabilities = np.asarray(self.probabilities, dtype=np.float64)
+        if not self.ids:
+            self.ids = list(range(len(self.texts)))
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predicted == self.gold
+
+
+def example_row(p: Predictions, i: int) -> dict:
+    """One example as a flat dict: text, gold, pred, their probabilities, loss and margin."""
+    probs = p.probabilities[i]
+    gold, pred = int(p.gold[i]), int(probs.argmax())
+    row = {"id": p.ids[i], "text": p.texts[i], "gold": p.label_names[gold], "pred": p.label_names[pred],
+           "prob_gold": round(float(probs[gold]), 6), "prob_pred": round(float(probs[pred]), 6),
+           "loss": round(float(-math.log(max(probs[gold], 1e-12))), 6),
+           "margin": round(float(top2_margin(probs[None, :])[0]), 6)}
+    row.update({f"prob_{name}": round(float(v), 6) for name, v in zip(p.label_names, probs)})
+    return row
+
+
+def analyze_predictions(p: Predictions, top_k: int = 20, custom_slices: dict[str, str] | None = None,
+                        calibration_bins: int = 10, label_error_method: str = "auto") -> dict:
+    """The whole single-run analysis as one JSON-ready dict (see the module docstring).
+
+    Example:
+        >>> p = Predictions(["good", "not good"], [1, 0], [[0.2, 0.8], [0.3, 0.7]], ["negative", "positive"])
+        >>> analyze_predictions(p)["overall"]["accuracy"]
+        0.5
+    """
+    gold, probs, names = p.gold, p.probabilities, p.label_names
+    predicted = p.predicted
+    calibration = expected_calibration_error(gold, probs, bins=calibration_bins)
+    margin = top2_margin(probs)
+    ambiguous_mask = margin < AMBIGUOUS_MARGIN
+    label_errors = likely_label_errors(gold, probs, label_error_method)
+    by_class = errors_by_class(gold, probs, names, top_k)
+    for entry in by_class:
+        for key in ("false_positives", "false_negatives"):
+            entry[key] = [example_row(p, i) for i in entry[key]]
+    return {
+        "source": str(p.source),
+        "examples": len(gold),
+        "label_names": list(names),
+        "overall": {**classification_metrics(gold, probs), "ece": calibration["ece"]},
+        "confusion_matrix": {"rows_gold_columns_predicted": confusion_matrix(gold, predicted, len(names)).tolist(),
+                             "labels": list(names)},
+        "per_class": per_class_metrics(gold, predicted, names),
+        "errors_by_class": by_class,
+        "highest_loss": [example_row(p, i) for i in highest_loss(gold, probs, top_k)],
+        "ambiguous": {"max_margin": AMBIGUOUS_MARGIN, "count": int(ambiguous_mask.sum()),
+                      "accuracy": float(p.correct[ambiguous_mask].mean()) if ambiguous_mask.any() else math.nan,
+                      "examples": [example_row(p, i) for i in ambiguous(probs, top_k)]},
+        "likely_label_errors": {"method": label_errors["method"], "note": label_errors["note"],
+                                "count": len(label_errors["indices"]),
+                                **({"thresholds": dict(zip(names, label_errors["thresholds"]))}
+                                   if "thresholds" in label_errors else {}),
+                                "examples": [example_row(p, i) for i in label_errors["indices"][:top_k]]},
+        "slices": slice_table(p.texts, p.correct, custom_slices),
+        "calibration": {"bins": calibration_bins, **calibration},
+    }
+
+
+def error_rows(analysis: dict) -> list[dict]:
+    """The rows of errors.csv: each top-k list of the analysis, tagged with a `reason` and rank."""
+    sections = [("highest_loss", analysis["highest_loss"]), ("ambiguous", analysis["ambiguous"]["examples"]),
+                ("likely_label_error", analysis["likely_label_errors"]["examples"])]
+    return [{"reason": reason, "rank": rank, **row}
+            for reason, rows in sections for rank, row in enumerate(rows, start=1)]
+
+
+# ---- two-run comparison -----------------------------------------------------------------------
+
+def check_same_examples(a: Predictions, b: Predictions) -> None:
+    """Raises RunFolderError naming the first row where the two test sets differ."""
+    if list(a.label_names) != list(b.label_names):
+        raise RunFolderError(f"{a.source} and {b.source}: different label sets "
+                             f"({a.label_names} vs {b.label_names}); a paired comparison needs the same labels")
+    for i in range(max(len(a.texts), len(b.texts))):
+        text_a = a.texts[i] if i < len(a.texts) else None
+        text_b = b.texts[i] if i < len(b.texts) else None
+        if text_a != text_b or (text_a is not None and a.gold[i] != b.gold[i]):
+            what = "texts" if text_a != text_b else "gold labels"
+            raise RunFolderError(
+                f"{a.source} and {b.source}: test {what} differ at row {i + 1} of predictions.csv "
+                f"({text_a!r} vs {text_b!r}; {len(a.texts)} vs {len(b.texts)} rows); a paired comparison "
+                "needs the same test examples in the same order")
+
+
+def compare_predictions(a: Predictions, b: Predictions, custom_slices: dict[str, str] | None = None,
+                        top_k: int = 20, alpha: float = 0.05) -> dict:
+    """Per-slice paired comparison of two runs on the same test set, with exact McNemar tests.
+
+    Example:
+        >>> names = ["negative", "positive"]
+        >>> a = Predictions(["good", "bad"], [1, 0], [[0.1, 0.9], [0.8, 0.2]], names)
+        >>> b = Predictions(["good", "bad"], [1, 0], [[0.6, 0.4], [0.8, 0.2]], names)
+        >>> compare_predictions(a, b)["slices"][0]["a_only_correct"]
+        1
+    """
+    check_same_examples(a, b)
+    correct_a, correct_b = a.correct, b.correct
+    rows = []
+    for name, entry in slice_masks(a.texts, custom_slices).items():
+        mask = entry["mask"]
+        count = int(mask.sum())
+        test = mcnemar(correct_a[mask], correct_b[mask])
+        acc_a = float(correct_a[mask].mean()) if count else math.nan
+        acc_b = float(correct_b[mask].mean()) if count else math.nan
+        rows.append({"slice": name, "count": count, "a_accuracy": acc_a, "b_accuracy": acc_b,
+                     "difference_points": 100 * (acc_a - acc_b), **test,
+                     "significant": bool(test["p_value"] < alpha)})
+    a_only = np.flatnonzero(correct_a & ~correct_b)
+    b_only = np.flatnonzero(~correct_a & correct_b)
+    # Most telling disagreements first: where the losing run was most confident in its wrong answer.
+    a_only = a_only[np.argsort(-example_losses(b.gold[a_only], b.probabilities[a_only]), kind="stable")]
+    b_only = b_only[np.argsort(-example_losses(a.gold[b_only], a.probabilities[b_only]), kind="stable")]
+
+    def pair_row(i: int) -> dict:
+        return {"id": a.ids[i], "text": a.texts[i], "gold": a.label_names[a.gold[i]],
+                "a_pred": a.label_names[a.predicted[i]], "b_pred": b.label_names[b.predicted[i]],
+                "a_prob_gold": round(float(a.probabilities[i, a.gold[i]]), 6),
+                "b_prob_gold": round(float(b.probabilities[i, b.gold[i]]), 6)}
+
+    return {"a": str(a.source), "b": str(b.source), "examples": len(a.texts), "alpha": alpha,
+            "test": "exact McNemar (two-sided binomial on discordant pairs)", "slices": rows,
+            "a_right_b_wrong": [pair_row(i) for i in a_only[:top_k]],
+            "b_right_a_wrong": [pair_row(i) for i in b_only[:top_k]]}
+
+
+# ---- minimal-pair negation probe --------------------------------------------------------------
+
+# Written for this project. Each pair is (sentence, its negation, label of the sentence); the negation
+# has the other label. SST-style tokenisation (`is n't`, `it 's`) mixes with plain forms on purpose.
+# Negated negatives ("not bad") are milder than negated positives, so results are split by direction.
+NEGATION_PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("the movie was good", "the movie was not good", "positive"),
+    ("the acting is brilliant", "the acting is n't brilliant", "positive"),
+    ("this film is worth watching", "this film is not worth watching", "positive"),
+    ("the story works", "the story does n't work", "positive"),
+    ("i loved this movie", "i did n't love this movie", "positive"),
+    ("the jokes are funny", "the jokes are n't funny", "positive"),
+    ("the plot holds together", "the plot never holds together", "positive"),
+    ("you can enjoy this film", "you ca n't enjoy this film", "positive"),
+    ("the director knows what he is doing", "the director does n't know what he is doing", "positive"),
+    ("the ending is satisfying", "the ending is n't satisfying", "positive"),
+    ("the characters are believable", "the characters are not believable", "positive"),
+    ("the dialogue is sharp", "the dialogue is never sharp", "positive"),
+    ("i would recommend it", "i would n't recommend it", "positive"),
+    ("the film succeeds", "the film does not succeed", "positive"),
+    ("the performances are convincing", "the performances are not convincing", "positive"),
+    ("it was an enjoyable experience", "it was not an enjoyable experience", "positive"),
+    ("the music is memorable", "the music is n't memorable", "positive"),
+    ("this comedy is clever", "this comedy is hardly clever", "positive"),
+    ("the film has charm", "the film has no charm", "positive"),
+    ("there is something to like here", "there is nothing to like here", "positive"),
+    ("the sequel lives up to the original", "the sequel does n't live up to the original", "positive"),
+    ("everyone will love it", "nobody will love it", "positive"),
+    ("the script is smart and funny", "the script is neither smart nor funny", "positive"),
+    ("it 's a pleasure to watch", "it 's not a pleasure to watch", "positive"),
+    ("the movie will hold your interest", "the movie wo n't hold your interest", "positive"),
+    ("the cast is wonderful", "the cast is n't wonderful", "positive"),
+    ("the movie was bad", "the movie was not bad", "negative"),
+    ("the film is boring", "the film is never boring", "negative"),
+    ("the plot is predictable", "the plot is n't predictable", "negative"),
+    ("the jokes fall flat", "the jokes never fall flat", "negative"),
+    ("it is a waste of time", "it is not a waste of time", "negative"),
+    ("i was disappointed", "i was not disappointed", "negative"),
+    ("the story drags", "the story never drags", "negative"),
+    ("the characters are dull", "the characters are never dull", "negative"),
+    ("this film is a mess", "this film is not a mess", "negative"),
+    ("the pacing is sluggish", "the pacing is n't sluggish", "negative"),
+    ("i regret watching it", "i do n't regret watching it", "negative"),
+    ("the ending is a letdown", "the ending is not a letdown", "negative"),
+    ("the humor feels forced", "the humor never feels forced", "negative"),
+    ("you will be bored", "you wo n't be bored", "negative"),
+    ("the film fails to entertain", "the film never fails to entertain", "negative"),
+    ("the effects look cheap", "the effects do n't look cheap", "negative"),
+)
+
+
+def negation_probe(predict_proba: Callable[[list[str]], np.ndarray], label_names: Sequence[str],
+                   pairs: Sequence[tuple[str, str, str]] = NEGATION_PAIRS) -> dict:
+    """How often negating a sentence flips the prediction the right way.
+
+    Only for binary negative/positive label sets; anything else returns {"status": "skipped", ...}.
+    `flipped_correctly` = both the sentence and its negation are classified correctly.
+
+    Example:
+        >>> def rule(texts): return np.array([[0.9, 0.1] if " n" in t else [0.1, 0.9] for t in texts])
+        >>> negation_probe(rule, ["negative", "positive"])["status"]
+        'ok'
+    """
+    lowered = [name.lower() for name in label_names]
+    if sorted(lowered) != ["negative", "positive"]:
+        return {"status": "skipped",
+                "reason": f"label set {list(label_names)} is not binary negative/positive"}
+    index = {name: lowered.index(name) for name in ("negative", "positive")}
+    flip = {"positive": "negative", "negative": "positive"}
+    texts = [t for base, negated, _ in pairs for t in (base, negated)]
+    probs = np.asarray(predict_proba(texts), dtype=np.float64)
+    predicted = [lowered[j] for j in probs.argmax(axis=1)]
+    rows = []
+    for n, (base, negated, label) in enumerate(pairs):
+        pred_base, pred_negated = predicted[2 * n], predicted[2 * n + 1]
+        rows.append({"sentence": base, "negated": negated, "label": label, "negated_label": flip[label],
+                     "pred": pred_base, "negated_pred": pred_negated,
+                     "p_positive": round(float(probs[2 * n, index["positive"]]), 6),
+                     "negated_p_positive": round(float(probs[2 * n + 1, index["positive"]]), 6),
+                     "flipped": pred_base != pred_negated,
+                     "flipped_correctly": pred_base == label and pred_negated == flip[label]})
+
+    def summary(selected: list[dict]) -> dict:
+        count = len(selected)
+        hits = sum(r["flipped_correctly"] for r in selected)
+        low, high = wilson_interval(hits, count)
+        return {"pairs": count, "flipped_correctly": hits / count if count else math.nan,
+                "ci95_low": low, "ci95_high": high,
+                "flipped": sum(r["flipped"] for r in selected) / count if count else math.nan,
+                "sentence_accuracy": sum(r["pred"] == r["label"] for r in selected) / count if count else math.nan,
+                "negated_accuracy": (sum(r["negated_pred"] == r["negated_label"] for r in selected) / count
+                                     if count else math.nan)}
+
+    return {"status": "ok", **summary(rows),
+            "by_direction": {f"{label} -> {flip[label]}": summary([r for r in rows if r["label"] == label])
+                             for label in ("positive", "negative")},
+            "examples": rows}
+
+
+# ---- I/O edges: reading folders, writing files, the CLI ---------------------------------------
+
+def _label_names_from_columns(columns: Sequence[str]) -> list[str]:
+    return [c[len("prob_"):] for c in columns if c.startswith("prob_")]
+
+
+def load_predictions(folder: str | Path) -> Predictions:
+    """Reads predictions.csv from a run folder or from an `evaluate` output folder.
+
+    Label names come from labels.json when the folder has one, else from the prob_<label> columns,
+    which predictions.csv writes in id order.
+    """
+    import pandas as pd
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder}: folder not found")
+    path = folder / results.PREDICTIONS_FILE
+    if (folder / results.CONFIG_FILE).exists():
+        run = results.load_run(folder)
+        if run.status != "ok":
+            raise RunFolderError(f"{folder}: run status is {run.status!r}, not 'ok'"
+                                 + (f" ({run.metrics.get('error')})" if run.metrics.get("error") else ""))
+        run_dir: Path | None = folder
+    else:
+        run_dir = _run_of_evaluation(folder)
+    if not path.exists():
+        raise RunFolderError(f"{folder}: no {results.PREDICTIONS_FILE}; pass a finished run folder or the "
+                             "output folder of `sentitune evaluate`")
+    frame = pd.read_csv(path, keep_default_na=False, dtype={"gold": str, "pred": str, "text": str})
+    names = _label_names_from_columns(frame.columns)
+    labels_file = folder / results.LABELS_FILE
+    if labels_file.exists():
+        import json
+
+        declared = json.loads(labels_file.read_text(encoding="utf-8"))
+        if declared:
+            names = declared
+    missing = [c for c in ("text", "gold") if c not in frame.columns]
+    if missing or not names:
+        raise RunFolderError(f"{path}: not a sentitune predictions file (missing {missing or 'prob_<label> columns'})")
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(frame["gold"]) - set(index))
+    if unknown:
+        raise RunFolderError(f"{path}: gold labels {unknown[:5]} are not among the run's labels {names}")
+    probabilities = frame[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
+    ids = frame["id"].tolist() if "id" in frame.columns else []
+    return Predictions(frame["text"].tolist(), frame["gold"].map(index).to_numpy(), probabilities, names,
+                       source=folder, run_dir=run_dir, ids=ids)
+
+
+def _run_of_evaluation(folder: Path) -> Path | None:
+    """The run an `evaluate` output belongs to: its metrics.json names it; default layout as fallback."""
+    import json
+
+    metrics_path = folder / results.METRICS_FILE
+    candidates = []
+    if metrics_path.exists():
+        try:
+            recorded = json.loads(metrics_path.read_text(encoding="utf-8")).get("run")
+        except json.JSONDecodeError:
+            recorded = None
+        if recorded:
+            candidates.append(Path(recorded))
+    if folder.parent.name == "evaluations":
+        candidates.append(folder.parent.parent)
+    return next((c for c in candidates if (c / results.CONFIG_FILE).exists()), None)
+
+
+def _probe_for(p: Predictions, predictor=None) -> dict:
+    lowered = sorted(name.lower() for name in p.label_names)
+    if lowered != ["negative", "positive"]:
+        return {"status": "skipped", "reason": f"label set {p.label_names} is not binary negative/positive"}
+    if predictor is None:
+        if p.run_dir is None or not (p.run_dir / results.MODEL_DIR).is_dir():
+            return {"status": "skipped", "reason": "no run folder with a model to query"}
+        from sentitune.inference import Predictor
+
+        predictor = Predictor.load(p.run_dir)
+    return negation_probe(predictor.predict_proba, predictor.label_names)
+
+
+def _jsonable(value):
+    """NaN/inf -> None so analysis.json stays strict JSON that any reader accepts."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def write_analysis(output_dir: str | Path, p: Predictions, top_k: int = 20,
+                   custom_slices: dict[str, str] | None = None, predictor=None, probe: bool = True,
+                   against: Predictions | None = None, against_predictor=None) -> dict:
+    """Analyses `p` (and compares it with `against`), writes the files, returns the analysis dict.
+
+    Example:
+        >>> write_analysis("runs/sst2-lora/analysis", load_predictions("runs/sst2-lora"))  # doctest: +SKIP
+    """
+    from sentitune.reporting import plots
+
+    output_dir = Path(output_dir)
+    if against is not None:
+        check_same_examples(p, against)  # before any work or file is written
+    analysis = analyze_predictions(p, top_k, custom_slices)
+    analysis["negation_probe"] = _probe_for(p, predictor) if probe else {"status": "skipped", "reason": "disabled"}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    figure = plots.confusion_figure(np.array(analysis["confusion_matrix"]["rows_gold_columns_predicted"]),
+                                    p.label_names, title=_short(p.source))
+    plots.save_png(figure, output_dir / CONFUSION_FILE)
+    figure = plots.reliability_figure(analysis["calibration"]["bins"], analysis["calibration"]["ece"],
+                                      title=_short(p.source))
+    plots.save_png(figure, output_dir / RELIABILITY_FILE)
+    results.atomic_write_csv(output_dir / ERRORS_FILE, error_rows(analysis),
+                             ["reason", "rank", "id", "text", "gold", "pred", "prob_gold", "prob_pred", "loss",
+                              "margin", *(f"prob_{n}" for n in p.label_names)])
+    results.atomic_write_csv(output_dir / SLICES_FILE, analysis["slices"],
+                             ["slice", "kind", "count", "correct", "accuracy", "ci95_low", "ci95_high", "rule"])
+    if against is not None:
+        comparison = compare_predictions(p, against, custom_slices, top_k)
+        comparison["negation_probe"] = {
+            "a": analysis["negation_probe"],
+            "b": _probe_for(against, against_predictor) if probe else {"status": "skipped", "reason": "disabled"}}
+        results.atomic_write_json(output_dir / COMPARISON_FILE, _jsonable(comparison))
+        analysis["comparison"] = comparison
+    files = [ANALYSIS_FILE, ERRORS_FILE, SLICES_FILE, CONFUSION_FILE, RELIABILITY_FILE]
+    analysis["files"] = files + ([COMPARISON_FILE] if against is not None else [])
+    results.atomic_write_json(output_dir / ANALYSIS_FILE,
+                              _jsonable({k: v for k, v in analysis.items() if k != "comparison"}))
+    analysis["output_dir"] = str(output_dir)
+    return analysis
+
+
+def analyze_evaluation(output_dir: str | Path, texts: Sequence[str], gold, probabilities, predictor,
+                       top_k: int = 20) -> dict:
+    """The `evaluate` hook: analysis files next to its predictions.csv, and a short summary to print.
+
+    Example:
+        >>> analyze_evaluation("runs/a/evaluations/mine", texts, gold, probs, predictor)  # doctest: +SKIP
+        {'dir': 'runs/a/evaluations/mine', 'files': [...], 'ece': 0.04, 'negation_probe_flipped_correctly': 0.55}
+    """
+    p = Predictions(list(texts), gold, probabilities, list(predictor.label_names), source=Path(output_dir))
+    analysis = write_analysis(output_dir, p, top_k, predictor=predictor)
+    probe = analysis["negation_probe"]
+    return {"dir": str(output_dir), "files": analysis["files"], "ece": analysis["overall"]["ece"],
+            "negation_probe_flipped_correctly": probe.get("flipped_correctly") if probe["status"] == "ok" else None}
+
+
+def _short(path: Path | str) -> str:
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def print_summary(analysis: dict, console=None) -> None:
+    """Console summary of an analysis (rich tables); the files hold the full detail."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    overall = analysis["overall"]
+    console.print(f"[bold]{analysis['source']}[/bold]: {analysis['examples']} examples, accuracy "
+                  f"{overall['accuracy']:.4f}, macro F1 {overall['macro_f1']:.4f}, ECE {overall['ece']:.4f}")
+    table = Table(title="per class")
+    for column in ("label", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for row in analysis["per_class"]:
+        table.add_row(row["label"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      str(row["support"]))
+    console.print(table)
+    table = Table(title="slices (95% Wilson CI)")
+    for column in ("slice", "count", "accuracy", "95% CI"):
+        table.add_column(column, justify="left" if column == "slice" else "right")
+    for row in analysis["slices"]:
+        if row["count"]:
+            table.add_row(row["slice"], str(row["count"]), f"{row['accuracy']:.3f}",
+                          f"{row['ci95_low']:.3f}-{row['ci95_high']:.3f}")
+        else:
+            table.add_row(row["slice"], "0", "-", "-")
+    console.print(table)
+    table = Table(title="most confident mistakes")
+    for column in ("gold", "pred", "p(pred)", "text"):
+        table.add_column(column, overflow="fold")
+    for row in analysis["highest_loss"][:5]:
+        table.add_row(row["gold"], row["pred"], f"{row['prob_pred']:.3f}", row["text"][:100])
+    console.print(table)
+    amb, lab = analysis["ambiguous"], analysis["likely_label_errors"]
+    console.print(f"ambiguous (top-2 margin < {amb['max_margin']}): {amb['count']}   "
+                  f"likely label errors: {lab['count']} ({lab['method']})")
+    probe = analysis["negation_probe"]
+    if probe["status"] == "ok":
+        directions = ", ".join(f"{k}: {v['flipped_correctly']:.0%}" for k, v in probe["by_direction"].items())
+        console.print(f"negation probe: {probe['flipped_correctly']:.0%} of {probe['pairs']} minimal pairs flip "
+                      f"correctly ({directions})")
+    else:
+        console.print(f"negation probe: skipped ({probe['reason']})")
+    comparison = analysis.get("comparison")
+    if comparison:
+        table = Table(title=f"A = {comparison['a']}  vs  B = {comparison['b']} (exact McNemar)")
+        for column in ("slice", "count", "A acc", "B acc", "A only right", "B only right", "p", ""):
+            table.add_column(column, justify="left" if column == "slice" else "right")
+        for row in comparison["slices"]:
+            if not row["count"]:
+                continue
+            table.add_row(row["slice"], str(row["count"]), f"{row['a_accuracy']:.3f}", f"{row['b_accuracy']:.3f}",
+                          str(row["a_only_correct"]), str(row["b_only_correct"]), f"{row['p_value']:.3g}",
+                          "significant" if row["significant"] else "not significant")
+        console.print(table)
+    console.print(f"wrote {', '.join(analysis['files'])} to {analysis['output_dir']}")
+
+
+def analyze_cli(args) -> int:
+    """`sentitune analyze RUN [--against RUN] [--top-k K] [--slice NAME=REGEX] [--output-dir DIR]`."""
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k: must be >= 1, got {args.top_k}")
+    custom = parse_slices(args.slice)
+    p = load_predictions(args.run)
+    against = load_predictions(args.against) if args.against else None
+    output_dir = Path(args.output_dir) if args.output_dir else Path(args.run) / ANALYSIS_DIR
+    analysis = write_analysis(output_dir, p, args.top_k, custom, against=against)
+    print_summary(analysis)
+    return 0
