@@ -107,7 +107,12 @@ def load_tokenizer(source: ModelSource):
 
 
 def load_classifier(source: ModelSource, label_names: list[str], dtype=None):
-    """A sequence-classification model with a fresh head sized for `label_names`."""
+    """A sequence-classification model with a fresh head sized for `label_names`.
+
+    Weights load as fp32 unless `dtype` says otherwise: mixed precision keeps fp32 master weights and
+    lets autocast pick bf16/fp16 per op, so an fp16 checkpoint must not make the parameters fp16.
+    """
+    import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -121,7 +126,7 @@ def load_classifier(source: ModelSource, label_names: list[str], dtype=None):
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
             attn_implementation="sdpa",
-            **({"dtype": dtype} if dtype is not None else {}),
+            dtype=dtype or torch.float32,
         )
     finally:
         hf_logging.set_verbosity(verbosity)
