@@ -226,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", help="texts to classify")
     predict.add_argument("--model", required=True, help="run folder or exported folder")
     predict.add_argument("--input", help="CSV/TSV/JSONL/TXT file, or - for stdin")
-    predict.add_argument("--text-column", help="text column of --input")
+    predict.add_argument("--input-format", choices=["txt", "csv", "tsv", "jsonl"],
+                         help="format of --input (default: from the suffix; stdin: txt, one text per line)")
+    predict.add_argument("--text-column", help="text column of --input (default: sentence for TSV, else text)")
     predict.add_argument("--output", help="JSONL output (default stdout)")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.set_defaults(handler=cmd_predict)
@@ -237,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation (ONNX Runtime)")
     export.add_argument("--output", required=True, help="output folder")
     export.add_argument("--parity-data", help="labelled file for the parity report (default: the run's test split)")
+    export.add_argument("--text-column", help="text column of --parity-data (default: sentence for TSV, else text)")
+    export.add_argument("--label-column", help="label column of --parity-data (default: label)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     export.set_defaults(handler=cmd_export)
 
     serve = sub.add_parser("serve", help="HTTP server with micro-batching")
@@ -247,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-wait-ms", type=float, default=5.0)
     serve.add_argument("--max-texts", type=int, default=256, help="max texts per request")
     serve.add_argument("--max-chars", type=int, default=10_000, help="max characters per text")
+    serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="max request body size")
+    serve.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
     serve.add_argument("--api-key", default=os.environ.get("SENTITUNE_API_KEY"),
                        help="require this X-API-Key header (default $SENTITUNE_API_KEY)")
     serve.set_defaults(handler=cmd_serve)

@@ -1,4 +1,15 @@
-"""Predictor: a run folder (full, lora, head, tfidf) -> predict(texts) with label, score, probabilities.
+"""Predictor: a run folder (full, lora, head, tfidf) or an exported folder (ONNX, HF) -> predictions.
+
+Every backend sits behind one surface: `predict_proba(texts)` gives class probabilities in input order,
+`predict(texts)` gives label, score and probabilities per text. Texts are tokenised once with the fast
+tokenizer, sorted by length and cut into batches so that padding stays close to zero.
+
+Folders it loads:
+  * a run folder (`config.yaml` + `model/`): LoRA adapters are merged into the base weights at load,
+    so inference pays nothing for them; tfidf runs use their scikit-learn-free safetensors weights;
+  * an exported folder (`sentitune.json`, written by `sentitune export`): ONNX (fp32 or int8, run by
+    ONNX Runtime) or a merged Hugging Face model folder;
+  * a plain Hugging Face classification folder (labels from `config.json`'s `id2label`).
 
 Example:
     >>> predictor = Predictor.load("runs/sst2-lora")  # doctest: +SKIP
@@ -8,33 +19,172 @@ Example:
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Callable, Iterable, Iterator
 
 import numpy as np
 
 from sentitune import results
 from sentitune.methods import registry
 
+EXPORT_MANIFEST = "sentitune.json"
+"""Written into every exported folder: what the Predictor needs besides the weights."""
+ONNX_VARIANTS = ("fp32", "int8")
+ONNX_INPUTS = ("input_ids", "attention_mask")
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (affinity and physical cores both respected)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or usable
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        physical = usable
+    # Hyper-threads share one core's matrix units, so more threads than physical cores only contend.
+    return max(1, min(usable, physical))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    # float64 like training's predictions.csv, so round trips compare to ~1e-7, not float32's 1e-4.
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _pad(batch: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads token id lists into (input_ids, attention_mask) int64 arrays."""
+    width = max(len(ids) for ids in batch)
+    input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, ids in enumerate(batch):
+        input_ids[row, :len(ids)] = ids
+        mask[row, :len(ids)] = 1
+    return input_ids, mask
+
+
+class _TorchRunner:
+    """Logits from a transformers classifier under inference mode."""
+
+    name = "torch"
+
+    def __init__(self, model, device: str):
+        self.model = model
+        self.device = device
+
+    def __call__(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.from_numpy(input_ids).to(self.device),
+                                attention_mask=torch.from_numpy(mask).to(self.device)).logits
+        return logits.float().cpu().numpy()
+
+
+class _OnnxRunner:
+    """Logits from an ONNX Runtime session (inputs input_ids and attention_mask, output logits)."""
+
+    name = "onnx"
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": mask})[0]
+
+
+def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = None):
+    """An ONNX Runtime session tuned for this machine: all graph optimisations, one intra-op thread per core.
+
+    Example:
+        >>> session = onnx_session("exported/sst2-lora-int8/model.int8.onnx")  # doctest: +SKIP
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or available_cores()
+    # One graph, run node after node: inter-op parallelism only adds scheduling for a BERT chain.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # ORT raises its own exception types for corrupt or foreign files
+        raise results.RunFolderError(f"{path}: cannot load the ONNX model ({exc})") from None
+
 
 class Predictor:
-    """Batched, length-sorted inference over any sentitune run folder."""
+    """Batched, length-sorted inference over a run folder or an exported folder.
+
+    Example:
+        >>> predictor = Predictor.load("exported/sst2-lora-int8")  # doctest: +SKIP
+        >>> predictor.predict_proba(["dull and far too long"]).round(2)  # doctest: +SKIP
+        array([[0.97, 0.03]])
+    """
 
     def __init__(self, label_names: list[str], max_length: int, truncation: str = "head",
-                 model=None, tokenizer=None, classical=None, device: str = "cpu", source: str = ""):
-        self.label_names = label_names
+                 model=None, tokenizer=None, classical=None, device: str = "cpu", source: str = "",
+                 session=None, variant: str | None = None, batch_size: int = 64):
+        self.label_names = list(label_names)
         self.max_length = max_length
         self.truncation = truncation
         self.model = model
         self.tokenizer = tokenizer
         self.classical = classical
+        self.session = session
         self.device = device
         self.source = source
+        self.batch_size = batch_size
+        if classical is not None:
+            self.backend, self._runner = "tfidf", None
+        elif session is not None:
+            self.backend, self._runner = "onnx", _OnnxRunner(session)
+        elif model is not None:
+            self.backend, self._runner = "torch", _TorchRunner(model, device)
+        else:
+            raise ValueError("Predictor needs a model, an ONNX session or a classical model")
+        self.variant = variant or ("fp32" if self.backend != "tfidf" else None)
+
+    # ---- loading ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None, variant: str | None = None,
+             threads: int | None = None) -> "Predictor":
+        """Loads a run folder, an exported folder or a plain HF classification folder.
+
+        Args:
+            path: the folder.
+            device: `cpu` or `cuda`; default cuda when available.
+            variant: for ONNX exports, `fp32` or `int8`; default the export's own choice.
+            threads: ONNX Runtime intra-op threads; default one per available core.
+
+        Example:
+            >>> Predictor.load("runs/sst2-full", device="cpu").backend  # doctest: +SKIP
+            'torch'
+        """
+        path = Path(path)
+        if (path / EXPORT_MANIFEST).exists():
+            return cls._load_export(path, device, variant, threads)
+        if variant is not None:
+            raise results.RunFolderError(f"{path}: variant {variant!r} applies only to exported ONNX folders")
+        if (path / results.CONFIG_FILE).exists() or not (path / "config.json").exists():
+            return cls._load_run(path, device)
+        return cls._load_hf_folder(path, device, None)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "Predictor":
-        import torch
-
+    def _load_run(cls, path: Path, device: str | None) -> "Predictor":
         from sentitune.models import load_classifier, resolve_model
 
         run = results.load_run(path, require_ok=True)
@@ -49,44 +199,110 @@ class Predictor:
                        source=str(run.path))
         from transformers import AutoTokenizer
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = _resolve_device(device)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = _load_checked(method, model_dir, lambda: load_classifier(resolve_model(cfg.model), run.label_names))
         model.to(device).eval()
         return cls(run.label_names, max_length, cfg.data.truncation, model=model, tokenizer=tokenizer,
                    device=device, source=str(run.path))
 
-    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities (n x k), in input order."""
+    @classmethod
+    def _load_export(cls, path: Path, device: str | None, variant: str | None, threads: int | None) -> "Predictor":
+        from transformers import AutoTokenizer
+
+        manifest = read_manifest(path)
+        if manifest["format"] == "hf":
+            if variant is not None:
+                raise results.RunFolderError(f"{path}: variant {variant!r} applies only to ONNX exports")
+            return cls._load_hf_folder(path, device, manifest)
+        variant = variant or manifest["default_variant"]
+        files = manifest["files"]
+        if variant not in files:
+            raise results.RunFolderError(f"{path}: no {variant!r} model in this export (has {', '.join(files)})")
+        device = _resolve_device(device)
+        session = onnx_session(path / files[variant], device, threads)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(manifest["label_names"], manifest["max_length"], manifest["truncation"], tokenizer=tokenizer,
+                   session=session, device=device, source=str(path), variant=variant)
+
+    @classmethod
+    def _load_hf_folder(cls, path: Path, device: str | None, manifest: dict | None) -> "Predictor":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        device = _resolve_device(device)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa")
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise results.RunFolderError(f"{path}: cannot load the model folder ({exc})") from None
+        if manifest:
+            labels, max_length, truncation = manifest["label_names"], manifest["max_length"], manifest["truncation"]
+        else:
+            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            max_length, truncation = min(int(tokenizer.model_max_length), 512), "head"
+        model.to(device).eval()
+        return cls(labels, max_length, truncation, model=model, tokenizer=tokenizer, device=device, source=str(path))
+
+    def describe(self) -> dict:
+        """What is loaded, for /health and logs."""
+        return {"backend": self.backend, "variant": self.variant, "device": self.device, "source": self.source,
+                "label_names": self.label_names, "max_length": self.max_length, "truncation": self.truncation}
+
+    # ---- prediction ---------------------------------------------------------------------------
+    def predict_proba(self, texts: Iterable[str], batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities (n x k), in input order.
+
+        Example:
+            >>> predictor.predict_proba(["great", "awful"]).shape  # doctest: +SKIP
+            (2, 2)
+        """
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(self.label_names)))
         if self.classical is not None:
-            return np.asarray(self.classical.predict_proba(texts))
-        import torch
-
+            return np.asarray(self.classical.predict_proba(texts), dtype=np.float64)
         from sentitune.data import encode_texts
 
-        encoded, _ = encode_texts(self.tokenizer, texts, self.max_length, self.truncation)
-        ids = encoded["input_ids"]
+        batch_size = batch_size or self.batch_size
+        ids = encode_texts(self.tokenizer, texts, self.max_length, self.truncation)[0]["input_ids"]
         # Sorting by length keeps each batch's padding close to zero.
         order = np.argsort([len(x) for x in ids], kind="stable")
+        pad_id = self.tokenizer.pad_token_id or 0
         out = np.zeros((len(texts), len(self.label_names)), dtype=np.float64)
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                logits = self.model(**batch).logits.float()
-                out[chunk] = torch.softmax(logits, dim=-1).cpu().numpy()
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            input_ids, mask = _pad([ids[i] for i in chunk], pad_id)
+            out[chunk] = _softmax(self._runner(input_ids, mask))
         return out
 
-    def predict(self, texts: Iterable[str], batch_size: int = 64) -> list[dict]:
+    def predict(self, texts: Iterable[str], batch_size: int | None = None) -> list[dict]:
+        """One dict per text: text, label, score (its probability) and every class probability.
+
+        Example:
+            >>> predictor.predict(["a gorgeous , witty film"])[0]["label"]  # doctest: +SKIP
+            'positive'
+        """
         texts = list(texts)
         probabilities = self.predict_proba(texts, batch_size)
-        return [self._row(text, p) for text, p in zip(texts, probabilities)]
+        return [self.row(text, p) for text, p in zip(texts, probabilities)]
 
-    def _row(self, text: str, probabilities: np.ndarray) -> dict:
+    def predict_stream(self, texts: Iterable[str], batch_size: int | None = None,
+                       chunk_size: int = 4096) -> Iterator[dict]:
+        """Like `predict`, but lazily: holds only `chunk_size` texts at a time (length-sorted within).
+
+        Example:
+            >>> rows = predictor.predict_stream(open("big.txt"))  # doctest: +SKIP
+        """
+        chunk: list[str] = []
+        for text in texts:
+            chunk.append(text)
+            if len(chunk) >= chunk_size:
+                yield from self.predict(chunk, batch_size)
+                chunk = []
+        if chunk:
+            yield from self.predict(chunk, batch_size)
+
+    def row(self, text: str, probabilities: np.ndarray) -> dict:
         best = int(probabilities.argmax())
         return {
             "text": text,
@@ -94,6 +310,16 @@ class Predictor:
             "score": float(probabilities[best]),
             "probabilities": {name: float(p) for name, p in zip(self.label_names, probabilities)},
         }
+
+    _row = row  # the earlier private name
+
+
+def _resolve_device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _load_checked(method, model_dir: Path, load_base):
@@ -105,12 +331,215 @@ def _load_checked(method, model_dir: Path, load_base):
         raise results.RunFolderError(f"{model_dir}: cannot load the {method.name} weights ({exc})") from None
 
 
+def read_manifest(folder: str | Path) -> dict:
+    """The `sentitune.json` of an exported folder, checked for the keys the Predictor needs."""
+    path = Path(folder) / EXPORT_MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise results.RunFolderError(f"{folder}: not an exported folder (no {EXPORT_MANIFEST})") from None
+    except json.JSONDecodeError as exc:
+        raise results.RunFolderError(f"{path}: corrupted JSON at line {exc.lineno}, column {exc.colno}") from None
+    required = ["format", "label_names", "max_length", "truncation"]
+    if isinstance(manifest, dict) and manifest.get("format") == "onnx":
+        required += ["files", "default_variant"]
+    missing = [key for key in required if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise results.RunFolderError(f"{path}: missing keys {missing}")
+    if manifest["format"] not in ("onnx", "hf"):
+        raise results.RunFolderError(f"{path}: unknown format {manifest['format']!r} (expected onnx or hf)")
+    return manifest
+
+
+# ---- files in, JSONL out ----------------------------------------------------------------------
+
+class _CountingLines:
+    """Decoded lines of a binary stream, counting bytes read so a progress bar can follow."""
+
+    def __init__(self, raw: IO[bytes], on_bytes: Callable[[int], None] | None = None):
+        self.raw = raw
+        self.on_bytes = on_bytes
+        self.first = True
+
+    def __iter__(self):
+        for line in self.raw:
+            if self.on_bytes:
+                self.on_bytes(len(line))
+            text = line.decode("utf-8")
+            if self.first:
+                text = text.lstrip("\ufeff")
+                self.first = False
+            yield text
+
+
+INPUT_FORMATS = ("txt", "csv", "tsv", "jsonl")
+
+
+def input_format(path: str, given: str | None) -> str:
+    if given:
+        return given
+    if path == "-":
+        return "txt"
+    suffix = Path(path).suffix.lower()
+    if suffix == ".txt":
+        return "txt"
+    from sentitune.data import file_format
+
+    return file_format(path)
+
+
+def stream_texts(path: str, text_column: str | None = None, fmt: str | None = None,
+                 on_bytes: Callable[[int], None] | None = None) -> Iterator[str]:
+    """Texts from a TXT (one per line), CSV, TSV or JSONL file, or '-' for stdin, read lazily.
+
+    One text per input row, empty ones included, so line i of the output answers row i of the input.
+    Unlike `data.read_table`, nothing is held in memory, so a file of millions of lines streams.
+
+    Example:
+        >>> next(stream_texts("reviews.csv", text_column="review"))  # doctest: +SKIP
+        'A gorgeous, witty film.'
+    """
+    from sentitune.data import DataError
+
+    fmt = input_format(path, fmt)
+    raw = sys.stdin.buffer if path == "-" else _open_binary(path)
+    name = "<stdin>" if path == "-" else path
+    try:
+        lines = _CountingLines(raw, on_bytes)
+        if fmt == "txt":
+            for line in lines:
+                yield line.rstrip("\r\n")
+            return
+        column = text_column or ("sentence" if fmt == "tsv" else "text")
+        if fmt == "jsonl":
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{name}: line {number}, column {exc.colno}: invalid JSON ({exc.msg})") from None
+                if not isinstance(record, dict) or column not in record:
+                    raise DataError(f"{name}: line {number}: expected a JSON object with key {column!r}")
+                yield str(record[column] if record[column] is not None else "")
+            return
+        # GLUE TSV has no quoting; CSV follows RFC 4180 (quoted fields may span lines).
+        reader = (csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv"
+                  else csv.reader(lines))
+        try:
+            header = [name.strip() for name in next(reader)]
+        except StopIteration:
+            raise DataError(f"{name}: file is empty") from None
+        if column not in header:
+            raise DataError(f"{name}: line 1: no column {column!r}; columns are {header}")
+        index = header.index(column)
+        for record in reader:
+            if not record:
+                continue
+            if index >= len(record):
+                raise DataError(f"{name}: line {reader.line_num}: {len(record)} fields, no {column!r} value")
+            yield record[index]
+    except UnicodeDecodeError:
+        raise DataError(f"{name}: not UTF-8; re-save the file as UTF-8") from None
+    except csv.Error as exc:
+        raise DataError(f"{name}: {exc}") from None
+    finally:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+
+
+def _open_binary(path: str) -> IO[bytes]:
+    from sentitune.data import DataError
+
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected a file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def write_jsonl(rows: Iterable[dict], output: str | None) -> int:
+    """Writes rows as JSON lines to `output` (atomically: a temp file renamed at the end) or stdout."""
+    count = 0
+    if not output or output == "-":
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+        sys.stdout.flush()
+        return count
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        with temp.open("w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return count
+
+
+def _progress_wanted() -> bool:
+    return sys.stderr.isatty() or os.environ.get("SENTITUNE_PROGRESS") == "1"
+
+
+def predict_cli(args) -> int:
+    """`sentitune predict`: texts from arguments or a file -> JSONL predictions.
+
+    Example:
+        $ sentitune predict --model runs/sst2-lora "a gorgeous , witty film" "a dull mess"
+        $ sentitune predict --model exported/sst2-lora-int8 --input reviews.csv --output preds.jsonl
+    """
+    from sentitune.data import DataError
+
+    if args.texts and args.input:
+        raise DataError("give texts as arguments or --input FILE, not both")
+    if not args.texts and not args.input:
+        raise DataError("nothing to predict: give texts as arguments, or --input FILE ('-' for stdin)")
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    fmt = getattr(args, "input_format", None)
+    if args.input and args.input != "-":
+        input_format(args.input, fmt)  # unknown suffixes fail before the model loads
+    predictor = Predictor.load(args.model)
+    progress = None
+    if args.texts:
+        texts: Iterable[str] = args.texts
+    else:
+        on_bytes = None
+        if args.input != "-" and _progress_wanted():
+            from tqdm import tqdm
+
+            progress = tqdm(total=os.path.getsize(args.input), unit="B", unit_scale=True, file=sys.stderr,
+                            desc=f"predict {Path(args.input).name}")
+            on_bytes = progress.update
+        texts = stream_texts(args.input, args.text_column, fmt, on_bytes)
+    try:
+        count = write_jsonl(predictor.predict_stream(texts, args.batch_size), args.output)
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.output:
+        print(f"{count} predictions -> {args.output}", file=sys.stderr)
+    return 0
+
+
 def evaluate_file(run_dir: str | Path, data_file: str | Path, text_column: str | None = None,
                   label_column: str | None = None, output_dir: str | Path | None = None,
                   batch_size: int = 64) -> dict:
     """Scores a labelled CSV/TSV/JSONL file with a trained run; writes predictions.csv and metrics.json.
 
     Labels must belong to the run's label set (by name, or by id for 0..K-1 files).
+
+    Example:
+        >>> evaluate_file("runs/sst2-lora", "data/sst2/dev.tsv")["test_accuracy"]  # doctest: +SKIP
+        0.91
     """
     from sentitune.data import file_format, map_labels, read_table
     from sentitune.metrics import classification_metrics

@@ -1,0 +1,145 @@
+"""Predictor round trips for every method, the streaming readers, and the predict command."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from sentitune import results
+from sentitune.cli import main
+from sentitune.inference import Predictor, stream_texts
+from sentitune.methods import registry
+from sentitune.training import train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir, tiny_data):
+    """One finished tiny run per registered method (a few optimizer steps each)."""
+    from sentitune.config import RunConfig
+
+    folder = tmp_path_factory.mktemp("inference-runs")
+    made = {}
+    for method in registry.names():
+        cfg = RunConfig.from_dict({
+            "model": str(tiny_model_dir),
+            "data": {"dataset": "files", "train_file": str(tiny_data["train"]), "test_file": str(tiny_data["test"]),
+                     "validation_size": 16, "max_length": 32},
+            "method": {"name": method},
+            "train": {"max_steps": 3, "batch_size": 8, "eval_batch_size": 16, "logging_steps": 1,
+                      "eval_strategy": "no", "warmup_steps_excluded_from_throughput": 1},
+        })
+        train(cfg, folder / method)
+        made[method] = folder / method
+    return made
+
+
+@pytest.mark.parametrize("method", registry.names())
+def test_predictor_reproduces_the_runs_own_test_predictions(runs, method):
+    run = results.load_run(runs[method])
+    frame = run.predictions()
+    predictor = Predictor.load(runs[method], device="cpu")
+    # Odd batch size: batches cut across lengths, so sorting and un-sorting are both exercised.
+    probabilities = predictor.predict_proba(frame["text"].tolist(), batch_size=5)
+    np.testing.assert_allclose(probabilities, run.probabilities(frame), atol=1e-5)
+    assert predictor.backend == ("tfidf" if method == "tfidf" else "torch")
+
+
+def test_lora_adapters_are_merged_at_load(runs):
+    predictor = Predictor.load(runs["lora"], device="cpu")
+    names = [name for name, _ in predictor.model.named_parameters()]
+    assert not any("lora_" in name for name in names)
+    assert type(predictor.model).__name__ == "BertForSequenceClassification"
+
+
+def test_predictions_do_not_depend_on_batching_or_order(runs):
+    predictor = Predictor.load(runs["full"], device="cpu")
+    texts = ["a", "a much longer sentence with a good many words in it", "fine", "", "great fun , really"]
+    whole = predictor.predict_proba(texts, batch_size=64)
+    one_by_one = np.vstack([predictor.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(whole, one_by_one, atol=1e-6)
+    reversed_ = predictor.predict_proba(texts[::-1], batch_size=2)[::-1]
+    np.testing.assert_allclose(whole, reversed_, atol=1e-6)
+    rows = predictor.predict(texts)
+    assert [r["text"] for r in rows] == texts
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-9 for r in rows)
+    assert predictor.predict_proba([]).shape == (0, 2)
+
+
+def test_predict_stream_holds_chunks_and_keeps_order(runs):
+    predictor = Predictor.load(runs["tfidf"])
+    texts = [f"text number {i} {'great' if i % 2 else 'awful'}" for i in range(25)]
+    streamed = list(predictor.predict_stream(iter(texts), chunk_size=4))
+    assert [r["text"] for r in streamed] == texts
+    assert [r["label"] for r in streamed] == [r["label"] for r in predictor.predict(texts)]
+
+
+def test_load_rejects_what_it_cannot_use(tmp_path, runs):
+    with pytest.raises(results.RunFolderError, match="not found"):
+        Predictor.load(tmp_path / "missing")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sentitune.json").write_text("{not json")
+    with pytest.raises(results.RunFolderError, match="corrupted JSON"):
+        Predictor.load(broken)
+    with pytest.raises(results.RunFolderError, match="variant"):
+        Predictor.load(runs["full"], variant="int8")
+
+
+def test_stream_texts_reads_each_format_lazily(tmp_path):
+    (tmp_path / "a.csv").write_text('text,label\n"hello, world",1\n"two\nlines",0\n,1\n', encoding="utf-8")
+    (tmp_path / "a.tsv").write_text('sentence\tlabel\nit\'s "quoted"\t1\n', encoding="utf-8")
+    (tmp_path / "a.jsonl").write_text('{"review": "x"}\n\n{"review": "y"}\n', encoding="utf-8")
+    (tmp_path / "a.txt").write_text("\ufefffirst\nsecond\n", encoding="utf-8")
+    assert list(stream_texts(str(tmp_path / "a.csv"))) == ["hello, world", "two\nlines", ""]
+    assert list(stream_texts(str(tmp_path / "a.tsv"))) == ['it\'s "quoted"']
+    assert list(stream_texts(str(tmp_path / "a.jsonl"), "review")) == ["x", "y"]
+    assert list(stream_texts(str(tmp_path / "a.txt"))) == ["first", "second"]
+    seen = []
+    assert len(list(stream_texts(str(tmp_path / "a.csv"), on_bytes=seen.append))) == 3
+    assert sum(seen) == (tmp_path / "a.csv").stat().st_size
+
+
+def test_stream_texts_errors_name_file_and_line(tmp_path):
+    from sentitune.data import DataError
+
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2"):
+        list(stream_texts(str(tmp_path / "bad.jsonl")))
+    (tmp_path / "a.csv").write_text("review\nx\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no column 'text'"):
+        list(stream_texts(str(tmp_path / "a.csv")))
+    (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        list(stream_texts(str(tmp_path / "latin.txt")))
+
+
+def test_predict_cli_texts_file_and_stdin(runs, tmp_path, capsys, monkeypatch):
+    assert main(["predict", "--model", str(runs["tfidf"]), "great fun", "dull"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["text"] for row in lines] == ["great fun", "dull"]
+    assert set(lines[0]) == {"text", "label", "score", "probabilities"}
+
+    source = tmp_path / "in.csv"
+    source.write_text("review,id\ngreat,1\nawful,2\n", encoding="utf-8")
+    output = tmp_path / "out" / "preds.jsonl"
+    assert main(["predict", "--model", str(runs["head"]), "--input", str(source), "--text-column", "review",
+                 "--output", str(output)]) == 0
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [row["text"] for row in rows] == ["great", "awful"]
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"text": "nice"}\n')))
+    assert main(["predict", "--model", str(runs["tfidf"]), "--input", "-", "--input-format", "jsonl"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "nice"
+
+
+def test_predict_cli_user_errors_exit_2(runs, tmp_path, capsys):
+    assert main(["predict", "--model", str(runs["tfidf"])]) == 2
+    assert "nothing to predict" in capsys.readouterr().err
+    assert main(["predict", "--model", str(runs["tfidf"]), "x", "--input", "f.csv"]) == 2
+    assert main(["predict", "--model", str(tmp_path / "nope"), "x"]) == 2
+    assert main(["predict", "--model", str(runs["tfidf"]), "--input", str(tmp_path / "in.xlsx")]) == 2
+    assert "unknown file type" in capsys.readouterr().err
