@@ -55,11 +55,13 @@ def method_knobs(cfg: RunConfig) -> dict[str, Any]:
     """The method-specific settings of a run: what may legitimately differ inside a comparison."""
     m = cfg.method
     knobs: dict[str, Any] = {"learning_rate": cfg.learning_rate} if registry.get(m.name).neural else {}
-    if m.name in ("lora", "head"):
+    if registry.get(m.name).neural and m.name != "full":
         knobs["head"] = m.head
-    if m.name == "lora":
+    if m.name in ("lora", "dora"):
         knobs.update(lora_r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
                      lora_target_modules=",".join(m.lora_target_modules))
+    if m.name == "prefix":
+        knobs["prefix_tokens"] = m.prefix_tokens
     if m.name == "tfidf":
         knobs.update(tfidf_word_ngrams=str(m.tfidf_word_ngrams), tfidf_char_ngrams=str(m.tfidf_char_ngrams),
                      tfidf_c_grid=str(m.tfidf_c_grid))
@@ -244,7 +246,7 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def method_knobs_keys(row: dict[str, Any]) -> list[str]:
     return [k for k in ("learning_rate", "head", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                        "tfidf_word_ngrams", "tfidf_char_ngrams", "tfidf_c_grid") if k in row]
+                        "prefix_tokens", "tfidf_word_ngrams", "tfidf_char_ngrams", "tfidf_c_grid") if k in row]
 
 
 def pairwise_tests(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -131,6 +131,8 @@ class MethodConfig:
     """Dropout on the LoRA input."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
     """Modules that get adapters; `["all-linear"]` adapts every linear layer of the encoder."""
+    prefix_tokens: int = 20
+    """Virtual tokens per layer for `prefix`."""
     tfidf_word_ngrams: list[int] = field(default_factory=lambda: [1, 2])
     """Word n-gram range [min, max] for the TF-IDF baseline; [] disables word features."""
     tfidf_char_ngrams: list[int] = field(default_factory=lambda: [2, 5])
@@ -148,6 +150,7 @@ class MethodConfig:
         _check_positive("method", "learning_rate", self.learning_rate)
         _check_positive("method", "lora_r", self.lora_r)
         _check_positive("method", "lora_alpha", self.lora_alpha)
+        _check_positive("method", "prefix_tokens", self.prefix_tokens)
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"method.lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         if not self.lora_target_modules:

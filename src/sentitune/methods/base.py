@@ -31,15 +31,16 @@ class Method:
 
 
 def head_module_names(cfg: MethodConfig) -> list[str]:
-    """Top-level modules of a BERT classifier that form the trainable head."""
-    return ["pooler", "classifier"] if cfg.head == "pooler+classifier" else ["classifier"]
+    """Modules of a BERT classifier that form the trainable head. The pooler is named by its Linear
+    (`pooler.dense`): peft's unload/merge of IA3 fails on a wrapped container module."""
+    return ["pooler.dense", "classifier"] if cfg.head == "pooler+classifier" else ["classifier"]
 
 
 def freeze_all_but(model, module_names: list[str]) -> None:
-    """Freezes every parameter except those inside the named modules (matched at any depth)."""
+    """Freezes every parameter except those inside the named (dotted) modules, matched at any depth."""
     for name, parameter in model.named_parameters():
-        parts = name.split(".")
-        parameter.requires_grad = any(m in parts for m in module_names)
+        dotted = f".{name}."
+        parameter.requires_grad = any(f".{m}." in dotted for m in module_names)
 
 
 class FrozenBaseMethod(Method):
@@ -66,3 +67,29 @@ class FrozenBaseMethod(Method):
             raise ValueError(f"{folder / self.weights_file}: tensors {sorted(missing)[:3]} do not belong to the base model")
         model.load_state_dict(trained, strict=False)
         return model
+
+
+class PeftMethod(Method):
+    """Methods that wrap the classifier with a peft adapter; the head (per `method.head`) trains in
+    full and is saved with the adapter, so the checkpoint holds only what was trained."""
+
+    mergeable = True
+    """Whether the adapter folds into the base weights at load (LoRA-like); prompt methods cannot."""
+
+    def peft_config(self, cfg: MethodConfig):
+        raise NotImplementedError
+
+    def prepare(self, model, cfg: MethodConfig):
+        from peft import get_peft_model
+
+        return get_peft_model(model, self.peft_config(cfg))
+
+    def save(self, model, folder: Path) -> None:
+        model.save_pretrained(folder)  # adapter_model.safetensors + adapter_config.json only
+
+    def load(self, folder: Path, load_base):
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_base(), folder)
+        # Merging folds the adapter into the frozen weights, so inference pays nothing for it.
+        return model.merge_and_unload() if self.mergeable else model

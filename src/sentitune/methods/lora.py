@@ -1,18 +1,20 @@
 """LoRA via peft: low-rank adapters on `method.lora_target_modules`; the head trains in full and is
 saved with the adapter. The pooler trains in full too (`method.head: pooler+classifier`, the
-default) or stays frozen at its pretrained weights (`method.head: classifier`, peft's default). At inference the adapter is merged into the base weights."""
+default) or stays frozen at its pretrained weights (`method.head: classifier`, peft's default).
+At inference the adapter is merged into the base weights."""
 
-from sentitune.methods.base import Method, head_module_names
+from sentitune.methods.base import PeftMethod, head_module_names
 from sentitune.methods.registry import register
 
 
 @register
-class Lora(Method):
+class Lora(PeftMethod):
     name = "lora"
     # Measured here: at full fine-tuning's 2e-5 LoRA stays at chance on SST-2; 5e-4 trains, and 1e-3
     # did better on the quick preset (README, "How the defaults were chosen").
     default_learning_rate = 1e-3
     summary = "low-rank adapters + trainable head, base frozen"
+    use_dora = False
 
     def peft_config(self, cfg):
         from peft import LoraConfig, TaskType
@@ -25,18 +27,5 @@ class Lora(Method):
             lora_dropout=cfg.lora_dropout,
             target_modules="all-linear" if targets == ["all-linear"] else list(targets),
             modules_to_save=head_module_names(cfg),
+            use_dora=self.use_dora,
         )
-
-    def prepare(self, model, cfg):
-        from peft import get_peft_model
-
-        return get_peft_model(model, self.peft_config(cfg))
-
-    def save(self, model, folder):
-        model.save_pretrained(folder)  # adapter_model.safetensors + adapter_config.json only
-
-    def load(self, folder, load_base):
-        from peft import PeftModel
-
-        # Merging folds B@A into the frozen weights, so inference pays nothing for the adapter.
-        return PeftModel.from_pretrained(load_base(), folder).merge_and_unload()

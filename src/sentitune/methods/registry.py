@@ -3,7 +3,7 @@
 Example:
     >>> from sentitune.methods import registry
     >>> registry.get("lora").default_learning_rate
-    0.0005
+    0.001
 """
 
 from __future__ import annotations
