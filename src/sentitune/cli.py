@@ -38,6 +38,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--lora-alpha": ("method.lora_alpha", int, "LoRA alpha"),
     "--lora-dropout": ("method.lora_dropout", float, "LoRA dropout"),
     "--lora-targets": ("method.lora_target_modules", str, "comma-separated modules, or all-linear"),
+    "--layer-lr-decay": ("method.layer_lr_decay", float, "layer-wise LR decay for full fine-tuning (1 = off)"),
     "--epochs": ("train.epochs", float, "training epochs"),
     "--max-steps": ("train.max_steps", int, "stop after N optimizer steps"),
     "--batch-size": ("train.batch_size", int, "per-device training batch size"),
@@ -76,9 +77,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _yaml_scalar(text: str):
-    import yaml
+    from sentitune.config import parse_yaml
 
-    return yaml.safe_load(text) if text.strip() else text
+    return parse_yaml(text) if text.strip() else text
 
 
 # ---- handlers ---------------------------------------------------------------------------------
@@ -218,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--lora-targets-sweep", dest="lora_targets_sweep",
                          help="extra LoRA runs per target set, separated by '|', e.g. 'query,value|all-linear'")
     compare.add_argument("--learning-rates", help="extra runs per method at these learning rates, e.g. 1e-4,5e-4")
+    compare.add_argument("--layer-lr-decays", dest="layer_lr_decays",
+                         help="extra full fine-tuning runs with layer-wise LR decay, e.g. 0.8,0.9")
     compare.add_argument("--output-dir", help="comparison folder (default results/<dataset>)")
     compare.add_argument("--parallel", type=int, default=1, help="runs at once (default 1: timings stay honest)")
     compare.set_defaults(handler=cmd_compare)

@@ -57,6 +57,8 @@ def method_knobs(cfg: RunConfig) -> dict[str, Any]:
     knobs: dict[str, Any] = {"learning_rate": cfg.learning_rate} if registry.get(m.name).neural else {}
     if registry.get(m.name).neural and m.name != "full":
         knobs["head"] = m.head
+    if m.name == "full":
+        knobs["layer_lr_decay"] = m.layer_lr_decay
     if m.name in ("lora", "dora"):
         knobs.update(lora_r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
                      lora_target_modules=",".join(m.lora_target_modules))
@@ -87,6 +89,10 @@ def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
                 if target_list != base.method.lora_target_modules:
                     variants[f"lora-{'-'.join(target_list)}"] = {"method.name": "lora",
                                                                   "method.lora_target_modules": target_list}
+        if method == "full":
+            for decay in c.layer_lr_decays:
+                if decay != base.method.layer_lr_decay:
+                    variants[f"full-llrd{decay:g}"] = {"method.name": "full", "method.layer_lr_decay": decay}
         if registry.get(method).neural:
             for lr in c.learning_rates:
                 variants[f"{method}-lr{_format_lr(lr)}"] = {"method.name": method, "method.learning_rate": lr}
@@ -245,7 +251,7 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def method_knobs_keys(row: dict[str, Any]) -> list[str]:
-    return [k for k in ("learning_rate", "head", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    return [k for k in ("learning_rate", "layer_lr_decay", "head", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                         "prefix_tokens", "tfidf_word_ngrams", "tfidf_char_ngrams", "tfidf_c_grid") if k in row]
 
 
@@ -348,6 +354,7 @@ def compare_from_args(args) -> int:
         "compare.lora_r_sweep": _parse_list(args.lora_r_sweep, int),
         "compare.lora_targets_sweep": _parse_list(args.lora_targets_sweep, str, "|"),
         "compare.learning_rates": _parse_list(args.learning_rates, float),
+        "compare.layer_lr_decays": _parse_list(args.layer_lr_decays, float),
     }
     if args.seeds:
         seeds = _parse_list(args.seeds, int)

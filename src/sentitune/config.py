@@ -131,6 +131,9 @@ class MethodConfig:
     """Dropout on the LoRA input."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
     """Modules that get adapters; `["all-linear"]` adapts every linear layer of the encoder."""
+    layer_lr_decay: float = 1.0
+    """Layer-wise learning-rate decay for methods that train encoder layers (full): layer l of L gets
+    lr x decay^(L - l), embeddings decay^(L + 1), the head the full lr. 1.0 = off."""
     prefix_tokens: int = 20
     """Virtual tokens per layer for `prefix`."""
     tfidf_word_ngrams: list[int] = field(default_factory=lambda: [1, 2])
@@ -151,6 +154,8 @@ class MethodConfig:
         _check_positive("method", "lora_r", self.lora_r)
         _check_positive("method", "lora_alpha", self.lora_alpha)
         _check_positive("method", "prefix_tokens", self.prefix_tokens)
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError(f"method.layer_lr_decay: must be in (0, 1], got {self.layer_lr_decay}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"method.lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         if not self.lora_target_modules:
@@ -234,6 +239,8 @@ class CompareConfig:
     """Extra LoRA variants per target set, e.g. ["query,value", "all-linear"]."""
     learning_rates: list[float] = field(default_factory=list)
     """Extra variants of every neural method at these learning rates."""
+    layer_lr_decays: list[float] = field(default_factory=list)
+    """Extra `full` variants with these layer-wise learning-rate decays (e.g. [0.8, 0.9])."""
 
     def __post_init__(self) -> None:
         from sentitune.methods import registry
@@ -250,6 +257,9 @@ class CompareConfig:
             _check_positive("compare", "lora_r_sweep", r)
         for lr in self.learning_rates:
             _check_positive("compare", "learning_rates", lr)
+        for decay in self.layer_lr_decays:
+            if not 0 < decay <= 1:
+                raise ConfigError(f"compare.layer_lr_decays: each must be in (0, 1], got {decay}")
 
 
 @dataclass

@@ -131,6 +131,7 @@ def resolve_precision(choice: str) -> str:
 
 def _callbacks_and_trainer_class(cfg: RunConfig):
     import torch
+    from torch.utils.data import SequentialSampler
     from transformers import Trainer, TrainerCallback
 
     class Meter(TrainerCallback):
@@ -184,6 +185,13 @@ def _callbacks_and_trainer_class(cfg: RunConfig):
             self.meter.observe(inputs)
             return super().training_step(model, inputs, num_items_in_batch)
 
+        def _get_eval_sampler(self, eval_dataset):
+            # transformers 5 applies group_by_length to evaluation too and returns predictions in that
+            # shuffled order; test probabilities are paired with texts and gold labels by position.
+            if eval_dataset is not None and self.args.world_size <= 1:
+                return SequentialSampler(eval_dataset)
+            return super()._get_eval_sampler(eval_dataset)
+
     return Meter(cfg.train.warmup_steps_excluded_from_throughput), MeasuredTrainer
 
 
@@ -228,6 +236,33 @@ def training_arguments(cfg: RunConfig, checkpoint_dir: Path, precision: str):
     )
 
 
+def layerwise_parameter_groups(model, learning_rate: float, decay: float, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups with layer-wise learning-rate decay (Howard & Ruder 2018; Sun et al. 2019).
+
+    Depth: embeddings 0, encoder layer i -> i + 1, everything above the encoder (pooler, head) L + 1;
+    lr = learning_rate x decay^(L + 1 - depth). Biases and LayerNorm weights get no weight decay,
+    as in the Trainer's own groups.
+    """
+    import re
+
+    names = [name for name, _ in model.named_parameters()]
+    layer_ids = [int(m.group(1)) for name in names if (m := re.search(r"encoder\.layer\.(\d+)\.", name))]
+    top = (max(layer_ids) + 1 if layer_ids else 0) + 1
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        match = re.search(r"encoder\.layer\.(\d+)\.", name)
+        depth = int(match.group(1)) + 1 if match else (0 if "embeddings" in name else top)
+        no_decay = name.endswith(".bias") or "LayerNorm" in name or "layer_norm" in name
+        group = groups.setdefault((depth, no_decay), {
+            "params": [], "lr": learning_rate * decay ** (top - depth),
+            "weight_decay": 0.0 if no_decay else weight_decay,
+        })
+        group["params"].append(parameter)
+    return [groups[key] for key in sorted(groups)]
+
+
 def _compute_metrics(prediction) -> dict[str, float]:
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     metrics = classification_metrics(prediction.label_ids, softmax(np.asarray(logits, dtype=np.float64)))
@@ -251,6 +286,9 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
     started = time.perf_counter()
     train_ds, truncated_train = tokenize_split(tokenizer, splits.train, max_length, cfg.data.truncation)
     validation_ds, _ = tokenize_split(tokenizer, splits.validation, max_length, cfg.data.truncation)
+    # Evaluation runs in dataset order, so sorting by length keeps padding low; the validation
+    # metrics do not depend on order.
+    validation_ds = validation_ds.select(np.argsort(validation_ds["length"], kind="stable"))
     test_ds, truncated_test = tokenize_split(tokenizer, splits.test, max_length, cfg.data.truncation)
     tokenize_seconds = time.perf_counter() - started
 
@@ -266,6 +304,10 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
+    optimizer = None
+    if cfg.method.layer_lr_decay != 1.0:
+        optimizer = torch.optim.AdamW(layerwise_parameter_groups(model, cfg.learning_rate, cfg.method.layer_lr_decay,
+                                                                 cfg.train.weight_decay), lr=cfg.learning_rate)
     meter, trainer_class = _callbacks_and_trainer_class(cfg)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     trainer = trainer_class(
@@ -278,6 +320,7 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if cuda else None),
         compute_metrics=_compute_metrics,
         callbacks=[meter],
+        optimizers=(optimizer, None),
     )
     trainer.meter = meter
     has_checkpoint = resume and checkpoint_dir.exists() and any(checkpoint_dir.glob("checkpoint-*"))
@@ -297,9 +340,12 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    prediction = trainer.predict(test_ds, metric_key_prefix="test")
+    # Predict length-sorted (little padding), then put rows back in the test file's order.
+    order = np.argsort(test_ds["length"], kind="stable")
+    prediction = trainer.predict(test_ds.select(order), metric_key_prefix="test")
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    probabilities = softmax(np.asarray(logits, dtype=np.float64))
+    probabilities = np.empty((len(order), np.asarray(logits).shape[1]), dtype=np.float64)
+    probabilities[order] = softmax(np.asarray(logits, dtype=np.float64))
     eval_seconds = prediction.metrics["test_runtime"]
     eval_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
 
