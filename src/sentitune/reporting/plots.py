@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 DPI = 100
 MEMORY_PARTS = (("weights", "weights"), ("gradients", "gradients"), ("optimizer", "optimizer state"),
-                ("activations", "activations + other"))
+                ("activations", "activations"), ("rest", "rest of peak (runtime, libraries, data)"))
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -171,25 +171,30 @@ def memory_figure(rows: Sequence[dict]) -> Figure:
     """Peak training memory per method, stacked by weights / gradients / optimizer / activations.
 
     `rows`: label, weights, gradients, optimizer, activations (MiB), peak (MiB), estimated (bool).
+    Whatever of the measured peak the four parts do not explain (on CPU, the process's baseline RSS)
+    is drawn as its own segment, so every bar reaches the measured peak instead of hiding the gap.
     A method whose breakdown is partly estimated gets "(estimated)" under its name.
     """
-    fig = Figure(figsize=(max(5.0, 1.3 * len(rows) + 2.5), 4.4), layout="constrained")
+    fig = Figure(figsize=(max(6.5, 1.3 * len(rows) + 4.5), 4.4), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(rows))
     bottom = np.zeros(len(rows))
+    parts = {key: np.array([row.get(key) or 0.0 for row in rows], dtype=float) for key, _ in MEMORY_PARTS[:-1]}
+    explained = sum(parts.values())
+    peaks = np.array([row.get("peak") if row.get("peak") is not None else np.nan for row in rows], dtype=float)
+    parts["rest"] = np.where(np.isfinite(peaks), np.clip(peaks - explained, 0, None), 0.0)
     for (key, name), color in zip(MEMORY_PARTS, _colors(len(MEMORY_PARTS))):
-        values = np.array([row.get(key) or 0.0 for row in rows], dtype=float)
-        ax.bar(x, values, bottom=bottom, color=color, label=name, width=0.6)
-        bottom += values
-    peaks = [row.get("peak") for row in rows]
-    if any(p is not None for p in peaks):
-        ax.scatter(x, [p if p is not None else np.nan for p in peaks], marker="_", s=900, color="black",
-                   zorder=3, label="measured peak")
+        if not parts[key].any():
+            continue
+        ax.bar(x, parts[key], bottom=bottom, color=color, label=name, width=0.6)
+        bottom += parts[key]
+    if np.isfinite(peaks).any():
+        ax.scatter(x, peaks, marker="_", s=900, color="black", zorder=3, label="measured peak")
     labels = [row["label"] + ("\n(estimated)" if row.get("estimated") else "") for row in rows]
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("MiB")
     ax.set_title("peak training memory by component", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
@@ -229,8 +234,9 @@ def curves_figure(curves: Sequence[dict]) -> Figure:
         seen.add(curve["label"])
         for ax, key in ((loss_ax, "loss"), (lr_ax, "learning_rate")):
             values = np.asarray(curve.get(key, []), dtype=float)
-            if values.size and np.isfinite(values).any():
-                keep = np.isfinite(values)
+            # warm-up starts at a learning rate of 0, which a log axis cannot show
+            keep = np.isfinite(values) & ((values > 0) if key == "learning_rate" else True)
+            if keep.any():
                 ax.plot(step[keep], values[keep], color=color_of[curve["label"]], alpha=0.85, linewidth=1.2,
                         label=legend)
     loss_ax.set_title("training loss", fontsize=10)
