@@ -1,0 +1,360 @@
+"""Export a trained run for deployment: LoRA merge -> HF folder, ONNX, int8, and a parity report.
+
+    sentitune export --model runs/sst2-lora --format hf   --output exported/sst2-lora-hf
+    sentitune export --model runs/sst2-lora --format onnx --quantize int8 --output exported/sst2-lora-int8
+
+An exported folder is self-contained: weights, tokenizer, `config.json` (id2label) and `sentitune.json`
+(labels, max_length, truncation, files), so `Predictor.load(folder)` needs nothing else. An ONNX export
+keeps `model.onnx` (fp32) and, with `--quantize int8`, `model.int8.onnx`, which becomes the default.
+`parity.json` records, for every variant, the largest probability difference from the torch model and
+the accuracy on the run's test split (or `--parity-data`).
+
+Example:
+    >>> report = export_run("runs/sst2-lora", "exported/sst2-lora-int8", quantize="int8")  # doctest: +SKIP
+    >>> report["variants"]["onnx-int8"]["accuracy_drop_points"] <= 0.5  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from sentitune import results
+from sentitune.inference import EXPORT_MANIFEST, ONNX_INPUTS, Predictor
+
+PARITY_FILE = "parity.json"
+ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+INT8_MAX_DROP_POINTS = 0.5
+"""Largest accepted accuracy loss of int8 against torch fp32, in percentage points."""
+OPSET = 18
+
+
+# ---- pieces -----------------------------------------------------------------------------------
+
+def load_for_export(run_dir: str | Path) -> Predictor:
+    """The run's torch Predictor on CPU, LoRA already merged; refuses runs that have no network."""
+    predictor = Predictor.load(run_dir, device="cpu")
+    if predictor.backend != "torch":
+        raise results.RunFolderError(
+            f"{run_dir}: a {predictor.backend} run has no neural network to export; its run folder is "
+            "already the deployable artefact (sentitune predict/serve load it directly)")
+    return predictor
+
+
+def save_hf(predictor: Predictor, folder: Path) -> None:
+    """A standard HF folder (loads with AutoModelForSequenceClassification) with the merged weights."""
+    model = predictor.model
+    # Adapters are merged at load; check, since a left-over peft wrapper would not load in plain transformers.
+    if any("lora_" in name for name, _ in model.named_parameters()):
+        raise RuntimeError("LoRA layers are still present after merge_and_unload")
+    model.config.id2label = dict(enumerate(predictor.label_names))
+    model.config.label2id = {name: i for i, name in enumerate(predictor.label_names)}
+    model.save_pretrained(folder)  # safetensors
+    predictor.tokenizer.save_pretrained(folder)
+
+
+def _logits_module(model):
+    """`model` behind a forward that takes exactly the exported inputs and returns logits only."""
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    return LogitsOnly(model).eval()
+
+
+def export_onnx(model, tokenizer, path: Path, opset: int = OPSET) -> str:
+    """Writes `model` to one ONNX file with dynamic batch and sequence axes; returns the exporter used.
+
+    The dynamo exporter (torch.export + onnxscript) is torch's maintained path; if it fails on an
+    unusual architecture, the TorchScript exporter is tried so that the export still succeeds.
+
+    Example:
+        >>> export_onnx(predictor.model, predictor.tokenizer, Path("model.onnx"))  # doctest: +SKIP
+        'dynamo'
+    """
+    import torch
+
+    wrapped = _logits_module(model)
+    # Two rows of different lengths, so padding is part of the traced example.
+    sample = tokenizer(["a short one", "a somewhat longer example sentence"], padding=True, return_tensors="pt")
+    args = (sample["input_ids"], sample["attention_mask"])
+    names = dict(input_names=list(ONNX_INPUTS), output_names=["logits"], opset_version=opset)
+    # torch.onnx logs a warning per torchvision operator it cannot register; torchvision is not needed here.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+        shapes = {"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}}
+        # The dynamo exporter prints progress to stdout, which belongs to the command's own output.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapped, args, str(path), dynamo=True, dynamic_shapes=shapes,
+                              external_data=False, verbose=False, **names)
+        return "dynamo"
+    except Exception as exc:  # the dynamo exporter raises many types; the fallback is checked by parity
+        print(f"sentitune export: dynamo exporter failed ({type(exc).__name__}: {str(exc)[:200]}); "
+              "using the TorchScript exporter", file=sys.stderr)
+    axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS} | {"logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, args, str(path), dynamo=False, dynamic_axes=axes, **names)
+    return "torchscript"
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
+    """Dynamic int8 quantisation of the MatMul weights (activations quantised per call by ONNX Runtime).
+
+    Weights are quantised per output channel: one scale per row keeps the few large-magnitude rows
+    of BERT's feed-forward layers from flattening the rest to zero, which costs accuracy per tensor.
+
+    Example:
+        >>> quantize_int8(Path("model.onnx"), Path("model.int8.onnx"))  # doctest: +SKIP
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # quantize_dynamic logs a pre-processing hint through the root logger on every call.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         per_channel=True)
+    finally:
+        root.setLevel(level)
+
+
+def parity_data(run_dir: str | Path, data_file: str | Path | None = None, text_column: str | None = None,
+                label_column: str | None = None) -> tuple[list[str], np.ndarray, str]:
+    """(texts, gold ids, description) for the parity report.
+
+    Default: the run's test split as recorded in its predictions.csv (the split its config defines,
+    subsets included), so no dataset download or re-split is needed. `data_file` overrides it.
+    """
+    from sentitune.data import file_format, map_labels, read_table
+
+    run = results.load_run(run_dir, require_ok=True)
+    if data_file is None:
+        frame = run.predictions()
+        if frame["gold_id"].isna().any():
+            raise results.RunFolderError(f"{run.path / results.PREDICTIONS_FILE}: gold labels outside labels.json")
+        return frame["text"].astype(str).tolist(), frame["gold_id"].to_numpy(dtype=int), \
+            f"test split of {run.path} ({run.config.data.dataset})"
+    data_file = Path(data_file)
+    text_column = text_column or ("sentence" if file_format(data_file) == "tsv" else "text")
+    table = read_table(data_file, text_column, label_column or "label")
+    return table.texts, np.asarray(map_labels(table, run.label_names)), str(data_file)
+
+
+def parity_report(variants: dict[str, Predictor], texts: list[str], gold: np.ndarray, reference: str = "torch",
+                  batch_size: int = 64) -> dict:
+    """Accuracy, speed and probability differences of each variant against `reference`.
+
+    Example:
+        >>> parity_report({"torch": p, "onnx-fp32": q}, ["great"], np.array([1]))["variants"]["onnx-fp32"]  # doctest: +SKIP
+        {'accuracy': 1.0, 'max_abs_probability_diff': 3e-07, ...}
+    """
+    from sentitune.metrics import classification_metrics
+
+    probabilities, rows = {}, {}
+    for name, predictor in variants.items():
+        predictor.predict_proba(texts[:batch_size], batch_size)  # warm-up: allocation, kernel selection
+        started = time.perf_counter()
+        probabilities[name] = predictor.predict_proba(texts, batch_size)
+        seconds = time.perf_counter() - started
+        metrics = classification_metrics(gold, probabilities[name])
+        rows[name] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                      "sentences_per_second": len(texts) / seconds if seconds else float("nan")}
+    base = probabilities[reference]
+    for name, row in rows.items():
+        diff = np.abs(probabilities[name] - base)
+        row["accuracy_drop_points"] = 100 * (rows[reference]["accuracy"] - row["accuracy"])
+        row["max_abs_probability_diff"] = float(diff.max())
+        row["mean_abs_probability_diff"] = float(diff.mean())
+        row["prediction_agreement"] = float((probabilities[name].argmax(1) == base.argmax(1)).mean())
+    return {"reference": reference, "examples": len(texts), "variants": rows}
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quantize: str | None = None,
+               parity_file: str | Path | None = None, text_column: str | None = None,
+               label_column: str | None = None, overwrite: bool = False) -> dict:
+    """Exports a run folder to `output` and returns the parity report (also saved as parity.json).
+
+    Args:
+        run_dir: a finished full, lora or head run.
+        output: the folder to create; written next to itself first and renamed, so a failed export
+            leaves nothing half-written.
+        fmt: `hf` (merged weights, standard transformers folder) or `onnx`.
+        quantize: `int8` adds a dynamically quantised ONNX model (fmt `onnx` only).
+        parity_file: labelled CSV/TSV/JSONL for the parity report; default the run's test split.
+        text_column, label_column: columns of `parity_file`.
+        overwrite: replace an existing export in `output`.
+
+    Example:
+        >>> export_run("runs/sst2-lora", "exported/sst2-lora-hf", fmt="hf")["variants"].keys()  # doctest: +SKIP
+        dict_keys(['torch', 'hf'])
+    """
+    from sentitune.data import DataError
+
+    if fmt not in ("hf", "onnx"):
+        raise DataError(f"--format {fmt!r}: expected hf or onnx")
+    if quantize not in (None, "int8"):
+        raise DataError(f"--quantize {quantize!r}: only int8 is supported")
+    if quantize and fmt != "onnx":
+        raise DataError("--quantize int8 needs --format onnx (ONNX Runtime does the quantisation)")
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise results.RunFolderError(f"{output}: exists and is not empty; pass --overwrite or pick another --output")
+        if not (output / EXPORT_MANIFEST).exists():
+            raise results.RunFolderError(f"{output}: not an earlier export (no {EXPORT_MANIFEST}); refusing to replace it")
+    run = results.load_run(run_dir, require_ok=True)
+    texts, gold, data_description = parity_data(run_dir, parity_file, text_column, label_column)
+    torch_predictor = load_for_export(run_dir)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
+    try:
+        manifest = {
+            "format": fmt,
+            "label_names": torch_predictor.label_names,
+            "max_length": torch_predictor.max_length,
+            "truncation": torch_predictor.truncation,
+            "source_run": str(run.path),
+            "method": run.config.method.name,
+            "model": run.config.model,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+        }
+        if fmt == "hf":
+            save_hf(torch_predictor, staging)
+            results.atomic_write_json(staging / EXPORT_MANIFEST, manifest)
+            variants = {"torch": torch_predictor, "hf": Predictor.load(staging, device="cpu")}
+        else:
+            torch_predictor.model.config.id2label = dict(enumerate(torch_predictor.label_names))
+            torch_predictor.model.config.label2id = {n: i for i, n in enumerate(torch_predictor.label_names)}
+            torch_predictor.model.config.save_pretrained(staging)
+            torch_predictor.tokenizer.save_pretrained(staging)
+            manifest["exporter"] = export_onnx(torch_predictor.model, torch_predictor.tokenizer,
+                                               staging / ONNX_FILES["fp32"])
+            manifest["opset"] = OPSET
+            files = {"fp32": ONNX_FILES["fp32"]}
+            if quantize:
+                quantize_int8(staging / ONNX_FILES["fp32"], staging / ONNX_FILES["int8"])
+                files["int8"] = ONNX_FILES["int8"]
+                manifest["quantization"] = "onnxruntime dynamic int8, MatMul weights per channel (QInt8)"
+            manifest["files"] = files
+            manifest["default_variant"] = "int8" if quantize else "fp32"
+            manifest["inputs"] = list(ONNX_INPUTS)
+            results.atomic_write_json(staging / EXPORT_MANIFEST, manifest)
+            variants = {"torch": torch_predictor}
+            for variant in files:
+                variants[f"onnx-{variant}"] = Predictor.load(staging, device="cpu", variant=variant)
+        report = parity_report(variants, texts, gold)
+        report.update({"data": data_description, "run": str(run.path), "format": fmt,
+                       "int8_max_drop_points": INT8_MAX_DROP_POINTS})
+        for name, row in report["variants"].items():
+            row["size_mib"] = _variant_size_mib(name, staging, run.path, manifest)
+        if "onnx-int8" in report["variants"]:
+            report["int8_within_tolerance"] = \
+                report["variants"]["onnx-int8"]["accuracy_drop_points"] <= INT8_MAX_DROP_POINTS
+        results.atomic_write_json(staging / PARITY_FILE, report)
+        del variants  # ONNX Runtime keeps the files open on some platforms until the sessions go
+        _make_readable(staging)
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report["output"] = str(output)
+    return report
+
+
+def _make_readable(folder: Path) -> None:
+    # mkdtemp and the atomic writers create owner-only modes; a deployable folder is read by other
+    # users (containers, services), so give it the modes the umask would have given.
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _variant_size_mib(name: str, folder: Path, run_path: Path, manifest: dict) -> float:
+    if name == "torch":
+        return round(results.folder_size_mib(run_path / results.MODEL_DIR, "*.safetensors"), 3)
+    if name == "hf":
+        return round(results.folder_size_mib(folder, "*.safetensors"), 3)
+    return round((folder / manifest["files"][name.removeprefix("onnx-")]).stat().st_size / 2**20, 3)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("sentitune", "torch", "transformers", "peft", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def format_report(report: dict) -> str:
+    """The parity report as an aligned text table (what the CLI prints)."""
+    header = f"{'variant':<10} {'accuracy':>9} {'drop (pts)':>10} {'max |dp|':>10} {'agree':>7} {'sent/s':>9} {'MiB':>8}"
+    lines = [f"parity on {report['examples']} examples of {report['data']} (reference: {report['reference']})",
+             header, "-" * len(header)]
+    for name, row in report["variants"].items():
+        lines.append(f"{name:<10} {100 * row['accuracy']:>8.2f}% {row['accuracy_drop_points']:>10.2f} "
+                     f"{row['max_abs_probability_diff']:>10.2e} {100 * row['prediction_agreement']:>6.1f}% "
+                     f"{row['sentences_per_second']:>9.1f} {row['size_mib']:>8.2f}")
+    return "\n".join(lines)
+
+
+def int8_warning(report: dict) -> str | None:
+    """A loud multi-line warning when int8 loses more than the tolerated accuracy, else None."""
+    row = report["variants"].get("onnx-int8")
+    if row is None or row["accuracy_drop_points"] <= INT8_MAX_DROP_POINTS:
+        return None
+    bar = "!" * 78
+    return (f"{bar}\nWARNING: int8 accuracy is {row['accuracy_drop_points']:.2f} points below torch fp32 "
+            f"(tolerance {INT8_MAX_DROP_POINTS}).\nServe the fp32 ONNX model instead "
+            f"(Predictor.load(folder, variant='fp32')), or check the parity data is large enough to tell.\n{bar}")
+
+
+def export_cli(args) -> int:
+    """`sentitune export`: export a run, print and save the parity report.
+
+    Example:
+        $ sentitune export --model runs/sst2-lora --format onnx --quantize int8 --output exported/sst2-lora-int8
+    """
+    report = export_run(args.model, args.output, args.format, args.quantize, args.parity_data,
+                        getattr(args, "text_column", None), getattr(args, "label_column", None),
+                        getattr(args, "overwrite", False))
+    print(format_report(report))
+    print(f"exported {args.format}{' + int8' if args.quantize else ''} -> {report['output']} "
+          f"(parity report: {Path(report['output']) / PARITY_FILE})")
+    warning = int8_warning(report)
+    if warning:
+        print(warning, file=sys.stderr)
+    return 0

@@ -1,0 +1,526 @@
+"""HTTP serving: `create_app(predictor, settings)` -> a FastAPI app that micro-batches concurrent requests.
+
+    POST /predict   {"text": "..."} -> {"label", "score", "probabilities"}
+                    {"texts": ["...", ...]} -> {"predictions": [...]}
+    GET  /health    liveness + what model is loaded
+    GET  /metrics   Prometheus text: requests, latency histogram, batch sizes, queue depth
+    GET  /          a small self-contained page to try a sentence
+
+Requests wait in one asyncio queue; one worker takes what is waiting (up to `max_batch_size` texts,
+waiting at most `max_wait_ms` for more) and runs the predictor in a thread, so the event loop keeps
+accepting requests while the model works, and a burst of single-sentence requests costs one batched
+model call instead of many. Nothing here is global: every app owns its queue, worker and metrics.
+Requests carry texts only; no file path is ever taken from a request.
+
+Example:
+    >>> from sentitune.inference import Predictor
+    >>> app = create_app(Predictor.load("exported/sst2-lora-int8"), ServeSettings(max_wait_ms=2))  # doctest: +SKIP
+    >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+import asyncio
+import json
+import secrets
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass
+class ServeSettings:
+    """Limits and batching knobs of one server."""
+
+    max_batch_size: int = 64
+    """Most texts in one model call (a single larger request still runs as one call)."""
+    max_wait_ms: float = 5.0
+    """How long the worker waits for more requests once one is queued and the queue is empty."""
+    max_texts: int = 256
+    """Most texts in one request (413 above)."""
+    max_chars: int = 10_000
+    """Most characters in one text (413 above)."""
+    max_body_bytes: int = 4 * 2**20
+    """Largest request body (413 above), checked before the body is parsed."""
+    max_queue_texts: int = 8192
+    """Texts waiting at most; beyond it requests get 503 so overload cannot grow memory without bound."""
+    request_timeout_s: float = 30.0
+    """A request waiting longer than this for its prediction gets 503."""
+    api_key: str | None = None
+    """If set, POST /predict and GET /metrics need the header `X-API-Key` with this value."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_texts", "max_chars", "max_body_bytes", "max_queue_texts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"serve setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
+            raise ValueError("serve settings max_wait_ms must be >= 0 and request_timeout_s > 0")
+        if self.api_key == "":
+            self.api_key = None
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+
+class ServeMetrics:
+    """Prometheus metrics in the app's own registry (several apps in one process do not collide)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("sentitune_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("sentitune_request_latency_seconds", "HTTP request latency",
+                                 ["endpoint"], registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.batch_size = Histogram("sentitune_batch_size", "Texts per model call", registry=self.registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+        self.batch_requests = Histogram("sentitune_batch_requests", "Requests merged into one model call",
+                                        registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.model_seconds = Histogram("sentitune_model_seconds", "Time of one model call",
+                                       registry=self.registry,
+                                       buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.texts = Counter("sentitune_texts", "Texts predicted", registry=self.registry)
+        self.queue_texts = Gauge("sentitune_queue_texts", "Texts waiting for the model", registry=self.registry)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+# ---- micro-batching ---------------------------------------------------------------------------
+
+@dataclass
+class _Job:
+    texts: list[str]
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class Overloaded(RuntimeError):
+    """The queue holds `max_queue_texts` already."""
+
+
+class MicroBatcher:
+    """One queue, one worker task, one predictor thread.
+
+    Example:
+        >>> batcher = MicroBatcher(predictor.predict_proba, ServeSettings(), ServeMetrics())  # doctest: +SKIP
+        >>> await batcher.start(); probabilities = await batcher.submit(["great"])  # doctest: +SKIP
+    """
+
+    def __init__(self, predict_proba, settings: ServeSettings, metrics: ServeMetrics):
+        self.predict_proba = predict_proba
+        self.settings = settings
+        self.metrics = metrics
+        self.queue: asyncio.Queue[_Job | None] | None = None
+        self.pending_texts = 0
+        self.task: asyncio.Task | None = None
+        # One thread: the predictor (and ONNX Runtime's own thread pool) gets the cores to itself.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentitune-predict")
+        self.stopping = False
+        self._carry: _Job | None = None  # a job too large to join the last batch opens the next
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(self._work(), name="sentitune-batcher")
+
+    async def stop(self) -> None:
+        """Finishes every queued request, then stops the worker and its thread."""
+        self.stopping = True
+        if self.task is not None and self.queue is not None:
+            self.queue.put_nowait(None)  # behind every queued job, so they all finish first
+            await self.task
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, texts: list[str]) -> np.ndarray:
+        if self.queue is None or self.stopping:
+            raise Overloaded("server is shutting down")
+        if self.pending_texts + len(texts) > self.settings.max_queue_texts:
+            raise Overloaded(f"{self.pending_texts} texts already queued (max_queue_texts "
+                             f"{self.settings.max_queue_texts})")
+        job = _Job(texts, asyncio.get_running_loop().create_future())
+        self.pending_texts += len(texts)
+        self.metrics.queue_texts.set(self.pending_texts)
+        self.queue.put_nowait(job)
+        return await job.future
+
+    async def _next_batch(self, first: _Job) -> tuple[list[_Job], bool]:
+        """`first` plus whatever arrives within max_wait_ms, up to max_batch_size texts."""
+        loop = asyncio.get_running_loop()
+        jobs, count, stop = [first], len(first.texts), False
+        deadline = loop.time() + self.settings.max_wait_ms / 1000
+        while count < self.settings.max_batch_size:
+            try:
+                job = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if job is None:
+                stop = True
+                break
+            if count + len(job.texts) > self.settings.max_batch_size:
+                self._carry = job
+                break
+            jobs.append(job)
+            count += len(job.texts)
+        return jobs, stop
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = False
+        while not stop:
+            first = self._carry or await self.queue.get()
+            self._carry = None
+            if first is None:
+                break
+            jobs, stop = await self._next_batch(first)
+            texts = [text for job in jobs for text in job.texts]
+            self.pending_texts -= len(texts)
+            self.metrics.queue_texts.set(self.pending_texts)
+            self.metrics.batch_size.observe(len(texts))
+            self.metrics.batch_requests.observe(len(jobs))
+            started = time.perf_counter()
+            try:
+                probabilities = await loop.run_in_executor(self.executor, self.predict_proba, texts)
+            except Exception as exc:  # handed to every waiting request; the worker keeps serving
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            self.metrics.model_seconds.observe(time.perf_counter() - started)
+            self.metrics.texts.inc(len(texts))
+            start = 0
+            for job in jobs:
+                if not job.future.done():  # a client that went away cancelled its future
+                    job.future.set_result(probabilities[start:start + len(job.texts)])
+                start += len(job.texts)
+        if self._carry is not None:  # a stop arrived while a too-large job waited: still answer it
+            job = self._carry
+            result = await loop.run_in_executor(self.executor, self.predict_proba, job.texts)
+            if not job.future.done():
+                job.future.set_result(result)
+
+
+# ---- the app ----------------------------------------------------------------------------------
+
+class _Guard:
+    """Pure ASGI middleware: body-size limit (413 before parsing) and request metrics.
+
+    Pure ASGI rather than `@app.middleware("http")`, whose per-request task and stream wrapping
+    cost more than the model call of a small batch.
+    """
+
+    def __init__(self, app, max_bytes: int, metrics: ServeMetrics):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def tracking_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            receive = await self._limited(scope, receive)
+            if receive is None:
+                status = 413
+                return await _send_json(send, 413, {"error": "body_too_large",
+                                                    "detail": f"request body over {self.max_bytes} bytes"})
+            await self.app(scope, receive, tracking_send)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "other")
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    async def _limited(self, scope, receive):
+        """`receive` if the body fits (None if not); a chunked body is read here, within the limit."""
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            # The server enforces Content-Length framing, so the declared size is the real one.
+            return receive if declared.isdigit() and int(declared) <= self.max_bytes else None
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return receive
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive  # disconnected: let the app see it
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return None
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        return replay
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class PredictRequest(BaseModel):
+    """One text or a list of texts; strict, so numbers or objects are not silently turned into text."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str | None = None
+    texts: list[str] | None = None
+
+
+def create_app(predictor, settings: ServeSettings | None = None):
+    """A FastAPI app serving `predictor` (anything with `predict_proba(texts)` and `label_names`).
+
+    Args:
+        predictor: a `sentitune.inference.Predictor` (or an object with the same surface).
+        settings: limits, batching and the optional API key; defaults to `ServeSettings()`.
+
+    Example:
+        >>> from fastapi.testclient import TestClient
+        >>> with TestClient(create_app(predictor)) as client:  # doctest: +SKIP
+        ...     client.post("/predict", json={"text": "a gorgeous , witty film"}).json()["label"]
+        'positive'
+    """
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+    settings = settings or ServeSettings()
+    metrics = ServeMetrics()
+    label_names = list(predictor.label_names)
+
+    def batched_predict(texts: list[str]) -> np.ndarray:
+        return predictor.predict_proba(texts, settings.max_batch_size)
+
+    batcher = MicroBatcher(batched_predict, settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()  # uvicorn has stopped accepting and waited for open requests
+
+    app = FastAPI(title="sentitune", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.batcher = batcher
+    app.state.predictor = predictor
+    app.add_middleware(_Guard, max_bytes=settings.max_body_bytes, metrics=metrics)
+
+    def error(status: int, code: str, detail: Any) -> JSONResponse:
+        return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        # The input is not echoed back: it may be megabytes, and it is the client's own data.
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return error(422, "invalid_request", details)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        code, detail = exc.detail if isinstance(exc.detail, tuple) else ("http_error", exc.detail)
+        return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    def require_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        given = request.headers.get("x-api-key", "")
+        if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+            raise HTTPException(401, ("unauthorized", "missing or wrong X-API-Key header"))
+
+    @app.post("/predict", dependencies=[Depends(require_key)])
+    async def predict(body: PredictRequest):
+        if (body.text is None) == (body.texts is None):
+            return error(422, "invalid_request", "give exactly one of 'text' (a string) or 'texts' (a list)")
+        texts = [body.text] if body.text is not None else body.texts
+        if not texts:
+            return error(422, "invalid_request", "'texts' is empty")
+        if len(texts) > settings.max_texts:
+            return error(413, "too_many_texts", f"{len(texts)} texts; at most {settings.max_texts} per request")
+        too_long = next((i for i, t in enumerate(texts) if len(t) > settings.max_chars), None)
+        if too_long is not None:
+            return error(413, "text_too_long", f"text {too_long} has {len(texts[too_long])} characters; "
+                                                f"at most {settings.max_chars}")
+        try:
+            probabilities = await asyncio.wait_for(batcher.submit(texts), settings.request_timeout_s)
+        except Overloaded as exc:
+            return JSONResponse({"error": "overloaded", "detail": str(exc)}, status_code=503,
+                                headers={"Retry-After": "1"})
+        except asyncio.TimeoutError:
+            return error(503, "timeout", f"no prediction within {settings.request_timeout_s} s")
+        rows = [_prediction(label_names, p) for p in probabilities]
+        return rows[0] if body.text is not None else {"predictions": rows}
+
+    @app.get("/health")
+    async def health():
+        info = predictor.describe() if hasattr(predictor, "describe") else {}
+        info.pop("source", None)  # a filesystem path is nobody's business over HTTP
+        status = "shutting_down" if batcher.stopping else "ok"
+        return JSONResponse({"status": status, "model": info, "queue_texts": batcher.pending_texts},
+                            status_code=200 if status == "ok" else 503)
+
+    @app.get("/metrics", dependencies=[Depends(require_key)])
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse(render_page(label_names, settings.api_key is not None, settings.max_chars),
+                            headers=PAGE_HEADERS)
+
+    return app
+
+
+def _prediction(label_names: list[str], probabilities: np.ndarray) -> dict:
+    best = int(np.argmax(probabilities))
+    return {"label": label_names[best], "score": float(probabilities[best]),
+            "probabilities": {name: float(p) for name, p in zip(label_names, probabilities)}}
+
+
+PAGE_HEADERS = {
+    # Inline script and style only, requests only to this server: nothing else can load or run.
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>sentitune</title>
+<style>
+ body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#222}
+ textarea{width:100%;box-sizing:border-box;font:inherit;padding:.5rem}
+ button{font:inherit;padding:.4rem 1.2rem;margin-top:.5rem}
+ #result{margin-top:1rem;font-size:1.2rem;min-height:1.5em}
+ .bar{height:.8rem;background:#4a7;display:inline-block;vertical-align:middle}
+ .row{margin:.2rem 0} .name{display:inline-block;width:8rem} .err{color:#b00}
+ #key{width:100%;box-sizing:border-box}
+</style></head><body>
+<h1>sentitune</h1>
+<p>Labels: __LABELS__. Type a sentence and press Predict (or Ctrl+Enter).</p>
+__KEY_FIELD__
+<textarea id="text" rows="4" maxlength="__MAX_CHARS__" placeholder="A gorgeous, witty film."></textarea>
+<button id="predict" type="button">Predict</button>
+<div id="result" aria-live="polite"></div>
+<div id="bars"></div>
+<script>
+const text = document.getElementById('text'), result = document.getElementById('result'),
+      bars = document.getElementById('bars'), button = document.getElementById('predict');
+async function predict() {
+  const value = text.value.trim();
+  if (!value) { result.textContent = ''; return; }
+  button.disabled = true; result.className = ''; result.textContent = '…';
+  const headers = {'Content-Type': 'application/json'};
+  const key = document.getElementById('key');
+  if (key && key.value) headers['X-API-Key'] = key.value;
+  try {
+    const response = await fetch('predict', {method: 'POST', headers, body: JSON.stringify({text: value})});
+    const body = await response.json();
+    if (!response.ok) throw new Error(typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail));
+    result.textContent = body.label + ' (' + (100 * body.score).toFixed(1) + '%)';
+    result.dataset.label = body.label;
+    bars.replaceChildren(...Object.entries(body.probabilities).map(([name, p]) => {
+      const row = document.createElement('div'); row.className = 'row';
+      const label = document.createElement('span'); label.className = 'name'; label.textContent = name;
+      const bar = document.createElement('span'); bar.className = 'bar'; bar.style.width = (20 * p) + 'rem';
+      const number = document.createElement('span'); number.textContent = ' ' + (100 * p).toFixed(1) + '%';
+      row.append(label, bar, number); return row;
+    }));
+  } catch (e) {
+    result.className = 'err'; result.textContent = 'error: ' + e.message; bars.replaceChildren();
+  } finally { button.disabled = false; }
+}
+button.addEventListener('click', predict);
+text.addEventListener('keydown', e => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) predict(); });
+</script></body></html>
+"""
+
+
+def render_page(label_names: list[str], needs_key: bool, max_chars: int) -> str:
+    """The HTML page (no external resources; labels escaped)."""
+    import html
+
+    key_field = ('<p><input id="key" type="password" placeholder="API key (X-API-Key)" '
+                 'autocomplete="off"></p>' if needs_key else "")
+    return (PAGE.replace("__LABELS__", html.escape(", ".join(label_names)))
+            .replace("__KEY_FIELD__", key_field).replace("__MAX_CHARS__", str(int(max_chars))))
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+def serve_cli(args) -> int:
+    """`sentitune serve`: load a run or exported folder and serve it with uvicorn until SIGINT/SIGTERM.
+
+    Example:
+        $ sentitune serve --model exported/sst2-lora-int8 --port 8000
+        $ curl -s localhost:8000/predict -H 'content-type: application/json' -d '{"text": "great fun"}'
+    """
+    import uvicorn
+
+    from sentitune.config import ConfigError
+    from sentitune.inference import Predictor
+
+    try:
+        settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                                 max_texts=args.max_texts, max_chars=args.max_chars,
+                                 max_body_bytes=getattr(args, "max_body_bytes", ServeSettings.max_body_bytes),
+                                 api_key=args.api_key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    predictor = Predictor.load(args.model)
+    if args.host not in LOOPBACK and settings.api_key is None:
+        print(f"sentitune serve: WARNING: listening on {args.host} with no API key; anyone who can reach "
+              "this port can use the model (set --api-key or $SENTITUNE_API_KEY)", file=sys.stderr)
+    app = create_app(predictor, settings)
+    info = predictor.describe()
+    print(f"sentitune serve: {info['backend']}{'/' + info['variant'] if info['variant'] else ''} model from "
+          f"{args.model} on http://{args.host}:{args.port} (max batch {settings.max_batch_size}, "
+          f"max wait {settings.max_wait_ms} ms)", file=sys.stderr)
+    # uvicorn handles SIGINT/SIGTERM: stop accepting, finish open requests, run the lifespan exit
+    # (which drains the batch queue), then re-raise the signal. A SIGTERM is how service managers
+    # ask for a stop, so after that graceful shutdown the handler below makes the exit status 0.
+    terminated = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info",
+                    access_log=getattr(args, "access_log", False), timeout_graceful_shutdown=15)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if terminated:
+        print("sentitune serve: stopped by SIGTERM after a graceful shutdown", file=sys.stderr)
+    return 0
