@@ -76,21 +76,47 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def make_tiny_config(model_dir: Path, data: dict[str, Path], method: str = "full", **overrides):
+    """A RunConfig for a few-step run of `method` on the tiny model and files."""
+    from sentitune.config import RunConfig
+
+    raw = {
+        "model": str(model_dir),
+        "data": {"dataset": "files", "train_file": str(data["train"]), "test_file": str(data["test"]),
+                 "validation_size": 16, "max_length": 32},
+        "method": {"name": method},
+        "train": {"max_steps": 4, "batch_size": 8, "eval_batch_size": 16, "logging_steps": 1,
+                  "eval_strategy": "no", "warmup_steps_excluded_from_throughput": 1},
+    }
+    cfg = RunConfig.from_dict(raw)
+    return cfg.override(overrides) if overrides else cfg
+
+
 @pytest.fixture
 def tiny_config(tiny_model_dir, tiny_data):
     """A RunConfig factory for a few-step run of any method on the tiny model and files."""
-    from sentitune.config import RunConfig
 
     def make(method: str = "full", **overrides):
-        raw = {
-            "model": str(tiny_model_dir),
-            "data": {"dataset": "files", "train_file": str(tiny_data["train"]), "test_file": str(tiny_data["test"]),
-                     "validation_size": 16, "max_length": 32},
-            "method": {"name": method},
-            "train": {"max_steps": 4, "batch_size": 8, "eval_batch_size": 16, "logging_steps": 1,
-                      "eval_strategy": "no", "warmup_steps_excluded_from_throughput": 1},
-        }
-        cfg = RunConfig.from_dict(raw)
-        return cfg.override(overrides) if overrides else cfg
+        return make_tiny_config(tiny_model_dir, tiny_data, method, **overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir, tiny_data, tmp_path_factory):
+    """`trained_run(method)` -> a finished tiny run folder, trained once per session and shared.
+
+    Tests that only read a run folder use this instead of training their own; do not modify the folder.
+    """
+    from sentitune.training import train
+
+    cache: dict[str, Path] = {}
+
+    def get(method: str = "full") -> Path:
+        if method not in cache:
+            folder = tmp_path_factory.mktemp(f"run-{method}") / "run"
+            train(make_tiny_config(tiny_model_dir, tiny_data, method), folder)
+            cache[method] = folder
+        return cache[method]
+
+    return get

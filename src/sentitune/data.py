@@ -387,9 +387,16 @@ def truncate_ids(ids: list[int], budget: int, strategy: str) -> list[int]:
 def encode_texts(tokenizer, texts: list[str], max_length: int, truncation: str = "head") -> tuple[dict, int]:
     """Token ids with [CLS]/[SEP] and no padding (padding happens per batch); returns (encoding, truncated)."""
     if truncation == "head":
-        encoded = tokenizer(texts, truncation=True, max_length=max_length)
-        truncated = sum(1 for ids in encoded["input_ids"] if len(ids) == max_length)
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}, truncated
+        # One spare position tells a text that was cut from one that fills max_length exactly; the cut
+        # then keeps [CLS] + the first max_length-2 tokens + [SEP], as the tokenizer's own truncation does.
+        encoded = tokenizer(texts, truncation=True, max_length=max_length + 1)
+        input_ids, truncated = [], 0
+        for ids in encoded["input_ids"]:
+            if len(ids) > max_length:
+                ids = ids[:max_length - 1] + ids[-1:]
+                truncated += 1
+            input_ids.append(ids)
+        return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}, truncated
     body = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
     budget = max_length - 2
     input_ids, truncated = [], 0

@@ -1,0 +1,192 @@
+"""The method registry: what each method trains, save/load round trips, checkpoint contents."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from sentitune.inference import Predictor
+from sentitune.methods import registry
+from sentitune.methods.base import Method
+from sentitune.training import train
+
+
+# What each method's own tensors are called, beyond the head (peft names them after the method).
+ADAPTER_MARKERS = {"lora": ("lora_",), "dora": ("lora_",), "ia3": ("ia3_",), "prefix": ("prompt_encoder",)}
+
+
+def _intended(method: str, head: str):
+    """Predicate on parameter names: which ones a method is meant to train. A new method needs a line
+    here: saying what it trains is the point of the test."""
+    head_modules = ["classifier"] + (["pooler.dense"] if head == "pooler+classifier" else [])
+
+    def in_head(name: str) -> bool:
+        # peft keeps an untouched copy of a trained module (`original_module`) next to the trained one.
+        return any(f".{m}." in f".{name}." for m in head_modules) and "original_module" not in name
+
+    if method == "full":
+        return lambda name: True
+    if method == "head":
+        return in_head
+    if method == "bitfit":
+        return lambda name: in_head(name) or name.endswith(".bias")
+    if method in ADAPTER_MARKERS:
+        return lambda name: in_head(name) or any(m in name for m in ADAPTER_MARKERS[method])
+    raise AssertionError(f"no expectation written for method {method!r}; add one to _intended")
+
+
+def _parameter_cases():
+    # Both head variants where the brief pins them down (head, lora); the default for the rest.
+    # `full` trains everything whatever method.head says.
+    from sentitune.config import MethodConfig
+
+    cases = []
+    for method in registry.neural_names():
+        heads = ("classifier", "pooler+classifier") if method in ("head", "lora") else (MethodConfig().head,)
+        cases += [(method, head) for head in heads]
+    return cases
+
+
+PARAMETER_CASES = _parameter_cases()
+
+
+@pytest.mark.parametrize("method, head", PARAMETER_CASES)
+def test_only_intended_parameters_change(method, head, tiny_config, tmp_path, monkeypatch):
+    # Capture the model as the training loop builds it, so the optimizer, weight decay and the
+    # Trainer's parameter groups are exactly those of a real run.
+    captured = {}
+    strategy = registry.get(method)
+    original_prepare = strategy.prepare
+
+    def spying_prepare(model, cfg):
+        prepared = original_prepare(model, cfg)
+        captured["model"] = prepared
+        captured["before"] = {n: p.detach().clone() for n, p in prepared.named_parameters()}
+        return prepared
+
+    monkeypatch.setattr(strategy, "prepare", spying_prepare)
+    # No warm-up: with it the first step has learning rate 0 and LoRA's A matrices would not move.
+    cfg = tiny_config(method, **{"train.max_steps": 2, "train.warmup_ratio": 0.0, "method.head": head})
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["train_steps"] == 2
+
+    after = dict(captured["model"].named_parameters())
+    before = captured["before"]
+    assert set(after) == set(before)
+    should_train = _intended(method, head)
+    changed = {n for n in before if not np.array_equal(before[n].numpy(), after[n].detach().numpy())}
+    expected = {n for n in before if should_train(n)}
+    assert expected, "the predicate matched no parameter: the names changed"
+    assert changed - expected == set(), f"{method} moved parameters it must not train"
+    assert expected - changed == set(), f"{method} left parameters it should train unchanged"
+    requires_grad = {n for n, p in after.items() if p.requires_grad}
+    assert requires_grad == expected
+    assert metrics["params_trainable"] == sum(after[n].numel() for n in expected)
+    if method == "full":
+        assert any("word_embeddings" in n for n in changed)
+
+
+def _csv_probabilities(run_dir, label_names):
+    with open(run_dir / "predictions.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    texts = [row["text"] for row in rows]
+    return texts, np.array([[float(row[f"prob_{name}"]) for name in label_names] for row in rows])
+
+
+@pytest.mark.parametrize("method", registry.names())
+def test_save_load_gives_the_same_predictions(method, trained_run):
+    run_dir = trained_run(method)
+    predictor = Predictor.load(run_dir)
+    texts, expected = _csv_probabilities(run_dir, predictor.label_names)
+    got = predictor.predict_proba(texts)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    # A trained head must not be a constant function, or the comparison proves little.
+    assert np.ptp(got[:, 0]) > 0
+
+
+def test_lora_checkpoint_holds_only_adapter_and_head(trained_run):
+    import json
+
+    from safetensors import safe_open
+
+    lora_dir, full_dir = trained_run("lora"), trained_run("full")
+    with safe_open(str(lora_dir / "model" / "adapter_model.safetensors"), "pt") as handle:
+        names = list(handle.keys())
+    assert names
+    stray = [n for n in names if "lora_" not in n and "classifier" not in n and "pooler.dense" not in n]
+    assert stray == [], f"base weights leaked into the adapter file: {stray[:5]}"
+    assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
+    assert any("classifier" in n for n in names)
+    lora_mib = json.loads((lora_dir / "metrics.json").read_text())["checkpoint_size_mib"]
+    full_mib = json.loads((full_dir / "metrics.json").read_text())["checkpoint_size_mib"]
+    assert 0 < lora_mib < full_mib / 20, (lora_mib, full_mib)
+
+
+def test_head_checkpoint_holds_only_the_head(trained_run):
+    from safetensors import safe_open
+
+    from sentitune.results import load_run
+
+    run_dir = trained_run("head")
+    expected = ["classifier.bias", "classifier.weight"]
+    if load_run(run_dir).config.method.head == "pooler+classifier":
+        expected = ["bert.pooler.dense.bias", "bert.pooler.dense.weight"] + expected
+    with safe_open(str(run_dir / "model" / "trained.safetensors"), "pt") as handle:
+        assert sorted(handle.keys()) == expected
+
+
+def test_duplicate_registration_raises():
+    from sentitune.methods.registry import register
+
+    class AnotherFull(Method):
+        name = "full"
+
+    before = registry.names()
+    with pytest.raises(ValueError, match="already registered"):
+        register(AnotherFull)
+
+    class Shouting(Method):
+        name = "LoRA2"
+
+    with pytest.raises(ValueError, match="lowercase"):
+        register(Shouting)
+    assert registry.names() == before
+    assert registry.get("full").__class__.__name__ == "Full"
+
+
+def test_unknown_method_lists_the_registered_ones():
+    with pytest.raises(KeyError, match="full"):
+        registry.get("adapters")
+
+
+def test_registry_drives_the_cli_method_choices():
+    from sentitune import cli
+    from sentitune.methods import registry as registry_module
+    from sentitune.methods.registry import register
+
+    def method_choices():
+        parser = cli.build_parser()
+        train_parser = parser._subparsers._group_actions[0].choices["train"]
+        (action,) = [a for a in train_parser._actions if "--method" in a.option_strings]
+        return list(action.choices)
+
+    assert method_choices() == registry.names()
+
+    class Probe(Method):
+        name = "probe-method"
+
+    register(Probe)
+    try:
+        assert "probe-method" in method_choices()
+    finally:
+        registry_module._METHODS.pop("probe-method")
+    assert "probe-method" not in method_choices()
+
+
+def test_every_method_has_a_summary_and_learning_rate():
+    for name in registry.names():
+        method = registry.get(name)
+        assert method.name == name and method.summary
+        assert method.default_learning_rate > 0 or not method.neural
