@@ -85,12 +85,13 @@ def _yaml_scalar(text: str):
 # ---- handlers ---------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from sentitune.training import train
+    from sentitune.training import is_main_process, train
 
     cfg = config_from_args(args)
     output_dir = args.output_dir or f"runs/{cfg.data.dataset}-{cfg.method.name}"
     metrics = train(cfg, output_dir, overwrite=args.overwrite, resume=args.resume)
-    _print_metrics(metrics, output_dir)
+    if is_main_process():
+        _print_metrics(metrics, output_dir)
     return 0
 
 

@@ -85,6 +85,15 @@ def provenance() -> dict[str, Any]:
 
 # ---- run folder lifecycle ---------------------------------------------------------------------
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Under torchrun / accelerate launch only rank 0 writes the run folder."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
     status = results.read_status(output_dir)
     if status == "ok" and not overwrite:
@@ -188,9 +197,9 @@ def _callbacks_and_trainer_class(cfg: RunConfig):
         def _get_eval_sampler(self, eval_dataset):
             # transformers 5 applies group_by_length to evaluation too and returns predictions in that
             # shuffled order; test probabilities are paired with texts and gold labels by position.
-            if eval_dataset is not None and self.args.world_size <= 1:
-                return SequentialSampler(eval_dataset)
-            return super()._get_eval_sampler(eval_dataset)
+            # Under DDP, accelerate shards this sampler's batches across processes and
+            # gather_for_metrics restores dataset order and drops the padding duplicates.
+            return SequentialSampler(eval_dataset) if eval_dataset is not None else None
 
     return Meter(cfg.train.warmup_steps_excluded_from_throughput), MeasuredTrainer
 
@@ -349,12 +358,13 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
     eval_seconds = prediction.metrics["test_runtime"]
     eval_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
 
-    model_dir = output_dir / results.MODEL_DIR
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    method.save(trainer.model, model_dir)
-    tokenizer.save_pretrained(model_dir)
-    results.atomic_write_csv(output_dir / results.HISTORY_FILE, _history_rows(trainer.state.log_history))
+    if is_main_process():
+        model_dir = output_dir / results.MODEL_DIR
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        method.save(trainer.model, model_dir)
+        tokenizer.save_pretrained(model_dir)
+        results.atomic_write_csv(output_dir / results.HISTORY_FILE, _history_rows(trainer.state.log_history))
 
     if cuda:
         activations = max(0.0, train_peak - weights_mib - gradients_mib - optimizer_mib)
@@ -373,9 +383,11 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         "train_steps": trainer.state.global_step,
         "train_epochs": float(trainer.state.epoch or 0),
         "train_loss": float(train_output.training_loss),
-        "train_samples_per_second": meter.samples / meter.seconds if meter.seconds else math.nan,
-        "train_tokens_per_second": meter.tokens / meter.seconds if meter.seconds else math.nan,
-        "train_padded_tokens_per_second": meter.padded_tokens / meter.seconds if meter.seconds else math.nan,
+        # Each process counts its own batches; processes run in lockstep, so the total is x world size.
+        "train_samples_per_second": world_size() * meter.samples / meter.seconds if meter.seconds else math.nan,
+        "train_tokens_per_second": world_size() * meter.tokens / meter.seconds if meter.seconds else math.nan,
+        "train_padded_tokens_per_second": world_size() * meter.padded_tokens / meter.seconds if meter.seconds else math.nan,
+        "world_size": world_size(),
         "train_padding_fraction": 1 - meter.tokens / meter.padded_tokens if meter.padded_tokens else math.nan,
         "throughput_measured_steps": meter.steps,
         "throughput_warmup_steps_excluded": cfg.train.warmup_steps_excluded_from_throughput,
@@ -454,10 +466,12 @@ def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resum
     if registry.get(cfg.method.name).neural:
         resolve_model(cfg.model)
     splits = load_splits(cfg.data)
-    prepare_output_dir(output_dir, overwrite, resume)
+    main = is_main_process()
+    if main:
+        prepare_output_dir(output_dir, overwrite, resume)
+        results.atomic_write_text(output_dir / results.CONFIG_FILE, cfg.to_yaml())
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    results.atomic_write_text(output_dir / results.CONFIG_FILE, cfg.to_yaml())
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     wall_started = time.perf_counter()
     base = {
@@ -471,23 +485,26 @@ def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resum
         "provenance": provenance(),
     }
     try:
-        results.atomic_write_json(output_dir / results.LABELS_FILE, splits.label_names)
+        if main:
+            results.atomic_write_json(output_dir / results.LABELS_FILE, splits.label_names)
         method = registry.get(cfg.method.name)
         measured = (_train_neural(cfg, splits, output_dir, resume) if method.neural
                     else _train_classical(cfg, splits, output_dir))
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        results.atomic_write_json(output_dir / results.METRICS_FILE, {
-            "status": status, "error": f"{type(exc).__name__}: {exc}", **base,
-            "wall_seconds": time.perf_counter() - wall_started,
-        })
+        if main:
+            results.atomic_write_json(output_dir / results.METRICS_FILE, {
+                "status": status, "error": f"{type(exc).__name__}: {exc}", **base,
+                "wall_seconds": time.perf_counter() - wall_started,
+            })
         raise
     probabilities = measured.pop("probabilities")
     gold = np.asarray(splits.test.labels)
     test = classification_metrics(gold, probabilities)
-    results.atomic_write_csv(output_dir / results.PREDICTIONS_FILE,
-                             results.predictions_rows(splits.test.texts, gold, probabilities, splits.label_names))
-    shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)  # finished: the model folder is the result
+    if main:
+        results.atomic_write_csv(output_dir / results.PREDICTIONS_FILE,
+                                 results.predictions_rows(splits.test.texts, gold, probabilities, splits.label_names))
+        shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)  # finished: the model folder is the result
     metrics = {
         "status": "ok",
         "error": None,
@@ -505,5 +522,6 @@ def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resum
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - wall_started,
     }
-    results.atomic_write_json(output_dir / results.METRICS_FILE, metrics)
+    if main:
+        results.atomic_write_json(output_dir / results.METRICS_FILE, metrics)
     return metrics
