@@ -127,14 +127,20 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     Example:
         >>> quantize_int8(Path("model.onnx"), Path("model.int8.onnx"))  # doctest: +SKIP
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # The quantiser re-runs ONNX shape inference, which fails when the exporter's own value_info
+    # disagrees with it (seen with torch 2.11's dynamo exporter: "(384) vs (2)"). The annotations
+    # are only hints, so quantise a copy without them.
+    model = onnx.load(str(fp32_path))
+    del model.graph.value_info[:]
     # quantize_dynamic logs a pre-processing hint through the root logger on every call.
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+        quantize_dynamic(model, int8_path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
                          per_channel=True)
     finally:
         root.setLevel(level)
@@ -195,7 +201,7 @@ def parity_report(variants: dict[str, Predictor], texts: list[str], gold: np.nda
 
 def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quantize: str | None = None,
                parity_file: str | Path | None = None, text_column: str | None = None,
-               label_column: str | None = None, overwrite: bool = False) -> dict:
+               label_column: str | None = None, overwrite: bool = False, parity: bool = True) -> dict:
     """Exports a run folder to `output` and returns the parity report (also saved as parity.json).
 
     Args:
@@ -207,6 +213,7 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
         parity_file: labelled CSV/TSV/JSONL for the parity report; default the run's test split.
         text_column, label_column: columns of `parity_file`.
         overwrite: replace an existing export in `output`.
+        parity: False skips the parity report (benchmarks measure the variants themselves).
 
     Example:
         >>> export_run("runs/sst2-lora", "exported/sst2-lora-hf", fmt="hf")["variants"].keys()  # doctest: +SKIP
@@ -227,7 +234,8 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
         if not (output / EXPORT_MANIFEST).exists():
             raise results.RunFolderError(f"{output}: not an earlier export (no {EXPORT_MANIFEST}); refusing to replace it")
     run = results.load_run(run_dir, require_ok=True)
-    texts, gold, data_description = parity_data(run_dir, parity_file, text_column, label_column)
+    if parity:
+        texts, gold, data_description = parity_data(run_dir, parity_file, text_column, label_column)
     torch_predictor = load_for_export(run_dir)
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -268,6 +276,13 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
             variants = {"torch": torch_predictor}
             for variant in files:
                 variants[f"onnx-{variant}"] = Predictor.load(staging, device="cpu", variant=variant)
+        if not parity:
+            del variants
+            _make_readable(staging)
+            if output.exists():
+                shutil.rmtree(output)
+            staging.rename(output)
+            return {"output": str(output), "manifest": manifest}
         report = parity_report(variants, texts, gold)
         report.update({"data": data_description, "run": str(run.path), "format": fmt,
                        "int8_max_drop_points": INT8_MAX_DROP_POINTS})

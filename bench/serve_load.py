@@ -1,0 +1,196 @@
+"""Serving under load: a naive server (one HF pipeline call per request) vs `sentitune serve`.
+
+    python bench/serve_load.py runs/sst2-lora                     # 32 clients, 30 s per server
+    python bench/serve_load.py runs/sst2-lora --seconds 3 --limit 64   # a smoke run
+
+Both servers run as separate uvicorn processes on loopback, one after the other, each under the same
+bounded load: `--concurrency` clients, each sending single-sentence POST requests back to back for
+`--seconds` (after a short warm-up). sentitune serves `--model` (default: the run exported to ONNX
+int8 in a temp folder). Output ends with exactly two lines:
+
+    ratio serve_vs_naive: R     (requests/s of sentitune over the naive server)
+    p99_ms: P                   (sentitune's 99th-percentile latency)
+
+Targets: R >= 4, P <= 200, zero errors. The load generator shares the machine with the server, so
+run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ---- the naive server (run in its own process by this script) -------------------------------------
+
+def naive_server(model_dir: str, port: int) -> None:
+    """What most tutorials deploy: a FastAPI endpoint that calls the HF pipeline once per request."""
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=model_dir, tokenizer=model_dir, device=-1)
+    app = FastAPI()
+
+    class Body(BaseModel):
+        text: str
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.post("/predict")
+    def predict(body: Body):  # sync: FastAPI runs it in its thread pool, one pipeline call each
+        result = pipe(body.text, truncation=True)[0]
+        return {"label": result["label"], "score": result["score"]}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# ---- load ---------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(command: list[str], port: int, timeout_s: float = 180) -> subprocess.Popen:
+    import httpx
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode(errors='replace')[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"server on port {port} did not start within {timeout_s} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def load(url: str, texts: list[str], concurrency: int, seconds: float, warmup_s: float) -> dict:
+    """`concurrency` clients sending one sentence per request back to back; latencies of the timed part."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async def client_loop(worker: int, until: float, record: bool):
+            nonlocal errors
+            i = worker
+            while time.perf_counter() < until:
+                text = texts[i % len(texts)]
+                i += concurrency
+                started = time.perf_counter()
+                try:
+                    response = await client.post("/predict", json={"text": text})
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if record:
+                    if ok:
+                        latencies.append(time.perf_counter() - started)
+                    else:
+                        errors += 1
+
+        warm_until = time.perf_counter() + warmup_s
+        await asyncio.gather(*(client_loop(w, warm_until, False) for w in range(concurrency)))
+        started = time.perf_counter()
+        until = started + seconds
+        await asyncio.gather(*(client_loop(w, until, True) for w in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000 if latencies else np.asarray([np.nan])
+    return {"requests": len(latencies), "errors": errors, "seconds": elapsed,
+            "requests_per_second": len(latencies) / elapsed, "latency_p50_ms": float(np.percentile(ms, 50)),
+            "latency_p99_ms": float(np.percentile(ms, 99))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="a finished minilm-l6 run folder (full, lora or head)")
+    parser.add_argument("--model", help="what sentitune serves (default: the run exported to ONNX int8)")
+    parser.add_argument("--data", help="sentences: GLUE SST-2 dev.tsv (default $SENTITUNE_DATA_DIR/sst2/dev.tsv)")
+    parser.add_argument("--limit", type=int, help="only the first N sentences")
+    parser.add_argument("--seconds", type=float, default=30.0, help="timed load per server")
+    parser.add_argument("--warmup-seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="sentitune serve --max-wait-ms")
+    parser.add_argument("--export-dir", help="keep the exports here (default: a temp folder)")
+    parser.add_argument("--naive-server", nargs=2, metavar=("MODEL_DIR", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.naive_server:
+        naive_server(args.naive_server[0], int(args.naive_server[1]))
+        return 0
+
+    from sentitune.data import read_table
+    from sentitune.export import export_run
+
+    data = Path(args.data) if args.data else Path(os.environ.get("SENTITUNE_DATA_DIR", "data")) / "sst2" / "dev.tsv"
+    texts = read_table(data, "sentence", None).texts[:args.limit or None]
+    workdir = Path(args.export_dir) if args.export_dir else Path(tempfile.mkdtemp(prefix="sentitune-serve-bench-"))
+    hf_dir = workdir / "hf"
+    model = Path(args.model) if args.model else workdir / "onnx-int8"
+    print(f"exporting {args.run} -> {workdir} ...", file=sys.stderr, flush=True)
+    if not (hf_dir / "sentitune.json").exists():
+        export_run(args.run, hf_dir, fmt="hf", parity=False)
+    if not args.model and not (model / "sentitune.json").exists():
+        export_run(args.run, model, fmt="onnx", quantize="int8", parity=False)
+
+    servers = {
+        "naive (pipeline per request)": lambda port: [sys.executable, __file__, args.run, "--naive-server",
+                                                      str(hf_dir), str(port)],
+        "sentitune serve": lambda port: [sys.executable, "-m", "sentitune", "serve", "--model", str(model),
+                                         "--port", str(port), "--max-wait-ms", str(args.max_wait_ms)],
+    }
+    rows = {}
+    for name, command in servers.items():
+        port = free_port()
+        process = start(command(port), port)
+        try:
+            print(f"loading {name}: {args.concurrency} clients x {args.seconds:g} s ...", file=sys.stderr, flush=True)
+            rows[name] = asyncio.run(load(f"http://127.0.0.1:{port}", texts, args.concurrency, args.seconds,
+                                          args.warmup_seconds))
+        finally:
+            stop(process)
+
+    print()
+    print(f"{'server':<30} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7}")
+    for name, row in rows.items():
+        print(f"{name:<30} {row['requests_per_second']:>11.1f} {row['latency_p50_ms']:>8.1f} "
+              f"{row['latency_p99_ms']:>8.1f} {row['requests']:>9} {row['errors']:>7}")
+    naive, ours = rows["naive (pipeline per request)"], rows["sentitune serve"]
+    print(f"ratio serve_vs_naive: {ours['requests_per_second'] / naive['requests_per_second']:.2f}")
+    print(f"p99_ms: {ours['latency_p99_ms']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
