@@ -33,7 +33,7 @@ import yaml
 from sentitune import results
 from sentitune.config import ConfigError, RunConfig, load_config, scaffolding_differences
 from sentitune.methods import registry
-from sentitune.metrics import bootstrap_ci, mcnemar
+from sentitune.metrics import accuracy_interval, mcnemar
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -229,12 +229,7 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                  "n_seeds": len(ok), **{k: v for k, v in group[0].items() if k in method_knobs_keys(group[0])}}
         if ok:
             accuracies = np.array([r["test_accuracy"] for r in ok])
-            if len(ok) >= 2:
-                low, high = bootstrap_ci(accuracies)
-                ci_over = "seeds"
-            else:  # one seed: resample test examples instead, and say so
-                low, high = bootstrap_ci(_correctness(out, ok[0]).astype(float))
-                ci_over = "test examples (1 seed)"
+            low, high, ci_over = accuracy_interval(accuracies, _correctness(out, ok[0]) if len(ok) == 1 else [])
             entry.update({
                 "test_accuracy_mean": float(accuracies.mean()),
                 "test_accuracy_std": float(accuracies.std(ddof=1)) if len(ok) > 1 else math.nan,

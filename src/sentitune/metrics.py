@@ -58,6 +58,17 @@ def bootstrap_ci(values, confidence: float = 0.95, resamples: int = 10_000, seed
     return (float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha)))
 
 
+def accuracy_interval(seed_accuracies, correctness_of_one_run) -> tuple[float, float, str]:
+    """95% CI of a variant's test accuracy: a bootstrap over seeds when there are two or more (training
+    randomness), else over the test examples of the single run (test-set sampling only), and says which.
+    """
+    if len(seed_accuracies) >= 2:
+        low, high = bootstrap_ci(seed_accuracies)
+        return low, high, "seeds"
+    low, high = bootstrap_ci(np.asarray(correctness_of_one_run, dtype=float))
+    return low, high, "test examples (1 seed)"
+
+
 def mcnemar(correct_a, correct_b) -> dict[str, float]:
     """Exact McNemar test on paired per-example correctness.
 

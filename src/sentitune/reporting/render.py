@@ -24,7 +24,7 @@ import numpy as np
 
 from sentitune import results
 from sentitune.analysis import ANALYSIS_DIR, ANALYSIS_FILE, Predictions, load_predictions, slice_masks, slice_table
-from sentitune.metrics import confusion_matrix, expected_calibration_error, mcnemar, wilson_interval
+from sentitune.metrics import accuracy_interval, confusion_matrix, expected_calibration_error, mcnemar, wilson_interval
 from sentitune.results import RunFolderError
 
 RESULTS_JSON = "results.json"
@@ -165,8 +165,8 @@ def _is_neural(method: str) -> bool:
 def variant_summary(comparison: Comparison) -> list[dict]:
     """One row per variant: seed statistics of accuracy, cost and speed, computed from the run folders.
 
-    The 95% CI is a Wilson interval over the test examples (test-set sampling error); the ± is the
-    standard deviation over seeds (training randomness). They answer different questions.
+    The 95% CI is the one `compare` reports (metrics.accuracy_interval): a bootstrap over seeds, or
+    over the test examples when there is one seed; the ± is the standard deviation over seeds.
     """
     out = []
     for variant in comparison.variants():
@@ -180,11 +180,12 @@ def variant_summary(comparison: Comparison) -> list[dict]:
             accuracies = [float(r.predictions.correct.mean()) for r in ok]
             n_test = len(ok[0].predictions.texts)
             mean = float(np.mean(accuracies))
-            low, high = wilson_interval(int(round(mean * n_test)), n_test)
+            low, high, ci_over = accuracy_interval(accuracies, ok[0].predictions.correct if len(ok) == 1 else [])
             first = ok[0].metrics
             memory_how = first.get("memory_breakdown_how") or ""
             row.update({
                 "accuracy_mean": mean, "accuracy_std": _std(accuracies), "ci95_low": low, "ci95_high": high,
+                "ci_over": ci_over,
                 "n_test": n_test,
                 "macro_f1_mean": _mean([r.metrics.get("test_macro_f1") for r in ok]),
                 "ece_mean": _mean([expected_calibration_error(r.predictions.gold, r.predictions.probabilities)["ece"]
@@ -460,7 +461,8 @@ def _table_rows(summary: list[dict]) -> list[dict]:
         rows.append({
             "variant": r["variant"], "method": r["method"], "seeds": f"{r['n_seeds']}/{r['n_runs']}",
             "accuracy": f"{100 * r['accuracy_mean']:.2f}{std}",
-            "ci": f"{100 * r['ci95_low']:.1f}–{100 * r['ci95_high']:.1f}",
+            "ci": f"{100 * r['ci95_low']:.1f}–{100 * r['ci95_high']:.1f}"
+                  + (" (examples)" if r["ci_over"] != "seeds" else " (seeds)"),
             "f1": _fmt(r["macro_f1_mean"] and 100 * r["macro_f1_mean"], ".2f"),
             "ece": _fmt(r["ece_mean"], ".3f"),
             "params": f"{r['params_trainable']:,} ({_fmt(r['params_trainable_percent'], '.3g')}%)",
