@@ -184,6 +184,12 @@ def cmd_report(args) -> int:
     return report_cli(args)
 
 
+def cmd_pretrain(args) -> int:
+    from sentitune.pretraining import pretrain_cli
+
+    return pretrain_cli(args)
+
+
 # ---- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--lora-targets-sweep", dest="lora_targets_sweep",
                          help="extra LoRA runs per target set, separated by '|', e.g. 'query,value|all-linear'")
     compare.add_argument("--learning-rates", help="extra runs per method at these learning rates, e.g. 1e-4,5e-4")
+    compare.add_argument("--gradient-checkpointing", action="store_true",
+                         help="add a <method>-gc variant per neural method to measure checkpointing's memory/speed trade")
     compare.add_argument("--layer-lr-decays", dest="layer_lr_decays",
                          help="extra full fine-tuning runs with layer-wise LR decay, e.g. 0.8,0.9")
     compare.add_argument("--output-dir", help="comparison folder (default results/<dataset>)")
@@ -274,6 +282,28 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", help="comparison folder")
     report.add_argument("--open", action="store_true", help="open the HTML report in a browser")
     report.set_defaults(handler=cmd_report)
+
+    pretrain = sub.add_parser("pretrain", help="domain-adaptive masked-LM pretraining on unlabelled text")
+    pretrain.add_argument("--model", required=True, help="encoder to adapt (alias, local folder or hub id)")
+    pretrain.add_argument("--texts", required=True,
+                          help="imdb or sst2 (train-split texts from the data folder), or a CSV/TSV/JSONL/TXT file")
+    pretrain.add_argument("--text-column", help="text column of a CSV/TSV/JSONL file (default: sentence for TSV, else text)")
+    pretrain.add_argument("--data-dir", help="data folder for imdb/sst2 (default: $SENTITUNE_DATA_DIR)")
+    pretrain.add_argument("--output-dir", required=True, help="new model folder; then fine-tune with --model <it>")
+    pretrain.add_argument("--max-steps", type=int, help="stop after N optimizer steps (default: --epochs)")
+    pretrain.add_argument("--epochs", type=float, help="passes over the texts (default 1)")
+    pretrain.add_argument("--batch-size", type=int, help="examples per step (default 16)")
+    pretrain.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5)")
+    pretrain.add_argument("--max-length", type=int, help="tokens per example (default 256)")
+    pretrain.add_argument("--long-texts", choices=["chunk", "truncate"], help="long texts: split into windows (default) or cut")
+    pretrain.add_argument("--mlm-probability", type=float, help="fraction of tokens masked (default 0.15)")
+    pretrain.add_argument("--max-texts", type=int, help="use a seeded sample of N texts")
+    pretrain.add_argument("--eval-texts", type=int, help="held-out texts for the before/after MLM loss (default 200)")
+    pretrain.add_argument("--seed", type=int, help="seed (default 42)")
+    pretrain.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    pretrain.add_argument("--threads", type=int, help="torch CPU threads")
+    pretrain.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    pretrain.set_defaults(handler=cmd_pretrain)
     return parser
 
 

@@ -55,6 +55,8 @@ def method_knobs(cfg: RunConfig) -> dict[str, Any]:
     """The method-specific settings of a run: what may legitimately differ inside a comparison."""
     m = cfg.method
     knobs: dict[str, Any] = {"learning_rate": cfg.learning_rate} if registry.get(m.name).neural else {}
+    if cfg.train.gradient_checkpointing:
+        knobs["gradient_checkpointing"] = True
     if registry.get(m.name).neural and m.name != "full":
         knobs["head"] = m.head
     if m.name == "full":
@@ -93,6 +95,8 @@ def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
             for decay in c.layer_lr_decays:
                 if decay != base.method.layer_lr_decay:
                     variants[f"full-llrd{decay:g}"] = {"method.name": "full", "method.layer_lr_decay": decay}
+        if registry.get(method).neural and c.gradient_checkpointing_variants:
+            variants[f"{method}-gc"] = {"method.name": method, "train.gradient_checkpointing": True}
         if registry.get(method).neural:
             for lr in c.learning_rates:
                 variants[f"{method}-lr{_format_lr(lr)}"] = {"method.name": method, "method.learning_rate": lr}
@@ -246,7 +250,7 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def method_knobs_keys(row: dict[str, Any]) -> list[str]:
-    return [k for k in ("learning_rate", "layer_lr_decay", "head", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    return [k for k in ("learning_rate", "gradient_checkpointing", "layer_lr_decay", "head", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                         "prefix_tokens", "tfidf_word_ngrams", "tfidf_char_ngrams", "tfidf_c_grid") if k in row]
 
 
@@ -350,6 +354,7 @@ def compare_from_args(args) -> int:
         "compare.lora_targets_sweep": _parse_list(args.lora_targets_sweep, str, "|"),
         "compare.learning_rates": _parse_list(args.learning_rates, float),
         "compare.layer_lr_decays": _parse_list(args.layer_lr_decays, float),
+        "compare.gradient_checkpointing_variants": True if args.gradient_checkpointing else None,
     }
     if args.seeds:
         seeds = _parse_list(args.seeds, int)

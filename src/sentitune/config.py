@@ -200,6 +200,11 @@ class TrainConfig:
     """Evaluate every N steps when eval_strategy is `steps`."""
     logging_steps: int = 10
     """Log loss and learning rate every N steps (the training history)."""
+    save_steps: int | None = None
+    """Write a resumable checkpoint (weights, optimizer, scheduler, RNG states) every N optimizer steps
+    for `train --resume`; None = at each evaluation, or at each epoch end when eval_strategy is `no`.
+    With eval_strategy `steps` it must be a multiple of eval_steps (the best checkpoint is picked at
+    evaluations)."""
     warmup_steps_excluded_from_throughput: int = 5
     """First optimizer steps not counted in samples/s (allocation, kernel selection)."""
     gradient_checkpointing: bool = False
@@ -225,6 +230,14 @@ class TrainConfig:
         _check_choice("train", "eval_strategy", self.eval_strategy, ("epoch", "steps", "no"))
         if self.eval_strategy == "steps" and not self.eval_steps:
             raise ConfigError("train.eval_steps: required when train.eval_strategy is 'steps'")
+        _check_positive("train", "save_steps", self.save_steps)
+        if self.save_steps is not None:
+            if self.eval_strategy == "epoch":
+                raise ConfigError("train.save_steps: needs train.eval_strategy 'steps' or 'no'; with 'epoch' "
+                                  "checkpoints follow the evaluations")
+            if self.eval_strategy == "steps" and self.save_steps % self.eval_steps:
+                raise ConfigError(f"train.save_steps: must be a multiple of train.eval_steps ({self.eval_steps}), "
+                                  f"got {self.save_steps}")
 
 
 @dataclass
@@ -239,6 +252,9 @@ class CompareConfig:
     """Extra LoRA variants per target set, e.g. ["query,value", "all-linear"]."""
     learning_rates: list[float] = field(default_factory=list)
     """Extra variants of every neural method at these learning rates."""
+    gradient_checkpointing_variants: bool = False
+    """Add a `<method>-gc` variant of every neural method with gradient checkpointing, to measure its
+    memory/speed tradeoff (it recomputes activations; the maths, and so the scaffolding, is the same)."""
     layer_lr_decays: list[float] = field(default_factory=list)
     """Extra `full` variants with these layer-wise learning-rate decays (e.g. [0.8, 0.9])."""
 
@@ -323,6 +339,8 @@ class RunConfig:
         raw.pop("method")
         raw.pop("compare")
         raw["train"].pop("seed")
+        raw["train"].pop("gradient_checkpointing")  # a memory/speed trade, not a change to what is learned
+        raw["train"].pop("save_steps")  # checkpoint cadence; a resumed run ends where an unbroken one does
         raw["data"]["max_length"] = self.data.resolved_max_length
         return raw
 
