@@ -124,3 +124,18 @@ def test_export_refusals(lora_run, onnx_export, tmp_path, tiny_config, capsys):
     train(tiny_config("tfidf"), tfidf)
     assert main(["export", "--model", str(tfidf), "--output", str(tmp_path / "t")]) == 2
     assert "deployable" in capsys.readouterr().err
+
+
+def test_dynamo_exporter_matches_torch_too(lora_run, tmp_path):
+    import onnxruntime as ort
+
+    from sentitune.export import export_onnx
+    from sentitune.inference import _pad
+
+    predictor = Predictor.load(lora_run, device="cpu")
+    assert export_onnx(predictor.model, predictor.tokenizer, tmp_path / "m.onnx", exporter="dynamo") == "dynamo"
+    ids = predictor.tokenizer(TEXTS)["input_ids"]
+    input_ids, mask = _pad(ids, 0)
+    logits = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+    expected = predictor._runner(input_ids, mask)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
