@@ -15,8 +15,7 @@ Targets: R >= 4, P <= 200, zero errors. The load generator shares the machine wi
 run it on an otherwise idle machine.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must resolve the naive server's local body model.
 import argparse
 import asyncio
 import os
@@ -187,7 +186,8 @@ def main(argv=None) -> int:
         print(f"{name:<30} {row['requests_per_second']:>11.1f} {row['latency_p50_ms']:>8.1f} "
               f"{row['latency_p99_ms']:>8.1f} {row['requests']:>9} {row['errors']:>7}")
     naive, ours = rows["naive (pipeline per request)"], rows["sentitune serve"]
-    print(f"ratio serve_vs_naive: {ours['requests_per_second'] / naive['requests_per_second']:.2f}")
+    ratio = ours["requests_per_second"] / naive["requests_per_second"] if naive["requests_per_second"] else float("nan")
+    print(f"ratio serve_vs_naive: {ratio:.2f}")
     print(f"p99_ms: {ours['latency_p99_ms']:.1f}")
     return 0
 
