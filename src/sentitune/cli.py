@@ -320,6 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sentitune {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from sentitune.results import not_writable
+
+        # Write sites outside sentitune's own writers (Trainer checkpoints, libraries' save calls)
+        # still end in one line when the disk is full or the folder read-only.
+        mapped = not_writable(exc)
+        if mapped is None:
+            raise
+        print(f"sentitune {args.command}: error: {mapped}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -17,10 +17,13 @@ Example:
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,23 +42,68 @@ class RunFolderError(ValueError):
     """A run folder is missing, unfinished or damaged."""
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class OutputNotWritable(RuntimeError):
+    """An output cannot be written: disk full, read-only file system or no permission. The message
+    names the path; the user fixes it by freeing space or picking another output folder."""
+
+
+NOT_WRITABLE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+                       errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                       errno.EPERM: "operation not permitted"}
+
+
+def not_writable(exc: BaseException, path: str | Path | None = None) -> OutputNotWritable | None:
+    """The user-facing error for an OSError (also one wrapped in a library's own error) that means the
+    output location cannot take the write, or None for any other error."""
+    code = getattr(exc, "errno", None)
+    if code not in NOT_WRITABLE_ERRNOS:
+        # safetensors' Rust writer reports e.g. "IoError(Os { code: 28, kind: StorageFull ... })".
+        match = re.search(r"Os \{ code: (\d+)", str(exc))
+        code = int(match.group(1)) if match else None
+    if code not in NOT_WRITABLE_ERRNOS:
+        return None
+    where = getattr(exc, "filename", None) or path
+    return OutputNotWritable(f"{where}: cannot write ({NOT_WRITABLE_ERRNOS[code]}); free space, fix the "
+                             "permissions or choose another output folder")
+
+
+@contextmanager
+def writing(path: str | Path):
+    """Turns disk-full, read-only and permission errors raised inside the block into OutputNotWritable."""
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        # mkstemp creates 0600 files; results are meant to be shared like any other file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        yield
+    except Exception as exc:
+        mapped = not_writable(exc, path)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes a temp file next to `path`, syncs it, then renames it over `path`: readers and a crash at
+    any moment see the old file or the new one, never a mix. Full or read-only disks raise
+    OutputNotWritable naming the path."""
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            # mkstemp creates 0600 files; results are meant to be shared like any other file.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _json_default(value):

@@ -142,6 +142,7 @@ def _callbacks_and_trainer_class(cfg: RunConfig):
     import torch
     from torch.utils.data import SequentialSampler
     from transformers import Trainer, TrainerCallback
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class Meter(TrainerCallback):
         """Samples/s and tokens/s over optimizer steps after the warm-up ones."""
@@ -187,12 +188,44 @@ def _callbacks_and_trainer_class(cfg: RunConfig):
                     f"in {args.output_dir}"
                 )
 
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        """Length-grouped order drawn from (seed, epoch) alone. The stock sampler draws from the global
+        RNG, whose state when an epoch starts depends on everything before it (dropout included), so
+        a run resumed mid-training would see another order from the next epoch on."""
+
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:  # the Trainer calls this before every epoch
+            self.epoch = epoch
+
+        def __iter__(self):
+            self.generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.epoch)
+            return super().__iter__()
+
     class MeasuredTrainer(Trainer):
         meter: Meter
 
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if type(sampler) is LengthGroupedSampler:
+                return EpochSeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths)
+            return sampler
+
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.meter.observe(inputs)
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            # Checked before the optimizer step, so neither the weights nor any checkpoint take the
+            # bad update. The Meter synchronizes every step already, so the check costs no extra sync.
+            if not torch.isfinite(loss).all():
+                checkpoint = last_complete_checkpoint(Path(self.args.output_dir))
+                kept = (f"the last good checkpoint is kept in {checkpoint}" if checkpoint
+                        else "no checkpoint had been written yet")
+                precision = " or use precision fp32" if self.args.fp16 or self.args.bf16 else ""
+                raise TrainingError(
+                    f"loss became {loss.detach().float().mean().item()} at step {self.state.global_step + 1}; "
+                    f"lower method.learning_rate (now {self.args.learning_rate}){precision}; {kept}"
+                )
+            return loss
 
         def _get_eval_sampler(self, eval_dataset):
             # transformers 5 applies group_by_length to evaluation too and returns predictions in that
@@ -228,14 +261,17 @@ def training_arguments(cfg: RunConfig, checkpoint_dir: Path, precision: str):
         train_sampling_strategy="group_by_length" if t.length_grouped else "random",
         eval_strategy=t.eval_strategy,
         eval_steps=t.eval_steps,
-        save_strategy=t.eval_strategy if evaluate else "epoch",
-        save_steps=t.eval_steps,
+        save_strategy="steps" if t.save_steps else (t.eval_strategy if evaluate else "epoch"),
+        save_steps=t.save_steps or t.eval_steps,
         save_total_limit=1,
         load_best_model_at_end=evaluate,
         metric_for_best_model="accuracy",
         greater_is_better=True,
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        # The default replaces a NaN/inf step loss by the running mean, which hides divergence from
+        # the history; training_step stops at the first non-finite loss instead.
+        logging_nan_inf_filter=False,
         report_to="none",
         dataloader_num_workers=t.dataloader_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -282,6 +318,34 @@ def _compute_metrics(prediction) -> dict[str, float]:
 def _history_rows(log_history: list[dict]) -> list[dict]:
     keep = ("step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss", "eval_accuracy", "eval_macro_f1")
     return [{k: row[k] for k in keep if k in row} for row in log_history if "step" in row]
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` a resume can use, or None.
+
+    The Trainer writes a checkpoint in place, trainer_state.json last, so a kill during the save leaves
+    a newer folder without a readable trainer_state.json. Such torn folders are removed: the Trainer's
+    own choice (the highest N) and its rotation would otherwise pick them up.
+    """
+    import json
+
+    if not checkpoint_dir.is_dir():
+        return None
+    found = []
+    for folder in checkpoint_dir.glob("checkpoint-*"):
+        step = folder.name.rsplit("-", 1)[1]
+        if folder.is_dir() and step.isdigit():
+            found.append((int(step), folder))
+    best = None
+    for _, folder in sorted(found, reverse=True):
+        try:
+            json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            if best is None and is_main_process():
+                shutil.rmtree(folder, ignore_errors=True)
+            continue
+        best = best or folder
+    return best
 
 
 def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: bool) -> dict[str, Any]:
@@ -332,11 +396,15 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         optimizers=(optimizer, None),
     )
     trainer.meter = meter
-    has_checkpoint = resume and checkpoint_dir.exists() and any(checkpoint_dir.glob("checkpoint-*"))
+    checkpoint = last_complete_checkpoint(checkpoint_dir) if resume else None
     train_started = time.perf_counter()
     try:
-        train_output = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
-    except torch.OutOfMemoryError:
+        with results.writing(checkpoint_dir):
+            train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except RuntimeError as exc:
+        # CUDA raises OutOfMemoryError; the CPU allocator a plain RuntimeError.
+        if not (isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)):
+            raise
         raise TrainingError(
             f"out of memory at batch size {cfg.train.batch_size}; try --batch-size "
             f"{max(1, cfg.train.batch_size // 2)} with gradient_accumulation_steps "
@@ -360,10 +428,11 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
 
     if is_main_process():
         model_dir = output_dir / results.MODEL_DIR
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        method.save(trainer.model, model_dir)
-        tokenizer.save_pretrained(model_dir)
+        with results.writing(model_dir):
+            if model_dir.exists():
+                shutil.rmtree(model_dir)
+            method.save(trainer.model, model_dir)
+            tokenizer.save_pretrained(model_dir)
         results.atomic_write_csv(output_dir / results.HISTORY_FILE, _history_rows(trainer.state.log_history))
 
     if cuda:
@@ -382,7 +451,9 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         "train_runtime_seconds": train_seconds,
         "train_steps": trainer.state.global_step,
         "train_epochs": float(trainer.state.epoch or 0),
+        # After --resume the Trainer averages only the steps this process ran.
         "train_loss": float(train_output.training_loss),
+        "resumed_from_step": int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None,
         # Each process counts its own batches; processes run in lockstep, so the total is x world size.
         "train_samples_per_second": world_size() * meter.samples / meter.seconds if meter.seconds else math.nan,
         "train_tokens_per_second": world_size() * meter.tokens / meter.seconds if meter.seconds else math.nan,
@@ -423,7 +494,8 @@ def _train_classical(cfg: RunConfig, splits: DatasetSplits, output_dir: Path) ->
     started = time.perf_counter()
     probabilities = model.predict_proba(splits.test.texts)
     eval_seconds = time.perf_counter() - started
-    method.save(model, output_dir / results.MODEL_DIR)
+    with results.writing(output_dir / results.MODEL_DIR):
+        method.save(model, output_dir / results.MODEL_DIR)
     results.atomic_write_csv(output_dir / results.HISTORY_FILE,
                              [{"step": i + 1, **row} for i, row in enumerate(history)])
     peak = peak_rss_mib()
@@ -468,7 +540,8 @@ def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resum
     splits = load_splits(cfg.data)
     main = is_main_process()
     if main:
-        prepare_output_dir(output_dir, overwrite, resume)
+        with results.writing(output_dir):
+            prepare_output_dir(output_dir, overwrite, resume)
         results.atomic_write_text(output_dir / results.CONFIG_FILE, cfg.to_yaml())
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -493,10 +566,13 @@ def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resum
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         if main:
-            results.atomic_write_json(output_dir / results.METRICS_FILE, {
-                "status": status, "error": f"{type(exc).__name__}: {exc}", **base,
-                "wall_seconds": time.perf_counter() - wall_started,
-            })
+            try:
+                results.atomic_write_json(output_dir / results.METRICS_FILE, {
+                    "status": status, "error": f"{type(exc).__name__}: {exc}", **base,
+                    "wall_seconds": time.perf_counter() - wall_started,
+                })
+            except results.OutputNotWritable:
+                pass  # a full or read-only disk: the original error says more than this one would
         raise
     probabilities = measured.pop("probabilities")
     gold = np.asarray(splits.test.labels)

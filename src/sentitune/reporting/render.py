@@ -591,7 +591,7 @@ def _build(results_dir: str | Path) -> tuple[Path, Path, dict]:
     figure_dir = folder / FIGURES_DIR
     figure_dir.mkdir(exist_ok=True)
     for figure in figures:
-        (figure_dir / f"{figure['name']}.png").write_bytes(figure["png"])
+        results.atomic_write_bytes(figure_dir / f"{figure['name']}.png", figure["png"])
     md_path, html_path = folder / REPORT_MD, folder / REPORT_HTML
     results.atomic_write_text(md_path, render_markdown(context, figures, FIGURES_DIR))
     results.atomic_write_text(html_path, render_html(context, figures))
