@@ -325,7 +325,10 @@ def tradeoff_statements(summary: list[dict], tests: list[dict], reference: str,
         if variant == reference:
             continue
         parts = [_parameter_phrase(row, ref, reference)]
-        if row.get("peak_memory_mib") and ref.get("peak_memory_mib"):
+        if row.get("peak_memory_how") != ref.get("peak_memory_how"):
+            # e.g. tfidf's process RSS next to a GPU run's allocator peak: two different quantities
+            parts.append(f"has peak memory measured another way ({row.get('peak_memory_how')}), not compared")
+        elif row.get("peak_memory_mib") and ref.get("peak_memory_mib"):
             change = 100 * (ref["peak_memory_mib"] - row["peak_memory_mib"]) / ref["peak_memory_mib"]
             amount = ("about the same" if abs(change) < 1
                       else f"{abs(change):.0f}% {'less' if change > 0 else 'more'}")
