@@ -193,7 +193,10 @@ def cmd_pretrain(args) -> int:
 # ---- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sentitune", description=__doc__.split(":")[0])
+    parser = argparse.ArgumentParser(
+        prog="sentitune",
+        description="Fine-tune BERT for sentiment and measure what full fine-tuning buys over LoRA, other "
+                    "PEFT methods, a frozen backbone and TF-IDF; then predict, serve and export the winner.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one run (one method, one seed) into a run folder")
