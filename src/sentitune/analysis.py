@@ -722,6 +722,15 @@ def print_summary(analysis: dict, console=None) -> None:
         table.add_row(row["label"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
     console.print(table)
+    matrix = analysis["confusion_matrix"]["rows_gold_columns_predicted"]
+    names = analysis["confusion_matrix"]["labels"]
+    table = Table(title="confusion matrix")
+    table.add_column("gold \\ predicted")
+    for name in names:
+        table.add_column(name, justify="right")
+    for i, (name, row) in enumerate(zip(names, matrix)):
+        table.add_row(name, *(f"[bold]{n}[/bold]" if i == j else str(n) for j, n in enumerate(row)))
+    console.print(table)
     table = Table(title="slices (95% Wilson CI)")
     for column in ("slice", "count", "accuracy", "95% CI"):
         table.add_column(column, justify="left" if column == "slice" else "right")
@@ -735,7 +744,9 @@ def print_summary(analysis: dict, console=None) -> None:
     table = Table(title="most confident mistakes")
     for column in ("gold", "pred", "p(pred)", "text"):
         table.add_column(column, overflow="fold")
-    for row in analysis["highest_loss"][:5]:
+    # With 3+ classes a right answer at p = 0.4 can out-lose a wrong one; list only the wrong ones.
+    mistakes = [row for row in analysis["highest_loss"] if row["gold"] != row["pred"]]
+    for row in mistakes[:5]:
         table.add_row(row["gold"], row["pred"], f"{row['prob_pred']:.3f}", row["text"][:100])
     console.print(table)
     amb, lab = analysis["ambiguous"], analysis["likely_label_errors"]

@@ -268,8 +268,10 @@ def slice_figure(rows: Sequence[dict]) -> Figure:
             row = lookup.get((variant, name))
             value = row["accuracy"] if row and row["count"] else np.nan
             acc.append(100 * value)
-            low.append(100 * (value - row["ci95_low"]) if row and row["count"] else 0)
-            high.append(100 * (row["ci95_high"] - value) if row and row["count"] else 0)
+            # max(0, ...): at 0% or 100% the Wilson bound and the value differ only by rounding,
+            # and matplotlib refuses an error bar of -1e-17.
+            low.append(max(0.0, 100 * (value - row["ci95_low"])) if row and row["count"] else 0)
+            high.append(max(0.0, 100 * (row["ci95_high"] - value)) if row and row["count"] else 0)
         ax.bar(x, acc, width=width, color=color, label=variant, yerr=[low, high], capsize=2,
                error_kw={"linewidth": 0.8})
     counts = {row["slice"]: row["count"] for row in rows}
