@@ -16,6 +16,7 @@ from sentitune.analysis import (NEGATION_PAIRS, Predictions, check_same_examples
                                 confident_learning_rule, errors_by_class, likely_label_errors, negation_probe,
                                 parse_slices, slice_masks, slice_table)
 from sentitune.config import ConfigError
+from conftest import make_tiny_config
 from sentitune.metrics import confusion_matrix, wilson_interval
 from sentitune.results import RunFolderError
 
@@ -218,20 +219,12 @@ def test_negation_probe_scores_flips():
 
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tiny_data, tmp_path_factory):
-    from sentitune.config import RunConfig
     from sentitune.training import train
 
     folder = tmp_path_factory.mktemp("analysis-runs")
     out = {}
     for method in ("lora", "full"):
-        cfg = RunConfig.from_dict({
-            "model": str(tiny_model_dir),
-            "data": {"dataset": "files", "train_file": str(tiny_data["train"]), "test_file": str(tiny_data["test"]),
-                     "validation_size": 16, "max_length": 32},
-            "method": {"name": method},
-            "train": {"max_steps": 3, "batch_size": 8, "eval_batch_size": 16, "logging_steps": 1,
-                      "eval_strategy": "no", "warmup_steps_excluded_from_throughput": 1},
-        })
+        cfg = make_tiny_config(tiny_model_dir, tiny_data, method, **{"train.max_steps": 3})
         train(cfg, folder / method)
         out[method] = folder / method
     return out

@@ -13,7 +13,6 @@ from sentitune.data import (
     DataError,
     encode_texts,
     inspect_splits,
-    iter_records,
     load_splits,
     read_table,
     truncate_ids,

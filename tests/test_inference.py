@@ -13,28 +13,12 @@ from sentitune import results
 from sentitune.cli import main
 from sentitune.inference import Predictor, stream_texts
 from sentitune.methods import registry
-from sentitune.training import train
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir, tiny_data):
-    """One finished tiny run per registered method (a few optimizer steps each)."""
-    from sentitune.config import RunConfig
-
-    folder = tmp_path_factory.mktemp("inference-runs")
-    made = {}
-    for method in registry.names():
-        cfg = RunConfig.from_dict({
-            "model": str(tiny_model_dir),
-            "data": {"dataset": "files", "train_file": str(tiny_data["train"]), "test_file": str(tiny_data["test"]),
-                     "validation_size": 16, "max_length": 32},
-            "method": {"name": method},
-            "train": {"max_steps": 3, "batch_size": 8, "eval_batch_size": 16, "logging_steps": 1,
-                      "eval_strategy": "no", "warmup_steps_excluded_from_throughput": 1},
-        })
-        train(cfg, folder / method)
-        made[method] = folder / method
-    return made
+def runs(trained_run):
+    """One finished tiny run per registered method (shared with other test files)."""
+    return {method: trained_run(method) for method in registry.names()}
 
 
 @pytest.mark.parametrize("method", registry.names())

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sentitune.reporting import render
 from sentitune.reporting.render import build_report, tradeoff_statements
 from sentitune.results import RunFolderError
 

@@ -18,40 +18,23 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from sentitune.inference import Predictor
 from sentitune.serve import MicroBatcher, Overloaded, ServeMetrics, ServeSettings, create_app
-from sentitune.training import train
 
 CHROMIUM = "/usr/bin/chromium"
 
 
-def _tiny_run(method, folder, model_dir, data):
-    from sentitune.config import RunConfig
-
-    cfg = RunConfig.from_dict({
-        "model": str(model_dir),
-        "data": {"dataset": "files", "train_file": str(data["train"]), "test_file": str(data["test"]),
-                 "validation_size": 16, "max_length": 32},
-        "method": {"name": method},
-        "train": {"max_steps": 2, "batch_size": 8, "eval_batch_size": 16, "logging_steps": 1,
-                  "eval_strategy": "no", "warmup_steps_excluded_from_throughput": 1},
-    })
-    train(cfg, folder)
-    return folder
+@pytest.fixture(scope="module")
+def tfidf_predictor(trained_run):
+    return Predictor.load(trained_run("tfidf"))
 
 
 @pytest.fixture(scope="module")
-def tfidf_predictor(tmp_path_factory, tiny_model_dir, tiny_data):
-    return Predictor.load(_tiny_run("tfidf", tmp_path_factory.mktemp("serve") / "tfidf", tiny_model_dir, tiny_data))
-
-
-@pytest.fixture(scope="module")
-def head_run(tmp_path_factory, tiny_model_dir, tiny_data):
-    return _tiny_run("head", tmp_path_factory.mktemp("serve") / "head", tiny_model_dir, tiny_data)
+def head_run(trained_run):
+    return trained_run("head")
 
 
 class SlowRecorder:

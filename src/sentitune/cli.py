@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from sentitune.config import ConfigError, load_config, preset_names
 
@@ -190,6 +189,12 @@ def cmd_pretrain(args) -> int:
     return pretrain_cli(args)
 
 
+def cmd_shrink(args) -> int:
+    from sentitune.models import shrink_cli
+
+    return shrink_cli(args)
+
+
 # ---- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="add a <method>-gc variant per neural method to measure checkpointing's memory/speed trade")
     compare.add_argument("--layer-lr-decays", dest="layer_lr_decays",
                          help="extra full fine-tuning runs with layer-wise LR decay, e.g. 0.8,0.9")
+    compare.add_argument("--models", help="model sweep: comma-separated aliases/folders/hub ids; every neural "
+                         "variant runs on each, named <model>-<variant>")
     compare.add_argument("--output-dir", help="comparison folder (default results/<dataset>)")
     compare.add_argument("--parallel", type=int, default=1, help="runs at once (default 1: timings stay honest)")
     compare.set_defaults(handler=cmd_compare)
@@ -307,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--threads", type=int, help="torch CPU threads")
     pretrain.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     pretrain.set_defaults(handler=cmd_pretrain)
+
+    shrink = sub.add_parser("shrink", help="keep the first K encoder layers of a model (layer dropping)")
+    shrink.add_argument("--model", required=True, help="alias, local folder or hub id")
+    shrink.add_argument("--layers", type=int, required=True, help="encoder layers to keep (the bottom K)")
+    shrink.add_argument("--output-dir", required=True, help="new model folder; then use it with --model")
+    shrink.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    shrink.set_defaults(handler=cmd_shrink)
     return parser
 
 

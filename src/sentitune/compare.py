@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from sentitune import results
-from sentitune.config import ConfigError, RunConfig, load_config, scaffolding_differences
+from sentitune.config import ConfigError, RunConfig, scaffolding_differences
 from sentitune.methods import registry
 from sentitune.metrics import accuracy_interval, mcnemar
+from sentitune.models import resolve_model
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -100,7 +100,38 @@ def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
         if registry.get(method).neural:
             for lr in c.learning_rates:
                 variants[f"{method}-lr{_format_lr(lr)}"] = {"method.name": method, "method.learning_rate": lr}
-    return list(variants.items())
+    if not c.models:
+        return list(variants.items())
+    # Model sweep: each neural variant once per model; the classical baseline has no encoder, so
+    # running it per model would only repeat one run under several names.
+    out = []
+    for model, short in zip(c.models, short_model_names(c.models)):
+        out += [(f"{short}-{name}", {**overrides, "model": model}) for name, overrides in variants.items()
+                if registry.get(overrides["method.name"]).neural]
+    out += [(name, overrides) for name, overrides in variants.items()
+            if not registry.get(overrides["method.name"]).neural]
+    return out
+
+
+def short_model_name(name: str) -> str:
+    """A model's name in variant names: the alias, a folder's last part, or a hub id's repository.
+
+    Example:
+        >>> [short_model_name(m) for m in ("minilm-l6", "models/minilm-l3/", "google-bert/bert-base-uncased")]
+        ['minilm-l6', 'minilm-l3', 'bert-base-uncased']
+    """
+    return Path(name.rstrip("/")).name or name
+
+
+def short_model_names(models: list[str]) -> list[str]:
+    """Short names for a sweep, or ConfigError naming compare.models when two would collide."""
+    shorts = [short_model_name(m) for m in models]
+    for i, short in enumerate(shorts):
+        if short in shorts[:i]:
+            other = models[shorts.index(short)]
+            raise ConfigError(f"compare.models: {other!r} and {models[i]!r} both shorten to {short!r} in variant "
+                              "names; rename one folder")
+    return shorts
 
 
 def expand_runs(base: RunConfig) -> list[PlannedRun]:
@@ -149,6 +180,9 @@ def run_comparison(base: RunConfig, out: str | Path, parallel: int = 1, echo=pri
     """Runs every planned run not finished yet, then writes and returns the results."""
     out = Path(out)
     planned = expand_runs(base)
+    # A missing model fails every run of its variants; say so once, before anything starts.
+    for model in dict.fromkeys(r.config.model for r in planned if registry.get(r.config.method.name).neural):
+        resolve_model(model)
     (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
     _check_existing(out, planned)
     results.atomic_write_text(out / BASE_CONFIG, base.to_yaml())
@@ -198,8 +232,8 @@ def _mark_if_killed(run_dir: Path, returncode: int) -> None:
 def _row(out: Path, run: PlannedRun) -> dict[str, Any]:
     run_dir = out / RUNS_DIR / run.name
     row: dict[str, Any] = {"run_name": run.name, "run_dir": f"{RUNS_DIR}/{run.name}", "variant": run.variant,
-                           "method": run.config.method.name, "seed": run.config.train.seed,
-                           "status": "not started", **run.knobs}
+                           "model": run.config.model, "method": run.config.method.name,
+                           "seed": run.config.train.seed, "status": "not started", **run.knobs}
     status = results.read_status(run_dir)
     if status is None:
         return row
@@ -229,7 +263,8 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for variant in dict.fromkeys(r["variant"] for r in rows):
         group = [r for r in rows if r["variant"] == variant]
         ok = [r for r in group if r["status"] == "ok"]
-        entry: dict[str, Any] = {"variant": variant, "method": group[0]["method"], "n_runs": len(group),
+        entry: dict[str, Any] = {"variant": variant, "model": group[0].get("model"), "method": group[0]["method"],
+                                 "n_runs": len(group),
                                  "n_seeds": len(ok), **{k: v for k, v in group[0].items() if k in method_knobs_keys(group[0])}}
         if ok:
             accuracies = np.array([r["test_accuracy"] for r in ok])
@@ -354,6 +389,7 @@ def compare_from_args(args) -> int:
         "compare.lora_targets_sweep": _parse_list(args.lora_targets_sweep, str, "|"),
         "compare.learning_rates": _parse_list(args.learning_rates, float),
         "compare.layer_lr_decays": _parse_list(args.layer_lr_decays, float),
+        "compare.models": _parse_list(getattr(args, "models", None)),
         "compare.gradient_checkpointing_variants": True if args.gradient_checkpointing else None,
     }
     if args.seeds:

@@ -75,15 +75,21 @@ class RawTable:
 
 # ---- reading files ----------------------------------------------------------------------------
 
-def _decode(path: Path) -> str:
+def open_binary(path: str | Path):
+    """Opens a data file for reading, with one-line errors for the usual ways that fails."""
     try:
-        data = path.read_bytes()
+        return open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, expected a CSV/TSV/JSONL file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _decode(path: Path) -> str:
+    with open_binary(path) as handle:
+        data = handle.read()
     try:
         return data.decode("utf-8-sig")  # -sig drops a BOM if present
     except UnicodeDecodeError as exc:

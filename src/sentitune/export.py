@@ -33,6 +33,7 @@ import numpy as np
 
 from sentitune import results
 from sentitune.inference import EXPORT_MANIFEST, ONNX_INPUTS, Predictor
+from sentitune.training import package_versions
 
 PARITY_FILE = "parity.json"
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
@@ -266,7 +267,7 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
             "method": run.config.method.name,
             "model": run.config.model,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
+            "versions": package_versions(("sentitune", "torch", "transformers", "peft", "onnx", "onnxscript", "onnxruntime")),
         }
         if fmt == "hf":
             save_hf(torch_predictor, staging)
@@ -336,18 +337,6 @@ def _variant_size_mib(name: str, folder: Path, run_path: Path, manifest: dict) -
     if name == "hf":
         return round(results.folder_size_mib(folder, "*.safetensors"), 3)
     return round((folder / manifest["files"][name.removeprefix("onnx-")]).stat().st_size / 2**20, 3)
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in ("sentitune", "torch", "transformers", "peft", "onnx", "onnxscript", "onnxruntime"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
 
 
 def format_report(report: dict) -> str:

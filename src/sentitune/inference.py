@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import csv
-import io
+
 import json
 import os
 import sys
@@ -399,10 +399,10 @@ def stream_texts(path: str, text_column: str | None = None, fmt: str | None = No
         >>> next(stream_texts("reviews.csv", text_column="review"))  # doctest: +SKIP
         'A gorgeous, witty film.'
     """
-    from sentitune.data import DataError
+    from sentitune.data import DataError, open_binary
 
     fmt = input_format(path, fmt)
-    raw = sys.stdin.buffer if path == "-" else _open_binary(path)
+    raw = sys.stdin.buffer if path == "-" else open_binary(path)
     name = "<stdin>" if path == "-" else path
     try:
         lines = _CountingLines(raw, on_bytes)
@@ -446,19 +446,6 @@ def stream_texts(path: str, text_column: str | None = None, fmt: str | None = No
     finally:
         if raw is not sys.stdin.buffer:
             raw.close()
-
-
-def _open_binary(path: str) -> IO[bytes]:
-    from sentitune.data import DataError
-
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected a file") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def write_jsonl(rows: Iterable[dict], output: str | None) -> int:

@@ -48,11 +48,14 @@ def _git_sha() -> str | None:
         return None
 
 
-def package_versions() -> dict[str, str]:
+TRAINING_PACKAGES = ("sentitune", "torch", "transformers", "peft", "accelerate", "scikit-learn", "datasets")
+
+
+def package_versions(names: tuple[str, ...] = TRAINING_PACKAGES) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python": platform.python_version()}
-    for name in ("sentitune", "torch", "transformers", "peft", "accelerate", "scikit-learn", "datasets"):
+    for name in names:
         try:
             versions[name] = version(name)
         except PackageNotFoundError:

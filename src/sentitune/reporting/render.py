@@ -24,7 +24,7 @@ import numpy as np
 
 from sentitune import results
 from sentitune.analysis import ANALYSIS_DIR, ANALYSIS_FILE, Predictions, load_predictions, slice_masks, slice_table
-from sentitune.metrics import accuracy_interval, confusion_matrix, expected_calibration_error, mcnemar, wilson_interval
+from sentitune.metrics import accuracy_interval, confusion_matrix, expected_calibration_error, mcnemar
 from sentitune.results import RunFolderError
 
 RESULTS_JSON = "results.json"
@@ -172,7 +172,9 @@ def variant_summary(comparison: Comparison) -> list[dict]:
     for variant in comparison.variants():
         group = [r for r in comparison.runs if r.variant == variant]
         ok = [r for r in group if r.ok]
-        row: dict[str, Any] = {"variant": variant, "method": group[0].method, "n_runs": len(group),
+        row: dict[str, Any] = {"variant": variant, "method": group[0].method,
+                               "model": next((r.config.model for r in group if r.config is not None), None),
+                               "n_runs": len(group),
                                "n_seeds": len(ok), "seeds": [r.seed for r in ok],
                                "failed": [f"{r.name}: {r.status}" + (f" ({r.error})" if r.error else "")
                                           for r in group if not r.ok]}
@@ -436,6 +438,15 @@ def build_figures(comparison: Comparison, summary: list[dict], slices: list[dict
     add("slices", "Accuracy per slice", "Seed-averaged correctness per slice with 95% Wilson intervals; "
         "negation and contrast are matched by word rules (see analysis.NEGATION_PATTERN).",
         plots.slice_figure([row for row in slices if row["count"]]))
+    if len({r["model"] for r in done if r["neural"]}) > 1:
+        add("models", "Model sweep: accuracy vs size vs inference speed",
+            "Mean test accuracy against total parameters and against test-set evaluation sentences/s "
+            "(eval_samples_per_second of each run, mean over seeds; batch size and device as in the setup table); "
+            "colour = model, grey = no encoder.",
+            plots.model_tradeoff_figure([{"label": r["variant"], "model": r["model"] if r["neural"] else None,
+                                          "accuracy": r["accuracy_mean"], "std": r["accuracy_std"],
+                                          "params_total": r["params_total"], "eval_sps": r["eval_sps"]}
+                                         for r in done]))
     ranks = [{"r": r["lora_r"], "accuracy": r["accuracy_mean"], "std": r["accuracy_std"]}
              for r in done if r.get("lora_r")]
     if len({p["r"] for p in ranks}) >= 2:
@@ -488,8 +499,12 @@ def _setup(comparison: Comparison) -> dict:
     if provenance.get("torch_threads"):
         hardware.append(f"{provenance['torch_threads']} torch threads")
     shas = sorted({(r.metrics.get("provenance") or {}).get("git_sha") or "unknown" for r in comparison.ok_runs})
+    models = list(dict.fromkeys(r.config.model for r in comparison.ok_runs
+                                if r.config is not None and _is_neural(r.method)))
+    swept = bool(scaffolding) and "model" not in scaffolding and len(models) > 1
     return {
-        "model": scaffolding.get("model") or first.get("model"),
+        "model": f"{', '.join(models)} (model sweep)" if swept else scaffolding.get("model") or first.get("model"),
+        "held_fixed": "model, method and seed" if swept else "method and seed",
         "dataset": data.get("dataset") or first.get("dataset"),
         "data_source": first.get("data_source", ""),
         "test_examples": len(comparison.ok_runs[0].predictions.texts),
