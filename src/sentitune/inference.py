@@ -231,7 +231,8 @@ class Predictor:
 
         device = _resolve_device(device)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa")
+            model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa",
+                                                                       use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as exc:
             raise results.RunFolderError(f"{path}: cannot load the model folder ({exc})") from None

@@ -86,6 +86,7 @@ def resolve_model(name: str) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelNotAvailable(f"model folder {path} has no config.json; {OFFLINE_HINT}")
+        check_model_folder(path)
         return ModelSource(name, str(path), True)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotAvailable(f"model folder {name} does not exist; {OFFLINE_HINT}")
@@ -95,6 +96,34 @@ def resolve_model(name: str) -> ModelSource:
     if reason:
         raise ModelNotAvailable(f"model {name!r} is not a local folder or alias and {reason}; {OFFLINE_HINT}")
     return ModelSource(name, name, False)
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_model_folder(path: Path) -> None:
+    """Refuses folders whose loading could run code: pickle-only weights, or custom model code.
+
+    Loading a pickle can execute arbitrary code, and `auto_map` in config.json names Python files
+    that `trust_remote_code=True` would import; sentitune loads safetensors only and never sets it.
+    """
+    import json
+
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
+        if pickled:
+            raise ModelNotAvailable(
+                f"model folder {path} has only pickle-based weights ({', '.join(pickled[:3])}); sentitune loads "
+                "safetensors only. Convert once in a trusted environment: "
+                "AutoModel.from_pretrained(folder).save_pretrained(folder)"
+            )
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailable(f"{path / 'config.json'}: unreadable ({exc})") from None
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise ModelNotAvailable(f"model folder {path} needs custom code (auto_map in config.json); sentitune "
+                                "never runs code from model folders (trust_remote_code stays off)")
 
 
 def load_tokenizer(source: ModelSource):
@@ -127,6 +156,7 @@ def load_classifier(source: ModelSource, label_names: list[str], dtype=None):
             label2id={name: i for i, name in enumerate(label_names)},
             attn_implementation="sdpa",
             dtype=dtype or torch.float32,
+            use_safetensors=True,  # never unpickle weights
         )
     finally:
         hf_logging.set_verbosity(verbosity)

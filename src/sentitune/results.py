@@ -57,8 +57,9 @@ def not_writable(exc: BaseException, path: str | Path | None = None) -> OutputNo
     output location cannot take the write, or None for any other error."""
     code = getattr(exc, "errno", None)
     if code not in NOT_WRITABLE_ERRNOS:
-        # safetensors' Rust writer reports e.g. "IoError(Os { code: 28, kind: StorageFull ... })".
-        match = re.search(r"Os \{ code: (\d+)", str(exc))
+        # Rust writers (safetensors, tokenizers) wrap the OS error in their own exception type:
+        # "I/O error: No space left on device (os error 28)" or "Os { code: 28, ... }".
+        match = re.search(r"(?:os error |Os \{ code: )(\d+)", str(exc))
         code = int(match.group(1)) if match else None
     if code not in NOT_WRITABLE_ERRNOS:
         return None
@@ -205,7 +206,8 @@ def load_run(folder: str | Path, require_ok: bool = False) -> Run:
     try:
         config = RunConfig.from_yaml(config_path)
     except ConfigError as exc:
-        raise RunFolderError(f"{config_path}: {exc}") from None
+        message = str(exc)
+        raise RunFolderError(message if message.startswith(str(config_path)) else f"{config_path}: {message}") from None
     metrics_path = folder / METRICS_FILE
     metrics: dict[str, Any] = {"status": "running"}
     if metrics_path.exists():
@@ -214,7 +216,20 @@ def load_run(folder: str | Path, require_ok: bool = False) -> Run:
         except json.JSONDecodeError as exc:
             raise RunFolderError(f"{metrics_path}: corrupted JSON at line {exc.lineno}, column {exc.colno}") from None
     labels_path = folder / LABELS_FILE
-    label_names = json.loads(labels_path.read_text(encoding="utf-8")) if labels_path.exists() else []
+    label_names: list[str] = []
+    if labels_path.exists():
+        try:
+            label_names = json.loads(labels_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RunFolderError(f"{labels_path}: corrupted JSON at line {exc.lineno}, column {exc.colno}") from None
+        if not isinstance(label_names, list) or not all(isinstance(name, str) for name in label_names):
+            raise RunFolderError(f"{labels_path}: expected a list of label names, got {label_names!r:.80}")
+    elif metrics.get("status") == "ok":
+        raise RunFolderError(f"{labels_path}: missing; the run folder is incomplete")
+    recorded = metrics.get("label_names")
+    if recorded is not None and label_names and recorded != label_names:
+        raise RunFolderError(f"{labels_path}: labels {label_names} differ from those the run recorded in "
+                             f"{METRICS_FILE} ({recorded}); the run folder was modified")
     run = Run(folder, config, label_names, metrics)
     if require_ok and run.status != "ok":
         raise RunFolderError(f"{folder}: run status is {run.status!r}, not 'ok'"

@@ -196,10 +196,21 @@ class MicroBatcher:
             started = time.perf_counter()
             try:
                 probabilities = await loop.run_in_executor(self.executor, self.predict_proba, texts)
-            except Exception as exc:  # handed to every waiting request; the worker keeps serving
+            except Exception as exc:  # the worker keeps serving
+                if len(jobs) == 1:
+                    if not jobs[0].future.done():
+                        jobs[0].future.set_exception(exc)
+                    continue
+                # One request's texts must not fail the others merged into its batch: retry each alone.
                 for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                    try:
+                        result = await loop.run_in_executor(self.executor, self.predict_proba, job.texts)
+                    except Exception as single:
+                        if not job.future.done():
+                            job.future.set_exception(single)
+                    else:
+                        if not job.future.done():
+                            job.future.set_result(result)
                 continue
             self.metrics.model_seconds.observe(time.perf_counter() - started)
             self.metrics.texts.inc(len(texts))
@@ -372,6 +383,11 @@ def create_app(predictor, settings: ServeSettings | None = None):
         if too_long is not None:
             return error(413, "text_too_long", f"text {too_long} has {len(texts[too_long])} characters; "
                                                 f"at most {settings.max_chars}")
+        # JSON may escape lone surrogates ("\ud800"), which no tokenizer accepts; refused here, they
+        # would fail the whole micro-batch they joined.
+        broken = next((i for i, t in enumerate(texts) if not _is_unicode(t)), None)
+        if broken is not None:
+            return error(422, "invalid_request", f"text {broken} is not valid Unicode (lone surrogate)")
         try:
             probabilities = await asyncio.wait_for(batcher.submit(texts), settings.request_timeout_s)
         except Overloaded as exc:
@@ -402,6 +418,16 @@ def create_app(predictor, settings: ServeSettings | None = None):
                             headers=PAGE_HEADERS)
 
     return app
+
+
+def _is_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _prediction(label_names: list[str], probabilities: np.ndarray) -> dict:

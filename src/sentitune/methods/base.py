@@ -27,7 +27,7 @@ class Method:
         classifier (same model, same label set) for methods that save only what they trained."""
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(folder)
+        return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
 
 
 def head_module_names(cfg: MethodConfig) -> list[str]:
@@ -90,6 +90,9 @@ class PeftMethod(Method):
     def load(self, folder: Path, load_base):
         from peft import PeftModel
 
+        # peft would fall back to unpickling adapter_model.bin; only safetensors is accepted.
+        if not (folder / "adapter_model.safetensors").exists():
+            raise FileNotFoundError(f"No such file: {folder / 'adapter_model.safetensors'}")
         model = PeftModel.from_pretrained(load_base(), folder)
         # Merging folds the adapter into the frozen weights, so inference pays nothing for it.
         return model.merge_and_unload() if self.mergeable else model
