@@ -257,10 +257,18 @@ class CompareConfig:
     memory/speed tradeoff (it recomputes activations; the maths, and so the scaffolding, is the same)."""
     layer_lr_decays: list[float] = field(default_factory=list)
     """Extra `full` variants with these layer-wise learning-rate decays (e.g. [0.8, 0.9])."""
+    models: list[str] = field(default_factory=list)
+    """Model sweep: every neural variant runs on each of these models (aliases, local folders or hub ids)
+    and is named `<short model name>-<variant>`. The model is then an axis of the comparison: it leaves
+    the scaffolding fingerprint and each result row records it. Empty = every run uses `model`."""
 
     def __post_init__(self) -> None:
         from sentitune.methods import registry
 
+        if any(not str(m).strip() for m in self.models):
+            raise ConfigError(f"compare.models: empty model name in {self.models}")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"compare.models: duplicates in {self.models}")
         if not self.methods:
             raise ConfigError("compare.methods: name at least one method")
         for name in self.methods:
@@ -334,10 +342,13 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def scaffolding(self) -> dict[str, Any]:
-        """Everything a fair comparison must hold fixed: all but the method section and the seed."""
+        """Everything a fair comparison must hold fixed: all but the method section and the seed (and
+        the model, when compare.models declares a model sweep)."""
         raw = self.to_dict()
         raw.pop("method")
         raw.pop("compare")
+        if self.compare.models:
+            raw.pop("model")  # a declared model sweep: the model is an axis of the comparison
         raw["train"].pop("seed")
         raw["train"].pop("gradient_checkpointing")  # a memory/speed trade, not a change to what is learned
         raw["train"].pop("save_steps")  # checkpoint cadence; a resumed run ends where an unbroken one does

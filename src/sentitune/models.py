@@ -170,3 +170,86 @@ def count_parameters(model) -> tuple[int, int]:
         if parameter.requires_grad:
             trainable += parameter.numel()
     return trainable, total
+
+
+SHRINK_FILE = "shrink.json"
+
+
+def shrink_model(name: str, layers: int, output_dir: str | Path, overwrite: bool = False) -> dict:
+    """Writes a copy of `name` that keeps only its bottom `layers` encoder layers (layer dropping).
+
+    The bottom layers are kept because dropping the top ones costs the least accuracy after
+    fine-tuning (Sajjad et al. 2023, "On the effect of dropping layers of pre-trained transformer
+    models"); embeddings and pooler are copied unchanged. An MLM head, if any, is not copied: the
+    folder is for fine-tuning classifiers. Returns what `shrink.json` in the folder records.
+
+    Example:
+        >>> info = shrink_model("minilm-l6", 3, "models/minilm-l3")  # doctest: +SKIP
+        >>> info["layers_kept"], info["params_after"] < info["params_before"]  # doctest: +SKIP
+        (3, True)
+    """
+    import json
+    import shutil
+
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from sentitune.config import ConfigError
+    from sentitune.results import RunFolderError, atomic_write_json
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise RunFolderError(f"{output_dir}: not empty; pass --overwrite to replace it or pick another --output-dir")
+        if not (output_dir / "config.json").exists():  # --overwrite deletes model folders only
+            raise RunFolderError(f"{output_dir}: not empty and not a model folder; pick another --output-dir")
+    source = resolve_model(name)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a source with an MLM head warns about the unused head weights
+    try:
+        model = AutoModel.from_pretrained(source.location, dtype=torch.float32, use_safetensors=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    encoder_layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if not isinstance(encoder_layers, torch.nn.ModuleList):
+        raise ModelNotAvailable(f"{name}: shrink supports BERT-style encoders (encoder.layer); "
+                                f"{type(model).__name__} has none")
+    total = len(encoder_layers)
+    if not 1 <= layers < total:
+        raise ConfigError(f"--layers: must be between 1 and {total - 1} for {name} ({total} layers), got {layers}")
+    params_before = sum(p.numel() for p in model.parameters())
+    model.encoder.layer = encoder_layers[:layers]
+    model.config.num_hidden_layers = layers
+    params_after = sum(p.numel() for p in model.parameters())
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    load_tokenizer(source).save_pretrained(output_dir)
+    info = {
+        "kind": "layer dropping",
+        "source_model": name,
+        "source_location": source.location,
+        "layers_before": total,
+        "layers_kept": layers,
+        "kept": f"encoder layers 0-{layers - 1} (bottom); embeddings and pooler unchanged",
+        "params_before": params_before,
+        "params_after": params_after,
+        "size_mib": sum(p.stat().st_size for p in output_dir.glob("*.safetensors")) / 2**20,
+        # A shrunk pretrained or shrunk-again model keeps its history next to the weights.
+        "source_history": {earlier: json.loads((Path(source.location) / earlier).read_text(encoding="utf-8"))
+                           for earlier in ("pretrain.json", SHRINK_FILE)
+                           if (Path(source.location) / earlier).exists()},
+    }
+    atomic_write_json(output_dir / SHRINK_FILE, info)
+    return info
+
+
+def shrink_cli(args) -> int:
+    """`sentitune shrink --model M --layers K --output-dir DIR`."""
+    info = shrink_model(args.model, args.layers, args.output_dir, overwrite=args.overwrite)
+    print(f"{info['source_model']}: {info['layers_before']} -> {info['layers_kept']} encoder layers, "
+          f"{info['params_before']:,} -> {info['params_after']:,} parameters "
+          f"({100 * info['params_after'] / info['params_before']:.0f}%), {info['size_mib']:.1f} MiB; "
+          f"wrote {args.output_dir} (use it with --model {args.output_dir})")
+    return 0

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 DPI = 100
 MEMORY_PARTS = (("weights", "weights"), ("gradients", "gradients"), ("optimizer", "optimizer state"),
@@ -164,6 +165,49 @@ def accuracy_vs_params_figure(points: Sequence[dict]) -> Figure:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy vs trainable parameters (error bar: std over seeds)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def model_tradeoff_figure(points: Sequence[dict]) -> Figure:
+    """Model sweep: test accuracy against total parameters (left) and against inference sentences/s
+    on the test set (right), one colour per model, both x axes log.
+
+    `points`: label, model, accuracy, std, params_total, eval_sps; a point with model None (the
+    classical baseline) is drawn grey.
+
+    Example:
+        >>> fig = model_tradeoff_figure([
+        ...     {"label": "minilm-l6-full", "model": "minilm-l6", "accuracy": 0.86, "std": None,
+        ...      "params_total": 2.27e7, "eval_sps": 95.0},
+        ...     {"label": "minilm-l3-full", "model": "minilm-l3", "accuracy": 0.83, "std": None,
+        ...      "params_total": 1.74e7, "eval_sps": 180.0}])
+    """
+    fig = Figure(figsize=(10.0, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2, sharey=True)
+    models = list(dict.fromkeys(p["model"] for p in points if p.get("model")))
+    color_of = dict(zip(models, _colors(len(models))))
+    for point in points:
+        color = color_of.get(point.get("model"), "gray")
+        for ax, key in ((left, "params_total"), (right, "eval_sps")):
+            x = point.get(key)
+            if not x or not math.isfinite(x):
+                continue
+            ax.errorbar([x], [100 * point["accuracy"]], yerr=[100 * (point.get("std") or 0)], fmt="o",
+                        color=color, capsize=4, markersize=7)
+            ax.annotate(point["label"], (x, 100 * point["accuracy"]), textcoords="offset points",
+                        xytext=(6, 6), fontsize=8)
+    left.set_xscale("log")
+    right.set_xscale("log")
+    left.set_xlabel("total parameters (log scale)")
+    right.set_xlabel("inference: test sentences/s (log scale)")
+    left.set_ylabel("test accuracy (%)")
+    left.set_title("accuracy vs model size", fontsize=10)
+    right.set_title("accuracy vs inference speed", fontsize=10)
+    for ax in (left, right):
+        ax.grid(True, which="both", alpha=0.3)
+    handles = [Line2D([], [], marker="o", linestyle="", color=color_of[m], label=m) for m in models]
+    if handles:
+        right.legend(handles=handles, fontsize=8, title="model", title_fontsize=8)
     return fig
 
 
