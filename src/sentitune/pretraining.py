@@ -191,7 +191,8 @@ def load_mlm_model(location: str):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the missing-head warning is expected and recorded instead
     try:
-        model, info = AutoModelForMaskedLM.from_pretrained(location, dtype=torch.float32, output_loading_info=True)
+        model, info = AutoModelForMaskedLM.from_pretrained(location, dtype=torch.float32, output_loading_info=True,
+                                                           use_safetensors=True)  # never unpickle weights
     finally:
         hf_logging.set_verbosity(verbosity)
     fresh = sorted(k for k in info.get("missing_keys", []) if not k.startswith(model.base_model_prefix + "."))
@@ -207,7 +208,8 @@ def _pooler_state(location: str) -> dict:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        base, info = AutoModel.from_pretrained(location, dtype=torch.float32, output_loading_info=True)
+        base, info = AutoModel.from_pretrained(location, dtype=torch.float32, output_loading_info=True,
+                                               use_safetensors=True)
     finally:
         hf_logging.set_verbosity(verbosity)
     pooler = getattr(base, "pooler", None)
