@@ -124,25 +124,31 @@ def iter_records(path: str | Path, text: str | None = None):
     if not content.strip():
         raise DataError(f"{path}: file is empty")
     if fmt == "jsonl":
-        for number, line in enumerate(content.splitlines(), start=1):
+        # Not splitlines(): it also breaks at U+2028, U+0085 and friends, which JSON strings may hold raw.
+        for number, line in enumerate(content.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {number}, column {exc.colno}: invalid JSON ({exc.msg})") from None
+            except (RecursionError, ValueError) as exc:  # nesting too deep, integers over 4300 digits
+                raise DataError(f"{path}: line {number}: unreadable JSON ({str(exc).split(';')[0]})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
             yield number, record
         return
+    # csv refuses fields over 128 KiB by default; a long review is data to truncate, not an error, and
+    # the file's own size bounds the field.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     if fmt == "tsv":
         reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
         reader = csv.DictReader(io.StringIO(content, newline=""))
-    if not reader.fieldnames:
-        raise DataError(f"{path}: no header row")
-    reader.fieldnames = [name.strip() for name in reader.fieldnames]
     try:
+        if not reader.fieldnames:
+            raise DataError(f"{path}: no header row")
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
         for record in reader:
             yield reader.line_num, record
     except csv.Error as exc:
@@ -173,6 +179,7 @@ def read_table(path: str | Path, text_column: str, label_column: str | None) -> 
         if not text:
             table.dropped_empty += 1
             continue
+        _check_unicode(path, line, text_column, text)
         label = ""
         if label_column:
             raw = record.get(label_column)
@@ -181,6 +188,7 @@ def read_table(path: str | Path, text_column: str, label_column: str | None) -> 
             if isinstance(raw, (list, dict)):
                 raise DataError(f"{path}: line {line}, column {label_column!r}: label {raw!r} is not a single value")
             label = str(raw).strip()
+            _check_unicode(path, line, label_column, label)
         key = (text, label)
         if key in seen:
             table.duplicates += 1
@@ -193,6 +201,17 @@ def read_table(path: str | Path, text_column: str, label_column: str | None) -> 
     if not table.texts:
         raise DataError(f"{path}: every text is empty ({table.dropped_empty} rows)")
     return table
+
+
+def _check_unicode(path: Path, line: int, column: str, value: str) -> None:
+    """JSON can escape lone surrogates ("\\ud800"); no tokenizer or UTF-8 writer accepts them."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"{path}: line {line}, column {column!r}: {value[exc.start]!r} is a lone surrogate, "
+                        "not a character") from None
 
 
 # ---- labels -----------------------------------------------------------------------------------
@@ -472,4 +491,6 @@ def read_texts(path: str | Path, text_column: str | None = None):
     for line, record in iter_records(path):
         if column not in record:
             raise DataError(f"{path}: line 1: no column {column!r}; columns are {list(record)}")
-        yield str(record[column] or "")
+        text = str(record[column] or "")
+        _check_unicode(path, line, column, text)
+        yield text
