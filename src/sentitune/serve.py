@@ -325,6 +325,7 @@ def create_app(predictor, settings: ServeSettings | None = None):
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     settings = settings or ServeSettings()
     metrics = ServeMetrics()
@@ -357,8 +358,10 @@ def create_app(predictor, settings: ServeSettings | None = None):
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         return error(422, "invalid_request", details)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    # Starlette's class, not FastAPI's subclass: FastAPI itself raises the parent for an unparsable body
+    # (e.g. invalid UTF-8), and the router for unknown routes; those answers get the same JSON shape.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
         code, detail = exc.detail if isinstance(exc.detail, tuple) else ("http_error", exc.detail)
         return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
