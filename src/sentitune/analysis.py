@@ -570,6 +570,9 @@ def load_predictions(folder: str | Path) -> Predictions:
         if run.status != "ok":
             raise RunFolderError(f"{folder}: run status is {run.status!r}, not 'ok'"
                                  + (f" ({run.metrics.get('error')})" if run.metrics.get("error") else ""))
+        if run.config.data.problem_type == "multi_label":
+            raise RunFolderError(f"{folder}: a multi-label run; analyze and report support single-label runs only "
+                                 "(its micro/macro F1 and subset accuracy are in metrics.json)")
         run_dir: Path | None = folder
     else:
         run_dir = _run_of_evaluation(folder)

@@ -92,10 +92,21 @@ class DataConfig:
     """Max tokens per example including [CLS]/[SEP]; default 128 for SST-2, 512 for IMDB and files."""
     truncation: str = "head"
     """`head` keeps the start, `tail` the end, `head+tail` the first quarter and the last three quarters."""
+    problem_type: str = "single_label"
+    """`single_label`: one class per text (softmax, cross-entropy). `multi_label`: any non-empty subset
+    of the labels per text, written in the label column as one string joined by label_separator
+    (`action|comedy`); sigmoid per label, binary cross-entropy, and a threshold per label chosen on the
+    validation slice."""
+    label_separator: str = "|"
+    """Separator between labels in one cell when problem_type is `multi_label`."""
 
     def __post_init__(self) -> None:
         _check_choice("data", "dataset", self.dataset, ("sst2", "imdb", "files"))
         _check_choice("data", "truncation", self.truncation, ("head", "tail", "head+tail"))
+        _check_choice("data", "problem_type", self.problem_type, ("single_label", "multi_label"))
+        if not self.label_separator or self.label_separator.strip() != self.label_separator:
+            raise ConfigError(f"data.label_separator: must be non-empty without surrounding spaces, "
+                              f"got {self.label_separator!r}")
         _check_positive("data", "validation_size", self.validation_size)
         _check_positive("data", "train_subset", self.train_subset)
         _check_positive("data", "test_subset", self.test_subset)
@@ -295,6 +306,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     """Used by `sentitune compare` only; not part of a run's scaffolding."""
+
+    def __post_init__(self) -> None:
+        from sentitune.methods import registry
+
+        if self.data.problem_type == "multi_label" and not registry.get(self.method.name).neural:
+            raise ConfigError(f"method.name: {self.method.name} supports data.problem_type single_label only; "
+                              "use a neural method for multi_label")
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -38,7 +39,8 @@ DATA_DIR_ENV = "SENTITUNE_DATA_DIR"
 @dataclass
 class Split:
     texts: list[str]
-    labels: list[int]
+    labels: list
+    """Class ids; for multi-label data, one 0/1 row of length K (a multi-hot vector) per text."""
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -272,6 +274,37 @@ def map_labels(table: RawTable, label_names: list[str]) -> list[int]:
     return ids
 
 
+def _exploded(table: RawTable, separator: str) -> RawTable:
+    """One row per label of each multi-label cell, so label names are inferred as for single labels."""
+    parts = [(part.strip(), line) for label, line in zip(table.labels, table.lines)
+             for part in label.split(separator) if part.strip()]
+    return RawTable(table.path, [], [p for p, _ in parts], [line for _, line in parts], table.label_column)
+
+
+def multi_hot(table: RawTable, label_names: list[str], separator: str = "|") -> list[list[int]]:
+    """Multi-label cells (`action|comedy`) -> 0/1 rows of length K in `label_names` order.
+
+    Example:
+        >>> t = RawTable("f.csv", ["x", "y"], ["b|a", "c"], [2, 3], "genres")
+        >>> multi_hot(t, ["a", "b", "c"])
+        [[1, 1, 0], [0, 0, 1]]
+    """
+    index = {name: i for i, name in enumerate(label_names)}
+    rows = []
+    for label, line in zip(table.labels, table.lines):
+        row = [0] * len(label_names)
+        parts = [part.strip() for part in label.split(separator) if part.strip()]
+        if not parts:
+            raise DataError(f"{table.path}: line {line}, column {table.label_column!r}: no label in {label!r}")
+        for part in parts:
+            if part not in index:
+                raise DataError(f"{table.path}: line {line}, column {table.label_column!r}: label {part!r} is not "
+                                f"one of {label_names}")
+            row[index[part]] = 1
+        rows.append(row)
+    return rows
+
+
 # ---- sources ----------------------------------------------------------------------------------
 
 def resolve_data_dir(cfg: DataConfig) -> Path | None:
@@ -354,6 +387,9 @@ def _stratified_take(labels: list[int], size: float, seed: int) -> tuple[np.ndar
     """(taken, rest) indices: a stratified, seeded sample of `size` (fraction or count)."""
     from sklearn.model_selection import train_test_split
 
+    # Multi-hot rows stratify by their label combination (label powerset); rare combinations make
+    # the check below fall back to a plain seeded sample.
+    labels = [label if np.ndim(label) == 0 else "".join(map(str, label)) for label in labels]
     indices = np.arange(len(labels))
     count = int(size) if size >= 1 else max(1, round(size * len(labels)))
     if count >= len(labels):
@@ -366,17 +402,23 @@ def _stratified_take(labels: list[int], size: float, seed: int) -> tuple[np.ndar
 
 def load_splits(cfg: DataConfig) -> DatasetSplits:
     train_table, validation_table, test_table, source = load_raw_tables(cfg)
-    label_names = _default_names(cfg) or infer_label_names([train_table])
+    multi = cfg.problem_type == "multi_label"
+    if multi:
+        label_names = list(cfg.label_names or []) or infer_label_names([_exploded(train_table, cfg.label_separator)])
+        to_ids = functools.partial(multi_hot, label_names=label_names, separator=cfg.label_separator)
+    else:
+        label_names = _default_names(cfg) or infer_label_names([train_table])
+        to_ids = functools.partial(map_labels, label_names=label_names)
     if len(label_names) < 2:
         raise DataError(f"{train_table.path}: column {train_table.label_column!r} has a single class "
                         f"({label_names[0]!r}); a classifier needs at least two")
-    train = Split(train_table.texts, map_labels(train_table, label_names))
-    if len(set(train.labels)) < 2:
+    train = Split(train_table.texts, to_ids(train_table))
+    if not multi and len(set(train.labels)) < 2:
         raise DataError(f"{train_table.path}: column {train_table.label_column!r} has a single class "
                         f"({label_names[train.labels[0]]!r}); a classifier needs at least two")
-    test = Split(test_table.texts, map_labels(test_table, label_names))
+    test = Split(test_table.texts, to_ids(test_table))
     if validation_table is not None:
-        validation = Split(validation_table.texts, map_labels(validation_table, label_names))
+        validation = Split(validation_table.texts, to_ids(validation_table))
     else:
         taken, rest = _stratified_take(train.labels, cfg.validation_size, cfg.split_seed)
         validation, train = train.subset(taken), train.subset(rest)
@@ -438,7 +480,9 @@ def tokenize_split(tokenizer, split: Split, max_length: int, truncation: str):
     encoded, truncated = encode_texts(tokenizer, split.texts, max_length, truncation)
     dataset = datasets.Dataset.from_dict({
         **encoded,
-        "labels": split.labels,
+        # Multi-hot rows become floats: BCEWithLogitsLoss takes float targets.
+        "labels": [[float(v) for v in row] for row in split.labels] if split.labels and np.ndim(split.labels[0])
+                  else split.labels,
         "length": [len(ids) for ids in encoded["input_ids"]],
     })
     return dataset, truncated
@@ -459,7 +503,10 @@ def inspect_splits(splits: DatasetSplits, tokenizer=None, max_length: int | None
     report = {"source": splits.source, "label_names": splits.label_names, "notes": splits.notes, "splits": {}}
     for name in ("train", "validation", "test"):
         split = getattr(splits, name)
-        counts = Counter(split.labels)
+        if split.labels and np.ndim(split.labels[0]):  # multi-hot rows: texts carrying each label
+            counts = Counter({i: int(n) for i, n in enumerate(np.sum(split.labels, axis=0))})
+        else:
+            counts = Counter(split.labels)
         entry = {
             "size": len(split),
             "class_counts": {splits.label_names[i]: counts.get(i, 0) for i in range(len(splits.label_names))},

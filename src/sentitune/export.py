@@ -251,6 +251,9 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
         if not (output / EXPORT_MANIFEST).exists():
             raise results.RunFolderError(f"{output}: not an earlier export (no {EXPORT_MANIFEST}); refusing to replace it")
     run = results.load_run(run_dir, require_ok=True)
+    if run.config.data.problem_type == "multi_label":  # the manifest and ONNX predictor assume one softmax
+        raise results.RunFolderError(f"{run_dir}: a multi-label run; export supports single-label runs only "
+                                     "(use the run folder with sentitune predict)")
     if parity:
         texts, gold, data_description = parity_data(run_dir, parity_file, text_column, label_column)
     torch_predictor = load_for_export(run_dir)

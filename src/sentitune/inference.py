@@ -31,6 +31,7 @@ import numpy as np
 
 from sentitune import results
 from sentitune.methods import registry
+from sentitune.metrics import sigmoid
 
 EXPORT_MANIFEST = "sentitune.json"
 """Written into every exported folder: what the Predictor needs besides the weights."""
@@ -137,7 +138,8 @@ class Predictor:
 
     def __init__(self, label_names: list[str], max_length: int, truncation: str = "head",
                  model=None, tokenizer=None, classical=None, device: str = "cpu", source: str = "",
-                 session=None, variant: str | None = None, batch_size: int = 64):
+                 session=None, variant: str | None = None, batch_size: int = 64,
+                 thresholds: list[float] | None = None):
         self.label_names = list(label_names)
         self.max_length = max_length
         self.truncation = truncation
@@ -148,6 +150,8 @@ class Predictor:
         self.device = device
         self.source = source
         self.batch_size = batch_size
+        self.thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        """Multi-label runs: a decision threshold per label; probabilities are then sigmoids, not a softmax."""
         if classical is not None:
             self.backend, self._runner = "tfidf", None
         elif session is not None:
@@ -203,8 +207,10 @@ class Predictor:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = _load_checked(method, model_dir, lambda: load_classifier(resolve_model(cfg.model), run.label_names))
         model.to(device).eval()
+        thresholds = (results.read_thresholds(run.path, run.label_names)
+                      if cfg.data.problem_type == "multi_label" else None)
         return cls(run.label_names, max_length, cfg.data.truncation, model=model, tokenizer=tokenizer,
-                   device=device, source=str(run.path))
+                   device=device, source=str(run.path), thresholds=thresholds)
 
     @classmethod
     def _load_export(cls, path: Path, device: str | None, variant: str | None, threads: int | None) -> "Predictor":
@@ -273,7 +279,8 @@ class Predictor:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             input_ids, mask = _pad([ids[i] for i in chunk], pad_id)
-            out[chunk] = _softmax(self._runner(input_ids, mask))
+            logits = self._runner(input_ids, mask)
+            out[chunk] = _softmax(logits) if self.thresholds is None else sigmoid(logits)
         return out
 
     def predict(self, texts: Iterable[str], batch_size: int | None = None) -> list[dict]:
@@ -304,13 +311,17 @@ class Predictor:
             yield from self.predict(chunk, batch_size)
 
     def row(self, text: str, probabilities: np.ndarray) -> dict:
+        """One prediction; multi-label runs add `labels`, every label at or above its threshold."""
         best = int(probabilities.argmax())
-        return {
+        row = {
             "text": text,
             "label": self.label_names[best],
             "score": float(probabilities[best]),
             "probabilities": {name: float(p) for name, p in zip(self.label_names, probabilities)},
         }
+        if self.thresholds is not None:
+            row["labels"] = [name for name, p, t in zip(self.label_names, probabilities, self.thresholds) if p >= t]
+        return row
 
     _row = row  # the earlier private name
 
@@ -533,6 +544,9 @@ def evaluate_file(run_dir: str | Path, data_file: str | Path, text_column: str |
     from sentitune.metrics import classification_metrics
 
     predictor = Predictor.load(run_dir)
+    if predictor.thresholds is not None:
+        raise results.RunFolderError(f"{run_dir}: a multi-label run; evaluate scores single-label runs only "
+                                     "(the run's own test metrics are in metrics.json)")
     data_file = Path(data_file)
     text_column = text_column or ("sentence" if file_format(data_file) == "tsv" else "text")
     table = read_table(data_file, text_column, label_column or "label")

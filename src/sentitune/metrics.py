@@ -126,3 +126,72 @@ def confusion_matrix(gold, predicted, num_labels: int) -> np.ndarray:
     matrix = np.zeros((num_labels, num_labels), dtype=int)
     np.add.at(matrix, (np.asarray(gold), np.asarray(predicted)), 1)
     return matrix
+
+
+# ---- multi-label ------------------------------------------------------------------------------
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Independent per-label probabilities for multi-label logits."""
+    from scipy.special import expit
+
+    return expit(np.asarray(logits, dtype=np.float64))
+
+
+def multilabel_metrics(gold, probabilities, thresholds=None) -> dict[str, float]:
+    """Multi-label scores of 0/1 gold rows (n x k) against per-label probabilities, each label
+    predicted when its probability reaches its threshold (default 0.5).
+
+    `accuracy` is subset accuracy (every label of a text right), so it keeps its meaning of "share
+    of texts predicted exactly"; `loss` is the mean binary cross-entropy per label.
+
+    Example:
+        >>> gold = np.array([[1, 0, 1], [0, 1, 0]])
+        >>> m = multilabel_metrics(gold, np.array([[0.9, 0.2, 0.6], [0.3, 0.4, 0.1]]))
+        >>> m["accuracy"], round(m["micro_f1"], 3)
+        (0.5, 0.8)
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    gold = np.asarray(gold, dtype=int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    predicted = (probabilities >= (0.5 if thresholds is None else np.asarray(thresholds))).astype(int)
+    out: dict[str, float] = {"accuracy": float((predicted == gold).all(axis=1).mean())}
+    for average in ("micro", "macro"):
+        precision, recall, f1, _ = precision_recall_fscore_support(gold, predicted, average=average, zero_division=0)
+        out.update({f"{average}_f1": float(f1), f"precision_{average}": float(precision),
+                    f"recall_{average}": float(recall)})
+    clipped = np.clip(probabilities, 1e-12, 1 - 1e-12)
+    out["hamming_loss"] = float((predicted != gold).mean())
+    out["loss"] = float(-(gold * np.log(clipped) + (1 - gold) * np.log(1 - clipped)).mean())
+    return out
+
+
+def choose_thresholds(gold, probabilities, grid=None) -> np.ndarray:
+    """Per-label decision thresholds maximising that label's F1 on held-out (validation) predictions.
+
+    Ties go to the threshold closest to 0.5; a label with no positive example in `gold` keeps 0.5,
+    since F1 cannot rank thresholds for it.
+
+    Example:
+        >>> gold = np.array([[1, 0], [1, 0], [0, 1]])
+        >>> choose_thresholds(gold, np.array([[0.3, 0.1], [0.35, 0.2], [0.1, 0.9]])).tolist()
+        [0.3, 0.5]
+    """
+    gold = np.asarray(gold, dtype=int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 2) if grid is None else np.asarray(grid)
+    thresholds = np.full(gold.shape[1], 0.5)
+    for j in range(gold.shape[1]):
+        positives = gold[:, j] == 1
+        if not positives.any():
+            continue
+        scores = []
+        for t in grid:
+            predicted = probabilities[:, j] >= t
+            tp = int((predicted & positives).sum())
+            denominator = int(predicted.sum()) + int(positives.sum())
+            scores.append(2 * tp / denominator if denominator else 0.0)
+        scores = np.array(scores)
+        best = np.flatnonzero(scores == scores.max())
+        thresholds[j] = float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])
+    return thresholds

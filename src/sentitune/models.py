@@ -135,11 +135,12 @@ def load_tokenizer(source: ModelSource):
     return tokenizer
 
 
-def load_classifier(source: ModelSource, label_names: list[str], dtype=None):
+def load_classifier(source: ModelSource, label_names: list[str], dtype=None, multi_label: bool = False):
     """A sequence-classification model with a fresh head sized for `label_names`.
 
     Weights load as fp32 unless `dtype` says otherwise: mixed precision keeps fp32 master weights and
     lets autocast pick bf16/fp16 per op, so an fp16 checkpoint must not make the parameters fp16.
+    `multi_label` sets problem_type so the model's loss is per-label binary cross-entropy.
     """
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -157,6 +158,7 @@ def load_classifier(source: ModelSource, label_names: list[str], dtype=None):
             attn_implementation="sdpa",
             dtype=dtype or torch.float32,
             use_safetensors=True,  # never unpickle weights
+            **({"problem_type": "multi_label_classification"} if multi_label else {}),
         )
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -6,6 +6,7 @@
     <run>/predictions.csv    test split: text, gold, pred, prob_<label> per class
     <run>/history.csv        training history: step, epoch, loss, learning_rate, eval_* per log event
     <run>/model/             weights as safetensors (+ tokenizer); LoRA: adapter + head only
+    <run>/thresholds.json    multi-label runs only: {label: decision threshold} chosen on validation
 
 Every file is written atomically (temp file + rename), so a crash leaves the old or the new file.
 
@@ -35,6 +36,7 @@ LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 HISTORY_FILE = "history.csv"
+THRESHOLDS_FILE = "thresholds.json"
 MODEL_DIR = "model"
 
 
@@ -146,6 +148,40 @@ def predictions_rows(texts, gold, probabilities, label_names) -> list[dict[str, 
             row[f"prob_{name}"] = round(float(probabilities[i, j]), 6)
         rows.append(row)
     return rows
+
+
+def multilabel_prediction_rows(texts, gold, probabilities, label_names, thresholds,
+                               separator: str = "|") -> list[dict[str, Any]]:
+    """predictions.csv rows for multi-label runs: gold and pred are label sets joined by `separator`
+    (pred may be empty), then prob_<label> per label; gold == pred means every label is right.
+
+    Example:
+        >>> multilabel_prediction_rows(["x"], [[1, 0, 1]], [[0.9, 0.6, 0.2]], ["a", "b", "c"], [0.5, 0.7, 0.1])[0]
+        {'id': 0, 'text': 'x', 'gold': 'a|c', 'pred': 'a|c', 'prob_a': 0.9, 'prob_b': 0.6, 'prob_c': 0.2}
+    """
+    probabilities = np.asarray(probabilities)
+    predicted = probabilities >= np.asarray(thresholds)
+    rows = []
+    for i, text in enumerate(texts):
+        row = {"id": i, "text": text,
+               "gold": separator.join(name for name, g in zip(label_names, gold[i]) if g),
+               "pred": separator.join(name for name, p in zip(label_names, predicted[i]) if p)}
+        for j, name in enumerate(label_names):
+            row[f"prob_{name}"] = round(float(probabilities[i, j]), 6)
+        rows.append(row)
+    return rows
+
+
+def read_thresholds(folder: str | Path, label_names: list[str]) -> list[float]:
+    """A multi-label run's per-label thresholds in `label_names` order (RunFolderError if absent)."""
+    path = Path(folder) / THRESHOLDS_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return [float(saved[name]) for name in label_names]
+    except FileNotFoundError:
+        raise RunFolderError(f"{path}: missing; a multi-label run needs its per-label thresholds") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise RunFolderError(f"{path}: damaged ({type(exc).__name__}: {exc})") from None
 
 
 def read_status(folder: str | Path) -> str | None:

@@ -328,6 +328,12 @@ def create_app(predictor, settings: ServeSettings | None = None):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     settings = settings or ServeSettings()
+    if getattr(predictor, "thresholds", None) is not None:
+        from sentitune.results import RunFolderError
+
+        # /predict answers one label per text; a multi-label answer needs its own response schema.
+        raise RunFolderError(f"{predictor.source}: a multi-label run; serve supports single-label runs only "
+                             "(use sentitune predict)")
     metrics = ServeMetrics()
     label_names = list(predictor.label_names)
 

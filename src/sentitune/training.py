@@ -27,7 +27,7 @@ from sentitune import results
 from sentitune.config import RunConfig
 from sentitune.data import DatasetSplits, load_splits, tokenize_split
 from sentitune.methods import registry
-from sentitune.metrics import classification_metrics, softmax
+from sentitune.metrics import choose_thresholds, classification_metrics, multilabel_metrics, sigmoid, softmax
 from sentitune.models import count_parameters, load_classifier, load_tokenizer, resolve_model
 
 CHECKPOINT_DIR = "checkpoints"
@@ -268,7 +268,8 @@ def training_arguments(cfg: RunConfig, checkpoint_dir: Path, precision: str):
         save_steps=t.save_steps or t.eval_steps,
         save_total_limit=1,
         load_best_model_at_end=evaluate,
-        metric_for_best_model="accuracy",
+        # Multi-label: subset accuracy at 0.5 barely moves early on; micro-F1 ranks checkpoints better.
+        metric_for_best_model="micro_f1" if cfg.data.problem_type == "multi_label" else "accuracy",
         greater_is_better=True,
         logging_steps=t.logging_steps,
         logging_first_step=True,
@@ -313,13 +314,18 @@ def layerwise_parameter_groups(model, learning_rate: float, decay: float, weight
 
 def _compute_metrics(prediction) -> dict[str, float]:
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    metrics = classification_metrics(prediction.label_ids, softmax(np.asarray(logits, dtype=np.float64)))
+    logits = np.asarray(logits, dtype=np.float64)
+    if np.ndim(prediction.label_ids) == 2:  # multi-hot gold: multi-label, judged at thresholds of 0.5
+        metrics = multilabel_metrics(prediction.label_ids, sigmoid(logits))
+    else:
+        metrics = classification_metrics(prediction.label_ids, softmax(logits))
     metrics.pop("loss")  # the Trainer reports its own eval_loss
     return metrics
 
 
 def _history_rows(log_history: list[dict]) -> list[dict]:
-    keep = ("step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss", "eval_accuracy", "eval_macro_f1")
+    keep = ("step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss", "eval_accuracy", "eval_macro_f1",
+            "eval_micro_f1")
     return [{k: row[k] for k in keep if k in row} for row in log_history if "step" in row]
 
 
@@ -369,7 +375,8 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
     tokenize_seconds = time.perf_counter() - started
 
     set_seed(cfg.train.seed)  # before the head is created, so its initialisation follows the seed
-    model = method.prepare(load_classifier(source, splits.label_names), cfg.method)
+    multi_label = cfg.data.problem_type == "multi_label"
+    model = method.prepare(load_classifier(source, splits.label_names, multi_label=multi_label), cfg.method)
     trainable, total = count_parameters(model)
     precision = resolve_precision(cfg.train.precision)
     cuda = torch.cuda.is_available()
@@ -425,9 +432,16 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
     prediction = trainer.predict(test_ds.select(order), metric_key_prefix="test")
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     probabilities = np.empty((len(order), np.asarray(logits).shape[1]), dtype=np.float64)
-    probabilities[order] = softmax(np.asarray(logits, dtype=np.float64))
+    probabilities[order] = (sigmoid if multi_label else softmax)(np.asarray(logits, dtype=np.float64))
     eval_seconds = prediction.metrics["test_runtime"]
     eval_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
+    thresholds = None
+    if multi_label:
+        # Per-label thresholds come from the validation slice, so no decision ever looks at test labels.
+        validation = trainer.predict(validation_ds, metric_key_prefix="validation")
+        validation_logits = (validation.predictions[0] if isinstance(validation.predictions, tuple)
+                             else validation.predictions)
+        thresholds = choose_thresholds(validation.label_ids, sigmoid(validation_logits)).tolist()
 
     if is_main_process():
         model_dir = output_dir / results.MODEL_DIR
@@ -483,6 +497,7 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         "truncated_examples": truncated_train + truncated_test,
         "max_length": max_length,
         "model_location": source.location,
+        "thresholds": thresholds,
     }
 
 
@@ -578,11 +593,20 @@ def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resum
                 pass  # a full or read-only disk: the original error says more than this one would
         raise
     probabilities = measured.pop("probabilities")
+    thresholds = measured.pop("thresholds", None)
     gold = np.asarray(splits.test.labels)
-    test = classification_metrics(gold, probabilities)
+    if thresholds is not None:  # multi-label
+        test = multilabel_metrics(gold, probabilities, thresholds)
+        rows = results.multilabel_prediction_rows(splits.test.texts, gold, probabilities, splits.label_names,
+                                                  thresholds, cfg.data.label_separator)
+        measured.update(problem_type="multi_label", label_thresholds=dict(zip(splits.label_names, thresholds)))
+    else:
+        test = classification_metrics(gold, probabilities)
+        rows = results.predictions_rows(splits.test.texts, gold, probabilities, splits.label_names)
     if main:
-        results.atomic_write_csv(output_dir / results.PREDICTIONS_FILE,
-                                 results.predictions_rows(splits.test.texts, gold, probabilities, splits.label_names))
+        if thresholds is not None:
+            results.atomic_write_json(output_dir / results.THRESHOLDS_FILE, measured["label_thresholds"])
+        results.atomic_write_csv(output_dir / results.PREDICTIONS_FILE, rows)
         shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)  # finished: the model folder is the result
     metrics = {
         "status": "ok",
