@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
 
 DPI = 100
 MEMORY_PARTS = (("weights", "weights"), ("gradients", "gradients"), ("optimizer", "optimizer state"),
@@ -170,7 +171,7 @@ def accuracy_vs_params_figure(points: Sequence[dict]) -> Figure:
 
 def model_tradeoff_figure(points: Sequence[dict]) -> Figure:
     """Model sweep: test accuracy against total parameters (left) and against inference sentences/s
-    on the test set (right), one colour per model, both x axes log.
+    on the test set (right), one colour per model; an x axis is log when it spans a decade or more.
 
     `points`: label, model, accuracy, std, params_total, eval_sps; a point with model None (the
     classical baseline) is drawn grey.
@@ -196,10 +197,16 @@ def model_tradeoff_figure(points: Sequence[dict]) -> Figure:
                         color=color, capsize=4, markersize=7)
             ax.annotate(point["label"], (x, 100 * point["accuracy"]), textcoords="offset points",
                         xytext=(6, 6), fontsize=8)
-    left.set_xscale("log")
-    right.set_xscale("log")
-    left.set_xlabel("total parameters (log scale)")
-    right.set_xlabel("inference: test sentences/s (log scale)")
+    for ax, key, label in ((left, "params_total", "total parameters"),
+                           (right, "eval_sps", "inference: test sentences/s")):
+        values = [p[key] for p in points if p.get(key) and math.isfinite(p[key])]
+        # Log only across a decade or more; inside one, log ticks crowd into unreadable minor labels.
+        wide = bool(values) and max(values) / min(values) >= 10
+        if wide:
+            ax.set_xscale("log")
+        ax.set_xlabel(label + (" (log scale)" if wide else ""))
+        ax.margins(x=0.25, y=0.1)  # room for the point labels
+    left.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e6:.3g}M"))
     left.set_ylabel("test accuracy (%)")
     left.set_title("accuracy vs model size", fontsize=10)
     right.set_title("accuracy vs inference speed", fontsize=10)
