@@ -67,6 +67,18 @@ def test_single_and_list_predictions_match_the_predictor(tfidf_predictor):
     assert [r["probabilities"]["negative"] for r in rows] == pytest.approx(expected[:, 0].tolist())
 
 
+def test_curl_style_form_labelled_json_is_read_as_json(tfidf_predictor):
+    # `curl -d '{"texts": [...]}'` sends application/x-www-form-urlencoded; the README's example must work.
+    body = '{"texts": ["great fun", "dull"]}'
+    with TestClient(create_app(tfidf_predictor)) as client:
+        form = client.post("/predict", content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+        bare = client.post("/predict", content=body)
+        other = client.post("/predict", content=body, headers={"content-type": "text/plain"})
+    assert form.status_code == 200 and len(form.json()["predictions"]) == 2
+    assert bare.status_code == 200
+    assert other.status_code == 422 and other.json()["error"] == "invalid_request"
+
+
 @pytest.mark.parametrize("body, status, code", [
     ({}, 422, "invalid_request"),
     ({"text": "a", "texts": ["b"]}, 422, "invalid_request"),

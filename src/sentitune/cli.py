@@ -132,7 +132,7 @@ def cmd_data_inspect(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)
     console.print(f"source: {report['source']}   labels: {report['label_names']}   notes: {report['notes']}")
     table = Table(title=f"{cfg.data.dataset} with the {cfg.model} tokenizer (max_length {cfg.data.resolved_max_length})")
     for column in ("split", "size", "class balance", "tokens mean", "p50", "p90", "p95", "p99", "max", "> max_length"):

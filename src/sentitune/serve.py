@@ -228,6 +228,16 @@ class MicroBatcher:
 
 # ---- the app ----------------------------------------------------------------------------------
 
+def _json_by_default(scope):
+    """The API speaks JSON only; `curl -d '{...}'` labels its body form-urlencoded (or nothing), which
+    FastAPI would refuse to parse. Such bodies are read as the JSON they are."""
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+    given = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+    if given and not given.startswith(b"application/x-www-form-urlencoded"):
+        return scope
+    return {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+
+
 class _Guard:
     """Pure ASGI middleware: body-size limit (413 before parsing) and request metrics.
 
@@ -243,6 +253,8 @@ class _Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope["method"] == "POST":
+            scope = _json_by_default(scope)
         started = time.perf_counter()
         status = 500
 
