@@ -103,6 +103,21 @@ def _decode(path: Path) -> str:
         ) from None
 
 
+def parse_jsonl_line(path, number: int, line: str) -> dict | None:
+    """One JSONL line -> its object (None for a blank line), or a DataError naming line and column."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: line {number}, column {exc.colno}: invalid JSON ({exc.msg})") from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep, integers over 4300 digits
+        raise DataError(f"{path}: line {number}: unreadable JSON ({str(exc).split(';')[0]})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
 def file_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in (".tsv", ".tab"):
@@ -128,17 +143,9 @@ def iter_records(path: str | Path, text: str | None = None):
     if fmt == "jsonl":
         # Not splitlines(): it also breaks at U+2028, U+0085 and friends, which JSON strings may hold raw.
         for number, line in enumerate(content.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {number}, column {exc.colno}: invalid JSON ({exc.msg})") from None
-            except (RecursionError, ValueError) as exc:  # nesting too deep, integers over 4300 digits
-                raise DataError(f"{path}: line {number}: unreadable JSON ({str(exc).split(';')[0]})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
-            yield number, record
+            record = parse_jsonl_line(path, number, line)
+            if record is not None:
+                yield number, record
         return
     # csv refuses fields over 128 KiB by default; a long review is data to truncate, not an error, and
     # the file's own size bounds the field.

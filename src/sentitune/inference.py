@@ -411,7 +411,7 @@ def stream_texts(path: str, text_column: str | None = None, fmt: str | None = No
         >>> next(stream_texts("reviews.csv", text_column="review"))  # doctest: +SKIP
         'A gorgeous, witty film.'
     """
-    from sentitune.data import DataError, open_binary
+    from sentitune.data import DataError, open_binary, parse_jsonl_line
 
     fmt = input_format(path, fmt)
     raw = sys.stdin.buffer if path == "-" else open_binary(path)
@@ -425,13 +425,10 @@ def stream_texts(path: str, text_column: str | None = None, fmt: str | None = No
         column = text_column or ("sentence" if fmt == "tsv" else "text")
         if fmt == "jsonl":
             for number, line in enumerate(lines, start=1):
-                if not line.strip():
+                record = parse_jsonl_line(name, number, line)
+                if record is None:
                     continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{name}: line {number}, column {exc.colno}: invalid JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or column not in record:
+                if column not in record:
                     raise DataError(f"{name}: line {number}: expected a JSON object with key {column!r}")
                 yield str(record[column] if record[column] is not None else "")
             return
