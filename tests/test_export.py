@@ -139,3 +139,50 @@ def test_dynamo_exporter_matches_torch_too(lora_run, tmp_path):
     logits = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
     expected = predictor._runner(input_ids, mask)
     np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+def test_export_fuses_transformer_operators_and_keeps_parity(onnx_export):
+    import onnx
+
+    output, report = onnx_export
+    manifest = json.loads((output / EXPORT_MANIFEST).read_text())
+    fused = manifest["fused_operators"]
+    assert "skipped" not in fused, fused
+    # The eager-attention export is what lets ONNX Runtime match attention: 2 layers -> 2 Attention ops.
+    assert fused.get("Attention") == 2 and fused.get("SkipLayerNormalization") == 4
+    ops = {node.op_type for node in onnx.load(str(output / "model.onnx")).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops
+    assert report["variants"]["onnx-fp32"]["max_abs_probability_diff"] < 1e-5
+
+
+def test_fusion_that_changes_logits_is_refused(lora_run, tmp_path, monkeypatch):
+    from onnxruntime.transformers import optimizer
+
+    from sentitune.export import export_onnx, fuse_transformer_ops
+
+    predictor = Predictor.load(lora_run, device="cpu")
+    path = tmp_path / "m.onnx"
+    export_onnx(predictor.model, predictor.tokenizer, path)
+    original = path.read_bytes()
+    sample = {k: v.astype(np.int64) for k, v in predictor.tokenizer(TEXTS, padding=True, return_tensors="np").items()
+              if k in ("input_ids", "attention_mask")}
+    outcome = fuse_transformer_ops(path, predictor.model.config, sample, tolerance=-1.0)  # nothing can pass
+    assert "differ" in outcome["skipped"] and path.read_bytes() == original
+    assert not list(tmp_path.glob("*.fused.onnx"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unknown graph")
+
+    monkeypatch.setattr(optimizer, "optimize_model", broken)
+    assert "unknown graph" in fuse_transformer_ops(path, predictor.model.config, sample)["skipped"]
+    assert path.read_bytes() == original
+
+
+def test_parallel_onnx_sessions_give_the_same_probabilities(onnx_export):
+    output, _ = onnx_export
+    texts = [f"{'very ' * (i % 9)}good film number {i}" for i in range(150)]
+    one = Predictor.load(output, variant="fp32", workers=1)
+    three = Predictor.load(output, variant="fp32", workers=3, threads=1)
+    assert (one.describe()["onnx_sessions"], three.describe()["onnx_sessions"]) == (1, 3)
+    np.testing.assert_allclose(three.predict_proba(texts, batch_size=8), one.predict_proba(texts, batch_size=8),
+                               atol=1e-6)

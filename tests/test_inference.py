@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sentitune import results
 from sentitune.cli import main
@@ -127,3 +129,45 @@ def test_predict_cli_user_errors_exit_2(runs, tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "nope"), "x"]) == 2
     assert main(["predict", "--model", str(runs["tfidf"]), "--input", str(tmp_path / "in.xlsx")]) == 2
     assert "unknown file type" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 130), min_size=1, max_size=200), st.integers(1, 64))
+def test_plan_batches_covers_every_text_once_within_the_size_limit(lengths, max_batch_size):
+    from sentitune.inference import BATCH_OVERHEAD_TOKENS, plan_batches
+
+    lengths = np.asarray(lengths)
+    batches = plan_batches(lengths, max_batch_size)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= max_batch_size for b in batches)
+
+    def cost(groups):
+        return sum(BATCH_OVERHEAD_TOKENS + len(g) * lengths[g].max() for g in groups)
+
+    # Never worse than the plain sorted cut into full batches (the optimum can only be cheaper).
+    order = np.argsort(lengths, kind="stable")
+    fixed = [order[i:i + max_batch_size] for i in range(0, len(order), max_batch_size)]
+    assert cost(batches) <= cost(fixed) + 1e-9
+
+
+def test_plan_batches_splits_a_mixed_micro_batch_by_length():
+    from sentitune.inference import plan_batches
+
+    lengths = np.array([50, 6, 51, 5, 7, 49, 6, 52])
+    batches = plan_batches(lengths, 64)
+    assert [sorted(lengths[b].tolist()) for b in batches] == [[5, 6, 6, 7], [49, 50, 51, 52]]
+    # Equal lengths stay one batch.
+    assert [len(b) for b in plan_batches(np.full(100, 20), 64)] == [36, 64] or \
+        [len(b) for b in plan_batches(np.full(100, 20), 64)] == [64, 36]
+
+
+def test_onnx_parallelism_defaults_and_overrides():
+    from sentitune.inference import onnx_parallelism
+
+    assert onnx_parallelism(cores=2) == (1, 2)
+    assert onnx_parallelism(cores=16) == (4, 4)
+    assert onnx_parallelism(cores=16, workers=1) == (1, 16)
+    assert onnx_parallelism(cores=16, threads=2) == (8, 2)
+    with pytest.raises(ValueError, match="workers"):
+        onnx_parallelism(cores=4, workers=0)
