@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# TOKENIZERS_PARALLELISM stays at the library's default (on): this script never forks, and
+# tokenising in parallel is part of what a many-core machine offers (66 ms -> about 15 ms for the
+# 872 sentences on 16 cores, a fifth of int8's whole time there).
 
 
 def load_dev(path: Path, limit: int | None) -> tuple[list[str], np.ndarray]:
