@@ -186,3 +186,13 @@ def test_parallel_onnx_sessions_give_the_same_probabilities(onnx_export):
     assert (one.describe()["onnx_sessions"], three.describe()["onnx_sessions"]) == (1, 3)
     np.testing.assert_allclose(three.predict_proba(texts, batch_size=8), one.predict_proba(texts, batch_size=8),
                                atol=1e-6)
+
+
+def test_predict_cli_runs_an_export_on_parallel_sessions(onnx_export, capsys):
+    output, _ = onnx_export
+    texts = ["a gorgeous , witty film", "boring and far too long indeed", "x"]
+    assert main(["predict", "--model", str(output), "--workers", "2", "--threads", "1", *texts]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = Predictor.load(output, workers=1).predict_proba(texts)
+    assert [r["text"] for r in rows] == texts
+    np.testing.assert_allclose([list(r["probabilities"].values()) for r in rows], expected, atol=1e-6)

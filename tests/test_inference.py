@@ -131,6 +131,34 @@ def test_predict_cli_user_errors_exit_2(runs, tmp_path, capsys):
     assert "unknown file type" in capsys.readouterr().err
 
 
+def test_runtime_flags_are_checked_before_loading(runs, capsys, monkeypatch):
+    import torch
+
+    lora = str(runs["lora"])
+    for flags, message in ((["--device", "tpu"], "expected cpu, cuda"), (["--workers", "0"], "--workers must be >= 1"),
+                           (["--threads", "0"], "--threads must be >= 1"),
+                           (["--workers", "2"], "ONNX exports only")):
+        assert main(["predict", "--model", lora, "x", *flags]) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["predict", "--model", lora, "x", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert main(["serve", "--model", lora, "--workers", "0"]) == 2  # refused before any server starts
+    assert "--workers must be >= 1" in capsys.readouterr().err
+
+
+def test_threads_flag_sets_torch_threads_for_torch_models(runs, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["predict", "--model", str(runs["lora"]), "--threads", "1", "--device", "cpu", "fine film"]) == 0
+        assert torch.get_num_threads() == 1
+        assert json.loads(capsys.readouterr().out.splitlines()[0])["text"] == "fine film"
+    finally:
+        torch.set_num_threads(before)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 130), min_size=1, max_size=200), st.integers(1, 64))
 def test_plan_batches_covers_every_text_once_within_the_size_limit(lengths, max_batch_size):

@@ -197,6 +197,15 @@ def cmd_shrink(args) -> int:
 
 # ---- parser -----------------------------------------------------------------------------------
 
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where and how wide the model runs; shared by predict and serve."""
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
+    parser.add_argument("--workers", type=int,
+                        help="ONNX exports: parallel ONNX Runtime sessions (default: one per 4 CPU cores)")
+    parser.add_argument("--threads", type=int,
+                        help="threads per ONNX Runtime session (default: cores / workers), or torch CPU threads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentitune",
@@ -253,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text-column", help="text column of --input (default: sentence for TSV, else text)")
     predict.add_argument("--output", help="JSONL output (default stdout)")
     predict.add_argument("--batch-size", type=int, default=64)
+    add_runtime_arguments(predict)
     predict.set_defaults(handler=cmd_predict)
 
     export = sub.add_parser("export", help="merge LoRA, export to ONNX, quantise to int8")
@@ -271,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-batch-size", type=int, default=64)
+    add_runtime_arguments(serve)
     serve.add_argument("--max-wait-ms", type=float, default=5.0)
     serve.add_argument("--max-texts", type=int, default=256, help="max texts per request")
     serve.add_argument("--max-chars", type=int, default=10_000, help="max characters per text")

@@ -273,7 +273,8 @@ class Predictor:
             path: the folder.
             device: `cpu` or `cuda`; default cuda when available.
             variant: for ONNX exports, `fp32` or `int8`; default the export's own choice.
-            threads: ONNX Runtime intra-op threads per session; default the cores split among `workers`.
+            threads: ONNX Runtime intra-op threads per session (default: the cores split among
+                `workers`); for torch models, torch's CPU threads.
             workers: ONNX Runtime sessions that run batches in parallel; default one per 4 cores
                 (CPU only; see `onnx_parallelism`).
 
@@ -282,6 +283,17 @@ class Predictor:
             'torch'
         """
         path = Path(path)
+        is_onnx = (path / EXPORT_MANIFEST).exists() and read_manifest(path).get("format") == "onnx"
+        if not is_onnx:
+            if workers not in (None, 1):
+                raise results.RunFolderError(f"{path}: parallel workers apply to ONNX exports only (a torch model "
+                                             "already uses every core it is given; set threads instead)")
+            if threads is not None:
+                if threads < 1:
+                    raise ValueError(f"threads must be >= 1, got {threads}")
+                import torch
+
+                torch.set_num_threads(threads)
         if (path / EXPORT_MANIFEST).exists():
             return cls._load_export(path, device, variant, threads, workers)
         if variant is not None:
@@ -432,6 +444,28 @@ class Predictor:
         return row
 
     _row = row  # the earlier private name
+
+
+def load_for_cli(args) -> Predictor:
+    """`Predictor.load` with the runtime flags shared by predict and serve (--device, --workers,
+    --threads), each checked with a one-line error before anything loads."""
+    from sentitune.data import DataError
+
+    device = getattr(args, "device", None)
+    if device is not None:
+        if device != "cpu" and not device.startswith("cuda"):
+            raise DataError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise DataError(f"--device {device}: no CUDA device is visible to this process")
+    for flag in ("workers", "threads"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise DataError(f"--{flag} must be >= 1, got {value}")
+    return Predictor.load(args.model, device=device, workers=getattr(args, "workers", None),
+                          threads=getattr(args, "threads", None))
 
 
 def _resolve_device(device: str | None) -> str:
@@ -611,7 +645,7 @@ def predict_cli(args) -> int:
     fmt = getattr(args, "input_format", None)
     if args.input and args.input != "-":
         input_format(args.input, fmt)  # unknown suffixes fail before the model loads
-    predictor = Predictor.load(args.model)
+    predictor = load_for_cli(args)
     progress = None
     if args.texts:
         texts: Iterable[str] = args.texts

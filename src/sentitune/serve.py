@@ -538,7 +538,7 @@ def serve_cli(args) -> int:
     import uvicorn
 
     from sentitune.config import ConfigError
-    from sentitune.inference import Predictor
+    from sentitune.inference import load_for_cli
 
     try:
         settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
@@ -549,7 +549,7 @@ def serve_cli(args) -> int:
         raise ConfigError(str(exc)) from None
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
-    predictor = Predictor.load(args.model)
+    predictor = load_for_cli(args)
     if args.host not in LOOPBACK and settings.api_key is None:
         print(f"sentitune serve: WARNING: listening on {args.host} with no API key; anyone who can reach "
               "this port can use the model (set --api-key or $SENTITUNE_API_KEY)", file=sys.stderr)
