@@ -107,6 +107,31 @@ def test_int8_warning_is_loud_only_past_tolerance():
     assert int8_warning({"variants": {"onnx-int8": row}}) is None
     row["accuracy_drop_points"] = 1.2
     assert "WARNING" in int8_warning({"variants": {"onnx-int8": row}})
+    row.update(only_reference_correct=9, only_variant_correct=3, mcnemar_p_value=0.146)
+    warning = int8_warning({"variants": {"onnx-int8": row}})
+    assert "wrong on 9 examples" in warning and "p = 0.146, not significant" in warning
+
+
+def test_parity_report_pairs_each_variant_with_the_reference():
+    from sentitune.export import parity_report
+
+    class Fixed:
+        def __init__(self, probabilities):
+            self.probabilities = np.asarray(probabilities, dtype=float)
+
+        def predict_proba(self, texts, batch_size=64):
+            return self.probabilities[:len(texts)]
+
+    gold = np.array([0, 1, 1, 0, 1])
+    reference = Fixed([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3], [0.6, 0.4]])  # 4 of 5 right
+    variant = Fixed([[0.9, 0.1], [0.6, 0.4], [0.4, 0.6], [0.7, 0.3], [0.3, 0.7]])    # swaps examples 1 and 4
+    report = parity_report({"torch": reference, "onnx-int8": variant}, ["t"] * 5, gold)
+    row = report["variants"]["onnx-int8"]
+    assert (row["only_reference_correct"], row["only_variant_correct"]) == (1, 1)
+    assert row["accuracy_drop_points"] == 0 and row["mcnemar_p_value"] == 1.0
+    assert row["prediction_agreement"] == 0.6
+    assert "McNemar p" in format_report({**report, "data": "d"} | {"variants": {
+        name: {**r, "size_mib": 1.0} for name, r in report["variants"].items()}})
 
 
 def test_export_refusals(lora_run, onnx_export, tmp_path, tiny_config, capsys):

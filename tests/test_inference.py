@@ -199,3 +199,16 @@ def test_onnx_parallelism_defaults_and_overrides():
     assert onnx_parallelism(cores=16, threads=2) == (8, 2)
     with pytest.raises(ValueError, match="workers"):
         onnx_parallelism(cores=4, workers=0)
+
+
+def test_streamed_inputs_refuse_lone_surrogates_and_accept_huge_fields(tmp_path, runs, capsys):
+    from sentitune.data import read_texts
+
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": "broken \\ud800 here"}\n')
+    assert main(["predict", "--model", str(runs["tfidf"]), "--input", str(tmp_path / "bad.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.jsonl: line 2, column 'text'" in err and "lone surrogate" in err and len(err.splitlines()) == 1
+    huge = "word " * 40_000  # 200 KB in one CSV field: over csv's default 128 KiB limit
+    (tmp_path / "huge.csv").write_text(f'text\n"{huge}"\n\n"  "\nshort\n')
+    assert [len(t) for t in stream_texts(str(tmp_path / "huge.csv"))] == [len(huge), 2, 5]
+    assert [len(t) for t in read_texts(tmp_path / "huge.csv")] == [len(huge), 5]  # blanks dropped

@@ -256,7 +256,7 @@ def parity_report(variants: dict[str, Predictor], texts: list[str], gold: np.nda
         >>> parity_report({"torch": p, "onnx-fp32": q}, ["great"], np.array([1]))["variants"]["onnx-fp32"]  # doctest: +SKIP
         {'accuracy': 1.0, 'max_abs_probability_diff': 3e-07, ...}
     """
-    from sentitune.metrics import classification_metrics
+    from sentitune.metrics import classification_metrics, mcnemar
 
     probabilities, rows = {}, {}
     for name, predictor in variants.items():
@@ -274,6 +274,11 @@ def parity_report(variants: dict[str, Predictor], texts: list[str], gold: np.nda
         row["max_abs_probability_diff"] = float(diff.max())
         row["mean_abs_probability_diff"] = float(diff.mean())
         row["prediction_agreement"] = float((probabilities[name].argmax(1) == base.argmax(1)).mean())
+        # On a few hundred examples a drop of a few sentences can be chance: the paired test says so.
+        paired = mcnemar(base.argmax(1) == gold, probabilities[name].argmax(1) == gold)
+        row["only_reference_correct"] = paired["a_only_correct"]
+        row["only_variant_correct"] = paired["b_only_correct"]
+        row["mcnemar_p_value"] = paired["p_value"]
     return {"reference": reference, "examples": len(texts), "variants": rows}
 
 
@@ -413,11 +418,13 @@ def _variant_size_mib(name: str, folder: Path, run_path: Path, manifest: dict) -
 
 def format_report(report: dict) -> str:
     """The parity report as an aligned text table (what the CLI prints)."""
-    header = f"{'variant':<10} {'accuracy':>9} {'drop (pts)':>10} {'max |dp|':>10} {'agree':>7} {'sent/s':>9} {'MiB':>8}"
+    header = (f"{'variant':<10} {'accuracy':>9} {'drop (pts)':>10} {'McNemar p':>9} {'max |dp|':>10} {'agree':>7} "
+              f"{'sent/s':>9} {'MiB':>8}")
     lines = [f"parity on {report['examples']} examples of {report['data']} (reference: {report['reference']})",
              header, "-" * len(header)]
     for name, row in report["variants"].items():
-        lines.append(f"{name:<10} {100 * row['accuracy']:>8.2f}% {row['accuracy_drop_points']:>10.2f} "
+        p_value = "-" if name == report["reference"] else f"{row['mcnemar_p_value']:.3g}"
+        lines.append(f"{name:<10} {100 * row['accuracy']:>8.2f}% {row['accuracy_drop_points']:>10.2f} {p_value:>9} "
                      f"{row['max_abs_probability_diff']:>10.2e} {100 * row['prediction_agreement']:>6.1f}% "
                      f"{row['sentences_per_second']:>9.1f} {row['size_mib']:>8.2f}")
     return "\n".join(lines)
@@ -429,8 +436,13 @@ def int8_warning(report: dict) -> str | None:
     if row is None or row["accuracy_drop_points"] <= INT8_MAX_DROP_POINTS:
         return None
     bar = "!" * 78
+    paired = ""
+    if "mcnemar_p_value" in row:
+        paired = (f"\nint8 is wrong on {row['only_reference_correct']} examples that torch gets right and right on "
+                  f"{row['only_variant_correct']} that torch gets wrong (McNemar p = {row['mcnemar_p_value']:.3g}"
+                  f"{', not significant' if row['mcnemar_p_value'] >= 0.05 else ''}).")
     return (f"{bar}\nWARNING: int8 accuracy is {row['accuracy_drop_points']:.2f} points below torch fp32 "
-            f"(tolerance {INT8_MAX_DROP_POINTS}).\nServe the fp32 ONNX model instead "
+            f"(tolerance {INT8_MAX_DROP_POINTS}).{paired}\nServe the fp32 ONNX model instead "
             f"(Predictor.load(folder, variant='fp32')), or check the parity data is large enough to tell.\n{bar}")
 
 

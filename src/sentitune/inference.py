@@ -19,18 +19,18 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import queue
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from sentitune import results
+from sentitune.data import input_format, stream_texts  # noqa: F401 - predict reads with these
 from sentitune.methods import registry
 from sentitune.metrics import sigmoid
 
@@ -506,98 +506,6 @@ def read_manifest(folder: str | Path) -> dict:
 
 
 # ---- files in, JSONL out ----------------------------------------------------------------------
-
-class _CountingLines:
-    """Decoded lines of a binary stream, counting bytes read so a progress bar can follow."""
-
-    def __init__(self, raw: IO[bytes], on_bytes: Callable[[int], None] | None = None):
-        self.raw = raw
-        self.on_bytes = on_bytes
-        self.first = True
-
-    def __iter__(self):
-        for line in self.raw:
-            if self.on_bytes:
-                self.on_bytes(len(line))
-            text = line.decode("utf-8")
-            if self.first:
-                text = text.lstrip("\ufeff")
-                self.first = False
-            yield text
-
-
-INPUT_FORMATS = ("txt", "csv", "tsv", "jsonl")
-
-
-def input_format(path: str, given: str | None) -> str:
-    if given:
-        return given
-    if path == "-":
-        return "txt"
-    suffix = Path(path).suffix.lower()
-    if suffix == ".txt":
-        return "txt"
-    from sentitune.data import file_format
-
-    return file_format(path)
-
-
-def stream_texts(path: str, text_column: str | None = None, fmt: str | None = None,
-                 on_bytes: Callable[[int], None] | None = None) -> Iterator[str]:
-    """Texts from a TXT (one per line), CSV, TSV or JSONL file, or '-' for stdin, read lazily.
-
-    One text per input row, empty ones included, so line i of the output answers row i of the input.
-    Unlike `data.read_table`, nothing is held in memory, so a file of millions of lines streams.
-
-    Example:
-        >>> next(stream_texts("reviews.csv", text_column="review"))  # doctest: +SKIP
-        'A gorgeous, witty film.'
-    """
-    from sentitune.data import DataError, open_binary, parse_jsonl_line
-
-    fmt = input_format(path, fmt)
-    raw = sys.stdin.buffer if path == "-" else open_binary(path)
-    name = "<stdin>" if path == "-" else path
-    try:
-        lines = _CountingLines(raw, on_bytes)
-        if fmt == "txt":
-            for line in lines:
-                yield line.rstrip("\r\n")
-            return
-        column = text_column or ("sentence" if fmt == "tsv" else "text")
-        if fmt == "jsonl":
-            for number, line in enumerate(lines, start=1):
-                record = parse_jsonl_line(name, number, line)
-                if record is None:
-                    continue
-                if column not in record:
-                    raise DataError(f"{name}: line {number}: expected a JSON object with key {column!r}")
-                yield str(record[column] if record[column] is not None else "")
-            return
-        # GLUE TSV has no quoting; CSV follows RFC 4180 (quoted fields may span lines).
-        reader = (csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv"
-                  else csv.reader(lines))
-        try:
-            header = [name.strip() for name in next(reader)]
-        except StopIteration:
-            raise DataError(f"{name}: file is empty") from None
-        if column not in header:
-            raise DataError(f"{name}: line 1: no column {column!r}; columns are {header}")
-        index = header.index(column)
-        for record in reader:
-            if not record:
-                continue
-            if index >= len(record):
-                raise DataError(f"{name}: line {reader.line_num}: {len(record)} fields, no {column!r} value")
-            yield record[index]
-    except UnicodeDecodeError:
-        raise DataError(f"{name}: not UTF-8; re-save the file as UTF-8") from None
-    except csv.Error as exc:
-        raise DataError(f"{name}: {exc}") from None
-    finally:
-        if raw is not sys.stdin.buffer:
-            raw.close()
-
 
 def write_jsonl(rows: Iterable[dict], output: str | None) -> int:
     """Writes rows as JSON lines to `output` (atomically: a temp file renamed at the end) or stdout."""
