@@ -363,3 +363,16 @@ def test_real_sst2_folder():
     assert splits.notes["dropped_empty_texts"] == 0
     # GLUE's trailing space before the tab is stripped.
     assert not any(t != t.strip() for t in splits.test.texts)
+
+
+def test_an_unclosed_quote_is_reported_where_its_row_starts(tmp_path):
+    from sentitune.data import stream_texts
+
+    path = write(tmp_path / "x.csv", 'text,label\nok,pos\n"never closed,neg\nnext,pos\nlast,neg\n')
+    for read in (lambda: read_table(path, "text", "label"), lambda: list(stream_texts(str(path)))):
+        with pytest.raises(DataError, match=r"x.csv: line 3: a quote opened in this row is never closed "
+                                            r"\(the row runs to line 5\)"):
+            read()
+    # A closed multi-line field is fine, and rows keep the line where they end.
+    fine = write(tmp_path / "y.csv", 'text,label\n"two\nlines",neg\nplain,pos\n')
+    assert read_table(fine, "text", "label").lines == [3, 4]

@@ -160,9 +160,22 @@ def iter_records(path: str | Path, text: str | None = None):
             raise DataError(f"{path}: no header row")
         reader.fieldnames = [name.strip() for name in reader.fieldnames]
         for record in reader:
+            if None in record.values() and any(isinstance(v, str) and "\n" in v for v in record.values()):
+                # A row that swallowed later lines and still lacks columns: a quote in it never closed, so
+                # it ran to the end of the file (whose last newline it holds, with no line after it).
+                # Name the line where the row starts, not the last line of the file.
+                raise _unclosed_quote(path, reader.line_num, [v for v in record.values() if isinstance(v, str)])
+            # The line where the row ends: after a multi-line field, that is where its later columns are.
             yield reader.line_num, record
     except csv.Error as exc:
         raise DataError(f"{path}: line {reader.line_num}: {exc}") from None
+
+
+def _unclosed_quote(path, last_line: int, fields: list[str]) -> DataError:
+    spanned = sum(field.count("\n") for field in fields)
+    start = last_line - spanned + any(field.endswith("\n") for field in fields)
+    return DataError(f"{path}: line {start}: a quote opened in this row is never closed (the row runs to line "
+                     f"{last_line}); close it or escape it as \"\"")
 
 
 def read_table(path: str | Path, text_column: str, label_column: str | None) -> RawTable:
@@ -608,6 +621,8 @@ def stream_texts(path: str, text_column: str | None = None, fmt: str | None = No
         for record in reader:
             if not record:
                 continue
+            if len(record) < len(header) and any("\n" in field for field in record):
+                raise _unclosed_quote(name, reader.line_num, record)
             if index >= len(record):
                 raise DataError(f"{name}: line {reader.line_num}: {len(record)} fields, no {column!r} value")
             yield record[index]
