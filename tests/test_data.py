@@ -376,3 +376,12 @@ def test_an_unclosed_quote_is_reported_where_its_row_starts(tmp_path):
     # A closed multi-line field is fine, and rows keep the line where they end.
     fine = write(tmp_path / "y.csv", 'text,label\n"two\nlines",neg\nplain,pos\n')
     assert read_table(fine, "text", "label").lines == [3, 4]
+
+
+def test_a_repeated_header_name_is_refused(tmp_path):
+    from sentitune.data import stream_texts
+
+    path = write(tmp_path / "x.csv", "text,label,text\na,pos,b\n")
+    for read in (lambda: read_table(path, "text", "label"), lambda: list(stream_texts(str(path)))):
+        with pytest.raises(DataError, match=r"x.csv: line 1: column 'text' appears 2 times in the header"):
+            read()

@@ -159,6 +159,7 @@ def iter_records(path: str | Path, text: str | None = None):
         if not reader.fieldnames:
             raise DataError(f"{path}: no header row")
         reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        _refuse_duplicate_columns(path, reader.fieldnames)
         for record in reader:
             if None in record.values() and any(isinstance(v, str) and "\n" in v for v in record.values()):
                 # A row that swallowed later lines and still lacks columns: a quote in it never closed, so
@@ -169,6 +170,14 @@ def iter_records(path: str | Path, text: str | None = None):
             yield reader.line_num, record
     except csv.Error as exc:
         raise DataError(f"{path}: line {reader.line_num}: {exc}") from None
+
+
+def _refuse_duplicate_columns(path, header: list[str]) -> None:
+    # A row maps names to values, so a repeated name would silently keep only its last column.
+    repeated = [name for name, count in Counter(header).items() if count > 1]
+    if repeated:
+        raise DataError(f"{path}: line 1: column {repeated[0]!r} appears {header.count(repeated[0])} times in the "
+                        "header; rename or drop the extra one")
 
 
 def _unclosed_quote(path, last_line: int, fields: list[str]) -> DataError:
@@ -615,6 +624,7 @@ def stream_texts(path: str, text_column: str | None = None, fmt: str | None = No
             header = [name.strip() for name in next(reader)]
         except StopIteration:
             raise DataError(f"{name}: file is empty") from None
+        _refuse_duplicate_columns(name, header)
         if column not in header:
             raise DataError(f"{name}: line 1: no column {column!r}; columns are {header}")
         index = header.index(column)
