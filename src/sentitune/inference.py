@@ -138,7 +138,6 @@ class _TorchRunner:
                                 attention_mask=torch.from_numpy(mask).to(self.device)).logits
         return logits.float().cpu().numpy()
 
-
     def map(self, batches: Iterable[tuple]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(indices, logits) for each (indices, input_ids, mask), in order."""
         for chunk, input_ids, mask in batches:
