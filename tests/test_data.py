@@ -385,3 +385,18 @@ def test_a_repeated_header_name_is_refused(tmp_path):
     for read in (lambda: read_table(path, "text", "label"), lambda: list(stream_texts(str(path)))):
         with pytest.raises(DataError, match=r"x.csv: line 1: column 'text' appears 2 times in the header"):
             read()
+
+
+def test_fields_beyond_the_header_are_refused_unless_empty(tmp_path):
+    from sentitune.data import stream_texts
+
+    path = write(tmp_path / "x.csv", "text,label\nfine,pos\ngreat, fun movie,pos\n")
+    for read in (lambda: read_table(path, "text", "label"), lambda: list(stream_texts(str(path)))):
+        with pytest.raises(DataError, match=r"x.csv: line 3: 3 fields but the header names 2; an unquoted comma"):
+            read()
+    trailing = write(tmp_path / "y.csv", "text,label\nfine,pos,\nalso fine,neg,,\n")  # empty extras: harmless
+    assert read_table(trailing, "text", "label").texts == ["fine", "also fine"]
+    assert list(stream_texts(str(trailing))) == ["fine", "also fine"]
+    tsv = write(tmp_path / "z.tsv", "sentence\tlabel\na\ttab inside\t1\n")
+    with pytest.raises(DataError, match=r"an unquoted tab"):
+        read_table(tsv, "sentence", "label")

@@ -166,6 +166,12 @@ def iter_records(path: str | Path, text: str | None = None):
                 # it ran to the end of the file (whose last newline it holds, with no line after it).
                 # Name the line where the row starts, not the last line of the file.
                 raise _unclosed_quote(path, reader.line_num, [v for v in record.values() if isinstance(v, str)])
+            extra = [value for value in record.get(None, []) if value.strip()]
+            if extra:  # DictReader files fields beyond the header under None; they hold data that would vanish
+                raise DataError(f"{path}: line {reader.line_num}: {len(reader.fieldnames) + len(record[None])} "
+                                f"fields but the header names {len(reader.fieldnames)}; an unquoted "
+                                f"{'tab' if fmt == 'tsv' else 'comma'} in a text? (extra: {extra[0][:40]!r})")
+            record.pop(None, None)
             # The line where the row ends: after a multi-line field, that is where its later columns are.
             yield reader.line_num, record
     except csv.Error as exc:
@@ -635,6 +641,9 @@ def stream_texts(path: str, text_column: str | None = None, fmt: str | None = No
                 raise _unclosed_quote(name, reader.line_num, record)
             if index >= len(record):
                 raise DataError(f"{name}: line {reader.line_num}: {len(record)} fields, no {column!r} value")
+            if any(field.strip() for field in record[len(header):]):
+                raise DataError(f"{name}: line {reader.line_num}: {len(record)} fields but the header names "
+                                f"{len(header)}; an unquoted {'tab' if fmt == 'tsv' else 'comma'} in a text?")
             yield record[index]
     except UnicodeDecodeError:
         raise DataError(f"{name}: not UTF-8; re-save the file as UTF-8") from None
