@@ -128,3 +128,21 @@ def test_errors_before_anything_is_written(tiny_model_dir, tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(RunFolderError):
         pretrain(PretrainConfig(model=str(tiny_model_dir), texts=str(tmp_path / "empty.txt")), tmp_path / "full")
+
+
+def test_a_diverging_loss_stops_pretraining_before_weights_are_written(tiny_model_dir, tmp_path, monkeypatch):
+    import sentitune.pretraining as pretraining
+
+    (tmp_path / "texts.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    real_loss = pretraining.masked_lm_loss
+
+    def diverging(model, batch, reduction="mean"):
+        loss = real_loss(model, batch, reduction)
+        return loss * float("nan") if model.training else loss  # held-out evaluation stays finite
+
+    monkeypatch.setattr(pretraining, "masked_lm_loss", diverging)
+    cfg = PretrainConfig(model=str(tiny_model_dir), texts=str(tmp_path / "texts.txt"), max_steps=3, batch_size=8,
+                         max_length=16, eval_texts=10, logging_steps=1)
+    with pytest.raises(Exception, match="MLM loss became nan at step 1"):
+        pretrain(cfg, tmp_path / "out", echo=lambda line: None)
+    assert not list((tmp_path / "out").glob("*.safetensors"))

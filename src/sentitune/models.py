@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -135,6 +136,32 @@ def load_tokenizer(source: ModelSource):
     return tokenizer
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' logging at errors only, for loads whose warnings are expected (a fresh head,
+    unused MLM weights, a text longer than the model's limit that the caller cuts itself)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def check_model_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuses a non-empty `output_dir` unless `overwrite`, and even then anything but a model folder
+    (--overwrite replaces model folders only, never a folder of someone's other files)."""
+    from sentitune.results import RunFolderError
+
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise RunFolderError(f"{output_dir}: not empty; pass --overwrite to replace it or pick another --output-dir")
+        if not (output_dir / "config.json").exists():
+            raise RunFolderError(f"{output_dir}: not empty and not a model folder; pick another --output-dir")
+
+
 def load_classifier(source: ModelSource, label_names: list[str], dtype=None, multi_label: bool = False):
     """A sequence-classification model with a fresh head sized for `label_names`.
 
@@ -144,12 +171,9 @@ def load_classifier(source: ModelSource, label_names: list[str], dtype=None, mul
     """
     import torch
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     # "Some weights were newly initialized" is expected for the head; hide it, keep real errors.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with quiet_transformers():
         return AutoModelForSequenceClassification.from_pretrained(
             source.location,
             num_labels=len(label_names),
@@ -160,8 +184,6 @@ def load_classifier(source: ModelSource, label_names: list[str], dtype=None, mul
             use_safetensors=True,  # never unpickle weights
             **({"problem_type": "multi_label_classification"} if multi_label else {}),
         )
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -195,24 +217,15 @@ def shrink_model(name: str, layers: int, output_dir: str | Path, overwrite: bool
 
     import torch
     from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
 
     from sentitune.config import ConfigError
-    from sentitune.results import RunFolderError, atomic_write_json
+    from sentitune.results import atomic_write_json
 
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise RunFolderError(f"{output_dir}: not empty; pass --overwrite to replace it or pick another --output-dir")
-        if not (output_dir / "config.json").exists():  # --overwrite deletes model folders only
-            raise RunFolderError(f"{output_dir}: not empty and not a model folder; pick another --output-dir")
+    check_model_output_dir(output_dir, overwrite)
     source = resolve_model(name)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # a source with an MLM head warns about the unused head weights
-    try:
+    with quiet_transformers():  # a source with an MLM head warns about the unused head weights
         model = AutoModel.from_pretrained(source.location, dtype=torch.float32, use_safetensors=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     encoder_layers = getattr(getattr(model, "encoder", None), "layer", None)
     if not isinstance(encoder_layers, torch.nn.ModuleList):
         raise ModelNotAvailable(f"{name}: shrink supports BERT-style encoders (encoder.layer); "

@@ -115,7 +115,7 @@ def load_texts(cfg: PretrainConfig) -> tuple[list[str], str]:
     Example:
         >>> texts, source = load_texts(PretrainConfig(texts="imdb"))  # doctest: +SKIP
         >>> len(texts), source  # doctest: +SKIP
-        (25000, 'local:../shared/data/imdb/train.csv:text')
+        (25000, '../shared/data/imdb/train.csv:text')
     """
     if cfg.texts in NAMED_TEXTS:
         filename, column = NAMED_TEXTS[cfg.texts]
@@ -130,7 +130,7 @@ def load_texts(cfg: PretrainConfig) -> tuple[list[str], str]:
         path, column = Path(cfg.texts), cfg.text_column
         if not path.is_file():
             raise DataError(f"--texts {cfg.texts}: not a file, and not one of {', '.join(NAMED_TEXTS)}")
-    texts = [t.strip() for t in read_texts(path, column) if t and t.strip()]
+    texts = [t.strip() for t in read_texts(path, column)]  # read_texts drops the blank ones
     if not texts:
         raise DataError(f"{path}: no non-empty texts")
     return texts, f"{path}:{column or 'line'}"
@@ -159,16 +159,12 @@ def encode_for_mlm(tokenizer, texts: list[str], max_length: int, long_texts: str
         >>> [len(x) for x in ids]  # doctest: +SKIP
         [5, 4]
     """
-    from transformers.utils import logging as hf_logging
+    from sentitune.models import quiet_transformers
 
     if not texts:
         return []
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "longer than the maximum sequence length": the windows below cut it
-    try:
+    with quiet_transformers():  # "longer than the maximum sequence length": the windows below cut it
         body = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
-    finally:
-        hf_logging.set_verbosity(verbosity)
     budget = max_length - 2
     out = []
     for ids in body:
@@ -186,15 +182,12 @@ def load_mlm_model(location: str):
     """(AutoModelForMaskedLM, names of the MLM-head weights that were freshly initialised)."""
     import torch
     from transformers import AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the missing-head warning is expected and recorded instead
-    try:
+    from sentitune.models import quiet_transformers
+
+    with quiet_transformers():  # the missing-head warning is expected and recorded instead
         model, info = AutoModelForMaskedLM.from_pretrained(location, dtype=torch.float32, output_loading_info=True,
                                                            use_safetensors=True)  # never unpickle weights
-    finally:
-        hf_logging.set_verbosity(verbosity)
     fresh = sorted(k for k in info.get("missing_keys", []) if not k.startswith(model.base_model_prefix + "."))
     return model, fresh
 
@@ -203,15 +196,12 @@ def _pooler_state(location: str) -> dict:
     """The source model's pooler weights under `bert.pooler.*` (empty if it has none)."""
     import torch
     from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    from sentitune.models import quiet_transformers
+
+    with quiet_transformers():
         base, info = AutoModel.from_pretrained(location, dtype=torch.float32, output_loading_info=True,
                                                use_safetensors=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     pooler = getattr(base, "pooler", None)
     if pooler is None or any("pooler" in k for k in info.get("missing_keys", [])):
         return {}  # a random pooler is no better than the classifier's own fresh one
@@ -340,6 +330,9 @@ def _mlm_trainer(cfg: PretrainConfig, model, tokenizer, train_ds, precision: str
         save_strategy="no",
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
+        # The default replaces a NaN/inf step loss by the running mean (0 once every step is NaN),
+        # which would hide divergence from the progress callback's check.
+        logging_nan_inf_filter=False,
         report_to="none",
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
@@ -368,15 +361,11 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path, overwrite: bool = Fals
     import torch
     from transformers import set_seed
 
-    from sentitune.models import count_parameters, load_tokenizer, resolve_model
-    from sentitune.training import TrainingError, provenance, resolve_precision
+    from sentitune.models import check_model_output_dir, count_parameters, load_tokenizer, resolve_model
+    from sentitune.training import TrainingError, is_out_of_memory, provenance, resolve_precision
 
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise results.RunFolderError(f"{output_dir}: not empty; pass --overwrite to replace it or pick another --output-dir")
-        if not (output_dir / "config.json").exists():  # --overwrite deletes model folders only
-            raise results.RunFolderError(f"{output_dir}: not empty and not a model folder; pick another --output-dir")
+    check_model_output_dir(output_dir, overwrite)
     source = resolve_model(cfg.model)
     texts, text_source = load_texts(cfg)
     train_texts, held_texts = split_texts(texts, cfg)
@@ -414,7 +403,9 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path, overwrite: bool = Fals
     train_started = time.perf_counter()
     try:
         output = trainer.train()
-    except torch.OutOfMemoryError:
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
         raise TrainingError(f"out of memory at batch size {cfg.batch_size}; try --batch-size "
                             f"{max(1, cfg.batch_size // 2)} or a smaller --max-length") from None
     train_seconds = time.perf_counter() - train_started

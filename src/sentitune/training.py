@@ -127,6 +127,13 @@ def tensor_mib(tensors) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; the CPU allocator a plain RuntimeError."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
+
+
 def resolve_precision(choice: str) -> str:
     import torch
 
@@ -182,15 +189,6 @@ def _callbacks_and_trainer_class(cfg: RunConfig):
                 self.padded_tokens += self._step["padded"]
                 self.steps += 1
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss} at step {state.global_step}; lower method.learning_rate "
-                    f"(now {args.learning_rate}) or use precision fp32. The last good checkpoint is kept "
-                    f"in {args.output_dir}"
-                )
-
     class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         """Length-grouped order drawn from (seed, epoch) alone. The stock sampler draws from the global
         RNG, whose state when an epoch starts depends on everything before it (dropout included), so
@@ -218,7 +216,8 @@ def _callbacks_and_trainer_class(cfg: RunConfig):
             self.meter.observe(inputs)
             loss = super().training_step(model, inputs, num_items_in_batch)
             # Checked before the optimizer step, so neither the weights nor any checkpoint take the
-            # bad update. The Meter synchronizes every step already, so the check costs no extra sync.
+            # bad update. The sync it costs replaces the Trainer's own NaN check, which
+            # logging_nan_inf_filter=False turns off.
             if not torch.isfinite(loss).all():
                 checkpoint = last_complete_checkpoint(Path(self.args.output_dir))
                 kept = (f"the last good checkpoint is kept in {checkpoint}" if checkpoint
@@ -412,8 +411,7 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         with results.writing(checkpoint_dir):
             train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except RuntimeError as exc:
-        # CUDA raises OutOfMemoryError; the CPU allocator a plain RuntimeError.
-        if not (isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)):
+        if not is_out_of_memory(exc):
             raise
         raise TrainingError(
             f"out of memory at batch size {cfg.train.batch_size}; try --batch-size "
