@@ -207,6 +207,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sentitune.data import INPUT_FORMATS
+
     parser = argparse.ArgumentParser(
         prog="sentitune",
         description="Fine-tune BERT for sentiment and measure what full fine-tuning buys over LoRA, other "
@@ -257,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", help="texts to classify")
     predict.add_argument("--model", required=True, help="run folder or exported folder")
     predict.add_argument("--input", help="CSV/TSV/JSONL/TXT file, or - for stdin")
-    predict.add_argument("--input-format", choices=["txt", "csv", "tsv", "jsonl"],
+    predict.add_argument("--input-format", choices=INPUT_FORMATS,
                          help="format of --input (default: from the suffix; stdin: txt, one text per line)")
     predict.add_argument("--text-column", help="text column of --input (default: sentence for TSV, else text)")
     predict.add_argument("--output", help="JSONL output (default stdout)")

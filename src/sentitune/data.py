@@ -148,34 +148,45 @@ def iter_records(path: str | Path, text: str | None = None):
             if record is not None:
                 yield number, record
         return
+    for header, line, fields in checked_csv_rows(path, io.StringIO(content, newline=""), fmt):
+        # Missing trailing columns read as None, as in csv.DictReader.
+        yield line, dict(zip(header, fields + [None] * (len(header) - len(fields))))
+
+
+def checked_csv_rows(name, lines, fmt: str) -> Iterator[tuple[list[str], int, list[str]]]:
+    """(header, line number, fields) for each non-empty row of a CSV (RFC 4180) or TSV (GLUE: no quoting).
+
+    The one place rows are checked, for the table loader and the streaming reader alike: a header that
+    names a column twice, a quote that never closes, non-empty fields beyond the header, csv's own
+    errors, each a one-line DataError naming the line. The line number is where the row ends: after a
+    multi-line field, that is where its later columns are.
+    """
     # csv refuses fields over 128 KiB by default; a long review is data to truncate, not an error, and
     # the file's own size bounds the field.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    if fmt == "tsv":
-        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.DictReader(io.StringIO(content, newline=""))
+    reader = (csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(lines))
     try:
-        if not reader.fieldnames:
-            raise DataError(f"{path}: no header row")
-        reader.fieldnames = [name.strip() for name in reader.fieldnames]
-        _refuse_duplicate_columns(path, reader.fieldnames)
-        for record in reader:
-            if None in record.values() and any(isinstance(v, str) and "\n" in v for v in record.values()):
-                # A row that swallowed later lines and still lacks columns: a quote in it never closed, so
-                # it ran to the end of the file (whose last newline it holds, with no line after it).
-                # Name the line where the row starts, not the last line of the file.
-                raise _unclosed_quote(path, reader.line_num, [v for v in record.values() if isinstance(v, str)])
-            extra = [value for value in record.get(None, []) if value.strip()]
-            if extra:  # DictReader files fields beyond the header under None; they hold data that would vanish
-                raise DataError(f"{path}: line {reader.line_num}: {len(reader.fieldnames) + len(record[None])} "
-                                f"fields but the header names {len(reader.fieldnames)}; an unquoted "
-                                f"{'tab' if fmt == 'tsv' else 'comma'} in a text? (extra: {extra[0][:40]!r})")
-            record.pop(None, None)
-            # The line where the row ends: after a multi-line field, that is where its later columns are.
-            yield reader.line_num, record
+        try:
+            header = [column.strip() for column in next(reader)]
+        except StopIteration:
+            raise DataError(f"{name}: file is empty") from None
+        if not header:
+            raise DataError(f"{name}: no header row")
+        _refuse_duplicate_columns(name, header)
+        for fields in reader:
+            if not fields:
+                continue
+            if len(fields) < len(header) and any("\n" in field for field in fields):
+                # A row that swallowed later lines and still lacks columns: a quote in it never closed.
+                raise _unclosed_quote(name, reader.line_num, fields)
+            extra = [field for field in fields[len(header):] if field.strip()]
+            if extra:  # data that would silently vanish
+                raise DataError(f"{name}: line {reader.line_num}: {len(fields)} fields but the header names "
+                                f"{len(header)}; an unquoted {'tab' if fmt == 'tsv' else 'comma'} in a text? "
+                                f"(extra: {extra[0][:40]!r})")
+            yield header, reader.line_num, fields
     except csv.Error as exc:
-        raise DataError(f"{path}: line {reader.line_num}: {exc}") from None
+        raise DataError(f"{name}: line {reader.line_num}: {exc}") from None
 
 
 def _refuse_duplicate_columns(path, header: list[str]) -> None:
@@ -187,6 +198,8 @@ def _refuse_duplicate_columns(path, header: list[str]) -> None:
 
 
 def _unclosed_quote(path, last_line: int, fields: list[str]) -> DataError:
+    # The row ran to the end of the file, whose last newline it holds with no line after it; name the
+    # line where the row starts, not the last line of the file.
     spanned = sum(field.count("\n") for field in fields)
     start = last_line - spanned + any(field.endswith("\n") for field in fields)
     return DataError(f"{path}: line {start}: a quote opened in this row is never closed (the row runs to line "
@@ -241,15 +254,28 @@ def read_table(path: str | Path, text_column: str, label_column: str | None) -> 
     return table
 
 
-def _check_unicode(path: Path, line: int, column: str, value: str) -> None:
-    """JSON can escape lone surrogates ("\\ud800"); no tokenizer or UTF-8 writer accepts them."""
-    if value.isascii():
-        return
+def is_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate: JSON can escape one ("\\ud800"), and no tokenizer or
+    UTF-8 writer accepts it.
+
+    Example:
+        >>> is_unicode("café"), is_unicode("\\ud800")
+        (True, False)
+    """
+    if text.isascii():
+        return True
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise DataError(f"{path}: line {line}, column {column!r}: {value[exc.start]!r} is a lone surrogate, "
-                        "not a character") from None
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_unicode(path: Path, line: int, column: str, value: str) -> None:
+    if not is_unicode(value):
+        surrogate = next(ch for ch in value if "\ud800" <= ch <= "\udfff")
+        raise DataError(f"{path}: line {line}, column {column!r}: {surrogate!r} is a lone surrogate, "
+                        "not a character")
 
 
 # ---- labels -----------------------------------------------------------------------------------
@@ -621,34 +647,17 @@ def stream_texts(path: str, text_column: str | None = None, fmt: str | None = No
                 _check_unicode(name, number, column, text)  # JSON escapes can hold lone surrogates
                 yield text
             return
-        # GLUE TSV has no quoting; CSV follows RFC 4180 (quoted fields may span lines). A long review
-        # is data, not an error: lift csv's 128 KiB field limit as iter_records does.
-        csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-        reader = (csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv"
-                  else csv.reader(lines))
-        try:
-            header = [name.strip() for name in next(reader)]
-        except StopIteration:
-            raise DataError(f"{name}: file is empty") from None
-        _refuse_duplicate_columns(name, header)
-        if column not in header:
-            raise DataError(f"{name}: line 1: no column {column!r}; columns are {header}")
-        index = header.index(column)
-        for record in reader:
-            if not record:
-                continue
-            if len(record) < len(header) and any("\n" in field for field in record):
-                raise _unclosed_quote(name, reader.line_num, record)
-            if index >= len(record):
-                raise DataError(f"{name}: line {reader.line_num}: {len(record)} fields, no {column!r} value")
-            if any(field.strip() for field in record[len(header):]):
-                raise DataError(f"{name}: line {reader.line_num}: {len(record)} fields but the header names "
-                                f"{len(header)}; an unquoted {'tab' if fmt == 'tsv' else 'comma'} in a text?")
-            yield record[index]
+        index = None
+        for header, line, fields in checked_csv_rows(name, lines, fmt):
+            if index is None:
+                if column not in header:
+                    raise DataError(f"{name}: line 1: no column {column!r}; columns are {header}")
+                index = header.index(column)
+            if index >= len(fields):
+                raise DataError(f"{name}: line {line}: {len(fields)} fields, no {column!r} value")
+            yield fields[index]
     except UnicodeDecodeError:
         raise DataError(f"{name}: not UTF-8; re-save the file as UTF-8") from None
-    except csv.Error as exc:
-        raise DataError(f"{name}: {exc}") from None
     finally:
         if raw is not sys.stdin.buffer:
             raw.close()

@@ -76,8 +76,9 @@ def _pad(batch: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 BATCH_OVERHEAD_TOKENS = 8
-"""What one extra model call costs, in padded tokens' worth of compute (measured on 2 CPU cores with
-MiniLM: one call per sentence ran 0.89x as fast as calls of four length-matched sentences)."""
+"""What one extra model call costs, in padded tokens' worth of compute. Chosen, not fitted: on 2 CPU
+cores with MiniLM, one call per sentence ran 0.89x as fast as calls of four length-matched sentences,
+which puts a call's fixed cost at a few tokens; 8 leans towards fuller batches."""
 
 
 def plan_batches(lengths: np.ndarray, max_batch_size: int,
@@ -121,7 +122,19 @@ def plan_batches(lengths: np.ndarray, max_batch_size: int,
     return batches[::-1]
 
 
-class _TorchRunner:
+class _Runner:
+    """Logits for padded batches; runs them one after another unless a backend can do better."""
+
+    def __call__(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def map(self, batches: Iterable[tuple]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(indices, logits) for each (indices, input_ids, mask), in order."""
+        for chunk, input_ids, mask in batches:
+            yield chunk, self(input_ids, mask)
+
+
+class _TorchRunner(_Runner):
     """Logits from a transformers classifier under inference mode."""
 
     name = "torch"
@@ -138,13 +151,8 @@ class _TorchRunner:
                                 attention_mask=torch.from_numpy(mask).to(self.device)).logits
         return logits.float().cpu().numpy()
 
-    def map(self, batches: Iterable[tuple]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(indices, logits) for each (indices, input_ids, mask), in order."""
-        for chunk, input_ids, mask in batches:
-            yield chunk, self(input_ids, mask)
 
-
-class _OnnxRunner:
+class _OnnxRunner(_Runner):
     """Logits from ONNX Runtime sessions (inputs input_ids and attention_mask, output logits).
 
     With several sessions (many-core CPUs), batches run on them in parallel, each session with its
@@ -169,8 +177,7 @@ class _OnnxRunner:
 
     def map(self, batches: Iterable[tuple]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if len(self.sessions) == 1:
-            for chunk, input_ids, mask in batches:
-                yield chunk, self(input_ids, mask)
+            yield from super().map(batches)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(len(self.sessions), thread_name_prefix="sentitune-onnx")
@@ -282,8 +289,8 @@ class Predictor:
             'torch'
         """
         path = Path(path)
-        is_onnx = (path / EXPORT_MANIFEST).exists() and read_manifest(path).get("format") == "onnx"
-        if not is_onnx:
+        manifest = read_manifest(path) if (path / EXPORT_MANIFEST).exists() else None
+        if manifest is None or manifest["format"] != "onnx":
             if workers not in (None, 1):
                 raise results.RunFolderError(f"{path}: parallel workers apply to ONNX exports only (a torch model "
                                              "already uses every core it is given; set threads instead)")
@@ -293,8 +300,8 @@ class Predictor:
                 import torch
 
                 torch.set_num_threads(threads)
-        if (path / EXPORT_MANIFEST).exists():
-            return cls._load_export(path, device, variant, threads, workers)
+        if manifest is not None:
+            return cls._load_export(path, manifest, device, variant, threads, workers)
         if variant is not None:
             raise results.RunFolderError(f"{path}: variant {variant!r} applies only to exported ONNX folders")
         if (path / results.CONFIG_FILE).exists() or not (path / "config.json").exists():
@@ -327,11 +334,10 @@ class Predictor:
                    device=device, source=str(run.path), thresholds=thresholds)
 
     @classmethod
-    def _load_export(cls, path: Path, device: str | None, variant: str | None, threads: int | None,
-                     workers: int | None = None) -> "Predictor":
+    def _load_export(cls, path: Path, manifest: dict, device: str | None, variant: str | None,
+                     threads: int | None, workers: int | None) -> "Predictor":
         from transformers import AutoTokenizer
 
-        manifest = read_manifest(path)
         if manifest["format"] == "hf":
             if variant is not None:
                 raise results.RunFolderError(f"{path}: variant {variant!r} applies only to ONNX exports")
@@ -341,10 +347,9 @@ class Predictor:
         if variant not in files:
             raise results.RunFolderError(f"{path}: no {variant!r} model in this export (has {', '.join(files)})")
         device = _resolve_device(device)
-        if device.startswith("cuda"):
-            workers, threads = 1, threads
-        else:
-            workers, threads = onnx_parallelism(threads=threads, workers=workers)
+        # On CUDA one session owns the device; parallel sessions are a CPU measure.
+        workers, threads = (1, threads) if device.startswith("cuda") else onnx_parallelism(threads=threads,
+                                                                                          workers=workers)
         session = [onnx_session(path / files[variant], device, threads) for _ in range(workers)]
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(manifest["label_names"], manifest["max_length"], manifest["truncation"], tokenizer=tokenizer,

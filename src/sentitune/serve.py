@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from sentitune.data import is_unicode
+
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -406,7 +408,7 @@ def create_app(predictor, settings: ServeSettings | None = None):
                                                 f"at most {settings.max_chars}")
         # JSON may escape lone surrogates ("\ud800"), which no tokenizer accepts; refused here, they
         # would fail the whole micro-batch they joined.
-        broken = next((i for i, t in enumerate(texts) if not _is_unicode(t)), None)
+        broken = next((i for i, t in enumerate(texts) if not is_unicode(t)), None)
         if broken is not None:
             return error(422, "invalid_request", f"text {broken} is not valid Unicode (lone surrogate)")
         try:
@@ -439,16 +441,6 @@ def create_app(predictor, settings: ServeSettings | None = None):
                             headers=PAGE_HEADERS)
 
     return app
-
-
-def _is_unicode(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _prediction(label_names: list[str], probabilities: np.ndarray) -> dict:
