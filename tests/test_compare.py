@@ -98,3 +98,30 @@ def test_killed_comparison_resumes_without_redoing_finished_runs(tiny_config, tm
     assert json.loads((first / "metrics.json").read_text())["finished_at"] == finished_at
     document = json.loads((out / "results.json").read_text())
     assert [r["status"] for r in document["runs"]] == ["ok"] * 3
+
+
+def test_runs_made_with_other_library_versions_are_refused_unless_allowed(tiny_config, tmp_path):
+    from sentitune.reporting.render import build_report
+
+    cfg = _base(tiny_config, methods=["tfidf", "full"], seeds=[1])
+    compare.run_comparison(cfg, tmp_path, echo=lambda *_: None)
+    metrics_file = tmp_path / "runs" / "full-s1" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    ours = metrics["provenance"]["versions"]["transformers"]
+    assert metrics["provenance"]["versions"]["tokenizers"]  # recorded with the others
+    metrics["provenance"]["versions"]["transformers"] = "5.0.0.dev0"
+    metrics_file.write_text(json.dumps(metrics))
+
+    with pytest.raises(ConfigError) as refused:
+        compare.run_comparison(cfg, tmp_path, echo=lambda *_: None)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"transformers 5.0.0.dev0, this environment has transformers {ours}" in message
+    assert "--allow-version-mix" in message
+
+    document = compare.run_comparison(cfg, tmp_path, echo=lambda *_: None, allow_version_mix=True)
+    assert document["version_mix"] == [{"package": "transformers",
+                                        "versions": {ours: ["tfidf-s1"], "5.0.0.dev0": ["full-s1"]}}]
+    build_report(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "different library versions" in report and "5.0.0.dev0 (full-s1)" in report

@@ -190,3 +190,48 @@ def test_every_method_has_a_summary_and_learning_rate():
         method = registry.get(name)
         assert method.name == name and method.summary
         assert method.default_learning_rate > 0 or not method.neural
+
+
+def test_prefix_keys_and_values_reach_every_attention_layer(tiny_model_dir):
+    """transformers 5.24 renamed the encoder's past_key_values to cache; the prefixes must still be
+    read: moving them moves the logits, and the gradient reaches them."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from sentitune.config import MethodConfig
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    model = registry.get("prefix").prepare(base, MethodConfig(name="prefix"))
+    ids = torch.tensor([[101, 2204, 3185, 102, 0], [101, 2919, 102, 0, 0]])
+    mask = (ids != 0).long()
+    out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([1, 0]))
+    out.loss.backward()
+    prompt = next(p for n, p in model.named_parameters() if "prompt_encoder" in n)
+    assert prompt.grad is not None and prompt.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        prompt.add_(1.0)
+        after = model(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(before, after)
+
+
+def test_prefix_refuses_a_model_without_a_cache_argument_before_training():
+    import torch
+
+    from sentitune.methods.prefix import check_supported
+
+    class NoCache(torch.nn.Module):
+        base_model_prefix = "encoder"
+
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.Linear(2, 2)
+
+        def forward(self, input_ids=None, attention_mask=None):
+            return self.encoder(input_ids)
+
+    with pytest.raises(ValueError, match=r"^prefix tuning needs .* use --method lora") as refused:
+        check_supported(NoCache())
+    assert "\n" not in str(refused.value)

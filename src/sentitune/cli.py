@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "variant runs on each, named <model>-<variant>")
     compare.add_argument("--output-dir", help="comparison folder (default results/<dataset>)")
     compare.add_argument("--parallel", type=int, default=1, help="runs at once (default 1: timings stay honest)")
+    compare.add_argument("--allow-version-mix", action="store_true",
+                         help="accept finished runs made with other torch/transformers/peft/tokenizers/scikit-learn "
+                              "versions (refused by default; the results and report then name the mix)")
     compare.set_defaults(handler=cmd_compare)
 
     predict = sub.add_parser("predict", help="predict labels for texts or a file")

@@ -34,6 +34,7 @@ from sentitune.config import ConfigError, RunConfig, scaffolding_differences
 from sentitune.methods import registry
 from sentitune.metrics import accuracy_interval, mcnemar
 from sentitune.models import resolve_model
+from sentitune.runtime import COMPARED_PACKAGES, package_versions, version_differences
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -156,6 +157,50 @@ def verify_same_scaffolding(configs: dict[str, RunConfig]) -> str:
     return reference.fingerprint()
 
 
+def run_versions(run_dir: Path) -> dict[str, str] | None:
+    """The library versions a finished run recorded (None for a run that has none)."""
+    try:
+        provenance = results.load_run(run_dir).metrics.get("provenance") or {}
+    except results.RunFolderError:
+        return None
+    versions = provenance.get("versions")
+    return versions if isinstance(versions, dict) else None
+
+
+def check_versions(out: Path, planned: list[PlannedRun], allow_mix: bool) -> None:
+    """Refuses, in one line, to add runs made with this environment's libraries to runs made with
+    others: a version change can move accuracy and speed by more than the methods differ."""
+    if allow_mix:
+        return
+    here = package_versions(COMPARED_PACKAGES)
+    for run in planned:
+        run_dir = out / RUNS_DIR / run.name
+        if results.read_status(run_dir) != "ok":
+            continue
+        versions = run_versions(run_dir)
+        if versions is None:
+            continue
+        differences = version_differences(versions, here)
+        if differences:
+            name, theirs, ours = differences[0]
+            raise ConfigError(
+                f"{run_dir} was made with {name} {theirs}, this environment has {name} {ours}; one comparison "
+                "holds library versions fixed: use another --output-dir, or --allow-version-mix (the results "
+                "and the report then say which runs differ)")
+
+
+def version_mix(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each compared library with more than one version among the finished runs: which runs used which."""
+    by_package: dict[str, dict[str, list[str]]] = {}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        versions = run_versions(out / row["run_dir"]) or {}
+        for name in COMPARED_PACKAGES:
+            by_package.setdefault(name, {}).setdefault(versions.get(name, "not recorded"), []).append(row["run_name"])
+    return [{"package": name, "versions": runs} for name, runs in by_package.items() if len(runs) > 1]
+
+
 def _check_existing(out: Path, planned: list[PlannedRun]) -> None:
     configs = {"this comparison": planned[0].config}
     for folder in sorted((out / RUNS_DIR).glob("*")):
@@ -176,8 +221,10 @@ def _run_one(run: PlannedRun, out: Path) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def run_comparison(base: RunConfig, out: str | Path, parallel: int = 1, echo=print) -> dict[str, Any]:
-    """Runs every planned run not finished yet, then writes and returns the results."""
+def run_comparison(base: RunConfig, out: str | Path, parallel: int = 1, echo=print,
+                   allow_version_mix: bool = False) -> dict[str, Any]:
+    """Runs every planned run not finished yet, then writes and returns the results. Finished runs
+    made with other versions of the compared libraries are refused unless `allow_version_mix`."""
     out = Path(out)
     planned = expand_runs(base)
     # A missing model fails every run of its variants; say so once, before anything starts.
@@ -185,6 +232,7 @@ def run_comparison(base: RunConfig, out: str | Path, parallel: int = 1, echo=pri
         resolve_model(model)
     (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
     _check_existing(out, planned)
+    check_versions(out, planned, allow_version_mix)
     results.atomic_write_text(out / BASE_CONFIG, base.to_yaml())
     todo = [r for r in planned if results.read_status(out / RUNS_DIR / r.name) != "ok"]
     done = len(planned) - len(todo)
@@ -316,6 +364,7 @@ def write_results(out: Path, planned: list[PlannedRun]) -> dict[str, Any]:
         "summary": summarize(out, rows),
         "pairwise": pairwise_tests(out, rows),
         "significance_level": SIGNIFICANCE_LEVEL,
+        "version_mix": version_mix(out, rows),
     }
     results.atomic_write_json(out / RESULTS_JSON, document)
     results.atomic_write_csv(out / RESULTS_CSV, rows)
@@ -357,6 +406,9 @@ def print_summary(document: dict[str, Any], console=None) -> None:
             knobs,
         )
     console.print(table)
+    for mix in document.get("version_mix") or []:
+        spread = "; ".join(f"{version}: {', '.join(runs)}" for version, runs in mix["versions"].items())
+        console.print(f"[yellow]warning: runs made with different {mix['package']} versions ({spread})[/yellow]")
     failed = [r for r in document["runs"] if r["status"] not in ("ok",)]
     for row in failed:
         console.print(f"[red]{row['run_name']}: {row['status']}[/red] {row.get('error') or ''}")
@@ -397,7 +449,8 @@ def compare_from_args(args) -> int:
         overrides["compare.seeds"] = list(range(1, seeds[0] + 1)) if len(seeds) == 1 else seeds
     cfg = cfg.override(overrides)
     out = args.output_dir or f"results/{cfg.data.dataset}"
-    document = run_comparison(cfg, out, parallel=args.parallel)
+    document = run_comparison(cfg, out, parallel=args.parallel,
+                              allow_version_mix=getattr(args, "allow_version_mix", False))
     print_summary(document)
     print(f"results: {Path(out) / RESULTS_CSV}, {Path(out) / RESULTS_JSON}")
     return 0 if all(r["status"] == "ok" for r in document["runs"]) else 1

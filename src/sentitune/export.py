@@ -33,7 +33,7 @@ import numpy as np
 
 from sentitune import results
 from sentitune.inference import EXPORT_MANIFEST, ONNX_INPUTS, Predictor
-from sentitune.training import package_versions
+from sentitune.runtime import package_versions
 
 PARITY_FILE = "parity.json"
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -29,6 +27,8 @@ from sentitune.data import DatasetSplits, load_splits, tokenize_split
 from sentitune.methods import registry
 from sentitune.metrics import choose_thresholds, classification_metrics, multilabel_metrics, sigmoid, softmax
 from sentitune.models import count_parameters, load_classifier, load_tokenizer, resolve_model
+# Provenance lives in runtime.py; the names stay importable from here for existing callers.
+from sentitune.runtime import TRAINING_PACKAGES, device_description, package_versions, provenance  # noqa: F401
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -38,53 +38,6 @@ class TrainingError(RuntimeError):
 
 
 # ---- provenance -------------------------------------------------------------------------------
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-TRAINING_PACKAGES = ("sentitune", "torch", "transformers", "peft", "accelerate", "scikit-learn", "datasets")
-
-
-def package_versions(names: tuple[str, ...] = TRAINING_PACKAGES) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return versions
-
-
-def device_description() -> dict[str, Any]:
-    import torch
-
-    if torch.cuda.is_available():
-        return {"device": "cuda", "device_name": torch.cuda.get_device_name(0),
-                "device_count": torch.cuda.device_count()}
-    return {"device": "cpu", "device_name": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count()}
-
-
-def provenance() -> dict[str, Any]:
-    import torch
-
-    return {
-        "git_sha": _git_sha(),
-        "versions": package_versions(),
-        **device_description(),
-        "torch_threads": torch.get_num_threads(),
-        "hostname": platform.node(),
-        "command": " ".join(sys.argv),
-    }
-
 
 # ---- run folder lifecycle ---------------------------------------------------------------------
 

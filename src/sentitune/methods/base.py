@@ -79,10 +79,15 @@ class PeftMethod(Method):
     def peft_config(self, cfg: MethodConfig):
         raise NotImplementedError
 
+    def adapt_base(self, model):
+        """Fits the base classifier to what the peft wrapper expects; the same at training and at
+        load. Most methods need nothing."""
+        return model
+
     def prepare(self, model, cfg: MethodConfig):
         from peft import get_peft_model
 
-        return get_peft_model(model, self.peft_config(cfg))
+        return get_peft_model(self.adapt_base(model), self.peft_config(cfg))
 
     def save(self, model, folder: Path) -> None:
         model.save_pretrained(folder)  # adapter_model.safetensors + adapter_config.json only
@@ -93,6 +98,6 @@ class PeftMethod(Method):
         # peft would fall back to unpickling adapter_model.bin; only safetensors is accepted.
         if not (folder / "adapter_model.safetensors").exists():
             raise FileNotFoundError(f"No such file: {folder / 'adapter_model.safetensors'}")
-        model = PeftModel.from_pretrained(load_base(), folder)
+        model = PeftModel.from_pretrained(self.adapt_base(load_base()), folder)
         # Merging folds the adapter into the frozen weights, so inference pays nothing for it.
         return model.merge_and_unload() if self.mergeable else model

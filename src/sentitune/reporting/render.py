@@ -487,6 +487,21 @@ def _table_rows(summary: list[dict]) -> list[dict]:
     return rows
 
 
+def _version_mix(comparison: Comparison) -> str:
+    """'' when every finished run used the same compared library versions, else which runs used which."""
+    from sentitune.runtime import COMPARED_PACKAGES
+
+    parts = []
+    for name in COMPARED_PACKAGES:
+        runs: dict[str, list[str]] = {}
+        for run in comparison.ok_runs:
+            versions = (run.metrics.get("provenance") or {}).get("versions") or {}
+            runs.setdefault(str(versions.get(name, "not recorded")), []).append(run.name)
+        if len(runs) > 1:
+            parts.append(f"{name} " + "; ".join(f"{v} ({', '.join(r)})" for v, r in runs.items()))
+    return " | ".join(parts)
+
+
 def _setup(comparison: Comparison) -> dict:
     first = comparison.ok_runs[0].metrics
     provenance = first.get("provenance") or {}
@@ -516,7 +531,9 @@ def _setup(comparison: Comparison) -> dict:
         + (f", max_length {data['max_length']}" if "max_length" in data else ""),
         "hardware": ", ".join(str(h) for h in hardware if h),
         "peak_memory_how": first.get("peak_memory_how", ""),
-        "versions": ", ".join(f"{k} {v}" for k, v in (provenance.get("versions") or {}).items()),
+        "versions": ", ".join(f"{k} {v}" for k, v in (provenance.get("versions") or {}).items())
+        + (f" (lock {provenance['lock_sha256']})" if provenance.get("lock_sha256") else ""),
+        "version_mix": _version_mix(comparison),
         "git": ", ".join(s[:12] for s in shas),
         "runs": f"{len(comparison.ok_runs)} finished of {len(comparison.runs)}",
     }
