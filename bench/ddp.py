@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from sentitune.runtime import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="per process")
     parser.add_argument("--models", default="tiny,minilm-l6")
     args = parser.parse_args()
+    # Figures mean little without the hardware: CPU model, cores and the ISA flags that decide them.
+    print(machine_line(), flush=True)
     if not os.environ.get("SENTITUNE_DATA_DIR"):
         os.environ["SENTITUNE_DATA_DIR"] = str(REPO.parent / "shared" / "data")
     with tempfile.TemporaryDirectory() as tmp:

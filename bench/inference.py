@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from sentitune.runtime import machine_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # TOKENIZERS_PARALLELISM stays at the library's default (on): this script never forks, and parallel
@@ -121,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="sentitune and pipeline batch size")
     parser.add_argument("--export-dir", help="keep the HF and ONNX exports here (default: a temp folder)")
     args = parser.parse_args(argv)
+    # Figures mean little without the hardware: CPU model, cores and the ISA flags that decide them.
+    print(machine_line(), flush=True)
 
     import torch
     from transformers import pipeline
@@ -156,10 +159,11 @@ def main(argv=None) -> int:
         timed(f"hf pipeline, batch {args.batch_size}",
               lambda xs: [r["label"] for r in pipe(xs, batch_size=args.batch_size, **truncate)], texts, gold,
               by_name.get),
-        timed("sentitune torch fp32", lambda xs: torch_model.predict_proba(xs, args.batch_size), texts, gold,
+        timed(f"sentitune torch {torch_model.precision}", lambda xs: torch_model.predict_proba(xs, args.batch_size),
+              texts, gold,
               np.argmax),
     ]
-    del pipe
+    pipe = None  # frees the pipeline and its model before the ONNX runs
     for variant in ("fp32", "int8"):
         onnx = Predictor.load(onnx_dir, device="cpu", variant=variant)
         rows.append(timed(f"sentitune onnx {variant}", lambda xs, p=onnx: p.predict_proba(xs, args.batch_size),

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sentitune.runtime import machine_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -185,6 +186,8 @@ def main(argv=None) -> int:
     parser.add_argument("--export-dir", help="keep the exports here (default: a temp folder)")
     parser.add_argument("--naive-server", nargs=2, metavar=("MODEL_DIR", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # Figures mean little without the hardware: CPU model, cores and the ISA flags that decide them.
+    print(machine_line(), flush=True)
     if args.naive_server:
         naive_server(args.naive_server[0], int(args.naive_server[1]))
         return 0

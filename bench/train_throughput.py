@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from sentitune.runtime import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 SIDES = ("baseline", "sentitune")
@@ -215,6 +216,8 @@ def print_table(results: dict[str, dict]) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    # Figures mean little without the hardware: CPU model, cores and the ISA flags that decide them.
+    print(machine_line(), flush=True)
     if args.worker:
         result = run_baseline(args) if args.worker == "baseline" else run_sentitune(args)
         Path(args.result).write_text(json.dumps(result))

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentitune.cli import EXIT_USER_ERROR, main
-from sentitune.data import DataError, read_table
+from sentitune.data import DataError, is_blank, read_table
 
 GOOD = "".join(f"a sentence number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(12))
 GOOD_TEST = "text,label\nfine,pos\nawful,neg\n"
@@ -264,7 +264,8 @@ def test_odd_but_valid_files_train_with_counts(tiny_model_dir, tmp_path, capsys)
 # Separators, quotes and line breaks that only some splitters know are drawn often on purpose.
 TRICKY = list(',;"\'\t\n\r\x00\x0b\x0c\x1c\x1e\x85\u2028\u2029\ufeff\\é😀')
 characters = st.one_of(st.characters(exclude_categories=("Cs",)), st.sampled_from(TRICKY))
-texts = st.text(characters, min_size=1, max_size=40).map(str.strip).filter(bool)
+# A text with no visible character (whitespace, control or format characters only) is dropped as empty.
+texts = st.text(characters, min_size=1, max_size=40).map(str.strip).filter(lambda t: not is_blank(t))
 labels = st.sampled_from(["neg", "pos", "neutral", "0", "1", "très bien", "a,b", 'say "hi"'])
 tsv_texts = texts.filter(lambda t: not set(t) & {"\t", "\n", "\r"})  # GLUE TSV has no quoting
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

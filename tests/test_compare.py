@@ -59,17 +59,61 @@ def test_comparison_writes_all_fields_and_refuses_other_scaffolding(tiny_config,
     csv_header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
     assert {"run_name", "status", "test_accuracy", "peak_memory_mib"} <= set(csv_header)
     summary = {s["variant"]: s for s in document["summary"]}
-    assert summary["lora"]["n_seeds"] == 2 and summary["lora"]["ci_over"] == "seeds"
-    assert [(p["a"], p["b"]) for p in document["pairwise"]] == [("full", "lora")] * 2
+    assert summary["lora"]["n_seeds"] == 2 and summary["lora"]["ci_method"] == "t over 2 seeds"
+    assert summary["lora"]["test_accuracy_ci95_low"] <= summary["lora"]["test_accuracy_mean"] \
+        <= summary["lora"]["test_accuracy_ci95_high"]
+    # one paired test per pair of variants, over both shared seeds, Holm-corrected
+    [pair] = document["pairwise"]
+    assert (pair["a"], pair["b"], pair["seeds"], pair["n_seeds"]) == ("full", "lora", [1, 2], 2)
+    assert document["reference"] == "full"
+    assert document["multiplicity"] == {"method": "holm", "tests": 1, "tests_vs_reference": 1}
+    assert 0 <= pair["p_value"] <= pair["p_holm"] <= 1 and pair["p_holm_vs_reference"] == pair["p_holm"]
+    assert pair["significant"] == (pair["p_holm"] < 0.05)
+    assert pair["difference"] == pytest.approx(pair["a_accuracy"] - pair["b_accuracy"])
+    assert pair["difference_ci95_low"] <= pair["difference"] <= pair["difference_ci95_high"]
+    full_mean = sum(r["test_accuracy"] for r in rows if r["variant"] == "full") / 2
+    assert pair["a_accuracy"] == pytest.approx(full_mean)
+    # the p-value is exact McNemar on the discordant counts pooled over the two seeds
+    import numpy as np
+
+    from sentitune.metrics import mcnemar
+
+    pooled = mcnemar(*(np.concatenate([compare._correctness(tmp_path, r) for r in rows if r["variant"] == v])
+                       for v in ("full", "lora")))
+    assert (pair["a_only_correct"], pair["b_only_correct"], pair["p_value"]) == \
+        (pooled["a_only_correct"], pooled["b_only_correct"], pooled["p_value"])
 
     changed = cfg.override({"data.max_length": 16})
     with pytest.raises(ConfigError, match=r"data\.max_length \(16 vs 32\)|data\.max_length \(32 vs 16\)"):
         compare.run_comparison(changed, tmp_path, echo=lambda *_: None)
 
 
+def test_print_summary_states_one_holm_corrected_test_per_pair():
+    import io
+
+    from rich.console import Console
+
+    pair = {"a": "full", "b": "lora", "seeds": [1], "a_accuracy": 0.7764, "b_accuracy": 0.7833,
+            "difference": -0.0069, "difference_ci95_low": -0.021, "difference_ci95_high": 0.007,
+            "p_value": 0.645, "p_holm": 1.0, "p_holm_vs_reference": 1.0, "significant": False}
+    two_seeds = {**pair, "b": "head", "seeds": [1, 2], "b_accuracy": 0.68, "difference": 0.0964,
+                 "difference_ci95_low": 0.07, "difference_ci95_high": 0.12, "p_value": 1e-8, "p_holm": 2e-8,
+                 "significant": True}
+    document = {"fingerprint": "abc", "summary": [], "runs": [], "pairwise": [pair, two_seeds],
+                "multiplicity": {"method": "holm", "tests": 2, "tests_vs_reference": 2}}
+    buffer = io.StringIO()
+    compare.print_summary(document, Console(file=buffer, width=300))
+    lines = buffer.getvalue().splitlines()
+    assert ("full vs lora: 77.64 vs 78.33, difference -0.69 points [CI -2.1, 0.7], p = 0.645, Holm p = 1 "
+            "(not significant)") in lines
+    assert ("full vs head (2 seeds: 1, 2): 77.64 vs 68.00, difference +9.64 points [CI 7.0, 12.0], p = 1e-08, "
+            "Holm p = 2e-08 (significant)") in lines
+    assert lines[-1].startswith("significance after Holm correction over 2 tests")
+
+
 def test_failed_run_stays_in_the_table(tiny_config, tmp_path):
     cfg = _base(tiny_config, methods=["full", "lora"], seeds=[1])
-    cfg = cfg.override({"train.precision": "bf16"})  # needs CUDA: every neural run fails cleanly on CPU
+    cfg = cfg.override({"train.precision": "fp16"})  # needs CUDA: every neural run fails cleanly on CPU
     document = compare.run_comparison(cfg, tmp_path, echo=lambda *_: None)
     assert [r["status"] for r in document["runs"]] == ["failed", "failed"]
     assert "CUDA" in document["runs"][0]["error"]

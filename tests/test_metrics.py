@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from sentitune.metrics import (bootstrap_ci, classification_metrics, confusion_matrix, expected_calibration_error,
-                               mcnemar, wilson_interval)
+from sentitune.metrics import (accuracy_interval, bootstrap_ci, classification_metrics, confusion_matrix,
+                               expected_calibration_error, holm, mcnemar, paired_seed_test, t_interval,
+                               two_level_bootstrap_ci, wilson_interval)
 
 
 def test_classification_metrics_by_hand():
@@ -55,3 +56,98 @@ def test_ece_perfectly_calibrated_and_overconfident():
 
 def test_confusion_matrix_counts():
     assert confusion_matrix([0, 1, 1, 2], [0, 2, 1, 2], 3).tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_holm_by_hand():
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> raised to 0.06 (monotone)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert holm([0.02]) == [0.02] and holm([]) == []
+    # NaN stays NaN and does not count toward K: K = 2 here
+    adjusted = holm([0.01, math.nan, 0.04])
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+    p = np.random.default_rng(3).random(20)
+    assert all(h >= raw for h, raw in zip(holm(p), p))
+
+
+def test_t_interval_by_hand():
+    from scipy.stats import t
+
+    values = [0.80, 0.83, 0.81, 0.86]
+    mean, sd = np.mean(values), np.std(values, ddof=1)
+    half = t.ppf(0.975, 3) * sd / math.sqrt(4)
+    assert t_interval(values) == pytest.approx((mean - half, mean + half))
+    half90 = t.ppf(0.95, 3) * sd / math.sqrt(4)
+    assert t_interval(values, confidence=0.90) == pytest.approx((mean - half90, mean + half90))
+    with pytest.raises(ValueError, match="at least 2"):
+        t_interval([0.8])
+
+
+def test_accuracy_interval_names_its_method():
+    from scipy.stats import t
+
+    low, high, how = accuracy_interval([0.80, 0.84], [])
+    half = t.ppf(0.975, 1) * np.std([0.80, 0.84], ddof=1) / math.sqrt(2)
+    assert how == "t over 2 seeds"
+    assert (low, high) == pytest.approx((max(0.0, 0.82 - half), min(1.0, 0.82 + half)))  # clipped to [0, 1]
+    assert 0.0 <= low and high == 1.0
+    correct = np.array([1] * 80 + [0] * 20)
+    low, high, how = accuracy_interval([0.8], correct)
+    assert how == "bootstrap over test examples (1 seed)"
+    assert (low, high) == bootstrap_ci(correct.astype(float)) and low < 0.8 < high
+    matrix = np.array([correct, np.roll(correct, 7), np.arange(100) < 85])
+    low, high, how = accuracy_interval(matrix.mean(axis=1), [], method="two-level", correctness_matrix=matrix)
+    assert how == "two-level bootstrap over 3 seeds and test examples"
+    assert (low, high) == two_level_bootstrap_ci(matrix) and low < matrix.mean() < high
+    with pytest.raises(ValueError, match="correctness_matrix"):
+        accuracy_interval([0.8, 0.9], [], method="two-level")
+
+
+def test_two_level_bootstrap_widens_with_seed_spread():
+    rng = np.random.default_rng(0)
+    base = rng.random(400) < 0.8
+    same = np.stack([base] * 3)  # seeds that agree: only test-set sampling
+    spread = np.stack([rng.random(400) < p for p in (0.70, 0.80, 0.90)])
+    low_same, high_same = two_level_bootstrap_ci(same, resamples=2000)
+    low_spread, high_spread = two_level_bootstrap_ci(spread, resamples=2000)
+    assert low_same < base.mean() < high_same
+    assert high_spread - low_spread > high_same - low_same
+    # one seed = the percentile bootstrap over examples
+    assert two_level_bootstrap_ci(base, resamples=2000) == two_level_bootstrap_ci(base[None, :], resamples=2000)
+
+
+def test_paired_seed_test_with_one_seed_is_mcnemar():
+    rng = np.random.default_rng(7)
+    a, b = rng.random(200) < 0.8, rng.random(200) < 0.75
+    test = paired_seed_test(a[None, :], b[None, :])
+    reference = mcnemar(a, b)
+    assert test["p_value"] == reference["p_value"]  # exactly
+    assert (test["b"], test["c"]) == (reference["a_only_correct"], reference["b_only_correct"])
+    assert (test["n_seeds"], test["n_examples"]) == (1, 200)
+    assert test["difference"] == pytest.approx(a.mean() - b.mean())
+    assert test["difference_ci95_low"] < test["difference"] < test["difference_ci95_high"]
+    assert test["ci_method"] == "paired bootstrap over test examples"
+    assert paired_seed_test(a, b)["p_value"] == reference["p_value"]  # 1-D = one seed
+
+
+def test_paired_seed_test_pools_discordant_counts_over_seeds():
+    from scipy.stats import binomtest
+
+    a = np.array([[1, 1, 1, 0, 1, 0, 1, 1, 1, 0],
+                  [1, 1, 0, 1, 1, 1, 1, 0, 1, 1],
+                  [1, 0, 1, 1, 1, 1, 1, 1, 1, 1]], dtype=bool)
+    b = np.array([[1, 0, 0, 0, 1, 1, 0, 1, 0, 0],
+                  [1, 0, 0, 1, 0, 1, 1, 1, 0, 1],
+                  [0, 0, 1, 0, 1, 1, 0, 1, 1, 1]], dtype=bool)
+    # seed 1: a-only at 1, 2, 6, 8 (4), b-only at 5 (1); seed 2: a-only at 1, 4, 8 (3), b-only at 7 (1);
+    # seed 3: a-only at 0, 3, 6 (3), b-only none (0)  ->  b = 10, c = 2
+    test = paired_seed_test(a, b)
+    assert (test["b"], test["c"], test["n_seeds"], test["n_examples"]) == (10, 2, 3, 10)
+    assert test["p_value"] == pytest.approx(binomtest(10, 12, 0.5).pvalue)
+    assert test["difference"] == pytest.approx((10 - 2) / 30)
+    assert test["a_accuracy"] == pytest.approx(a.mean()) and test["b_accuracy"] == pytest.approx(b.mean())
+    assert test["difference_ci95_low"] <= test["difference"] <= test["difference_ci95_high"]
+    assert test["ci_method"] == "paired two-level bootstrap over seeds and test examples"
+    assert paired_seed_test(a, b) == test  # seeded: reproducible
+    with pytest.raises(ValueError, match="same seeds and examples"):
+        paired_seed_test(a, b[:2])

@@ -96,9 +96,39 @@ def test_tradeoffs_are_generated_from_the_run_folders(built):
     assert f"({100 * lora_mean:.1f}% vs {100 * full['test_accuracy']:.1f}%" in statement
     assert "per training step" in statement and "McNemar p = " in statement
     assert "significant" in statement and "(seed" not in statement  # one shared seed: a single p-value
+    # lora and lora-r2 against full: a family of 2 overall tests, Holm-corrected
+    assert ", Holm p = " in statement and " over 2 tests, " in statement and "over 1 seeds" not in statement
+    assert "after Holm correction over 2 tests" in section
+    assert "t over 2 seeds" in text.split("## Results", 1)[1].split("## Tradeoffs", 1)[0]  # lora's CI method
     assert "on negation (n = " in statement
     assert "Across LoRA ranks r = 2, 8" in section
     assert "| lora | full | 1 | all | 24 |" in section
+
+
+def test_report_tests_match_compare_holm_against_the_reference(built):
+    from sentitune.metrics import mcnemar
+    from sentitune.reporting.render import load_comparison, paired_tests
+
+    folder = built[0]
+    document = json.loads((folder / "results.json").read_text())
+    comparison = load_comparison(folder)
+    tests = {(t["variant"], t["slice"]): t for t in paired_tests(comparison, "full")}
+    assert document["reference"] == "full"
+    for pair in document["pairwise"]:
+        assert pair["p_value"] <= pair["p_holm"] and pair["significant"] == (pair["p_holm"] < 0.05)
+        if "full" not in (pair["a"], pair["b"]):
+            assert pair["p_holm_vs_reference"] is None
+            continue
+        other = pair["b"] if pair["a"] == "full" else pair["a"]
+        overall = tests[(other, "all")]
+        assert overall["seeds"] == pair["seeds"] == [1] and overall["holm_tests"] == 2
+        assert overall["p_value"] == pytest.approx(pair["p_value"])
+        assert overall["p_holm"] == pytest.approx(pair["p_holm_vs_reference"])  # same family, same numbers
+        # one seed: the pooled test is plain McNemar on that seed's predictions
+        run = {r.variant: r for r in comparison.ok_runs if r.seed == 1}
+        assert overall["p_value"] == mcnemar(run[other].predictions.correct, run["full"].predictions.correct)["p_value"]
+    assert document["multiplicity"] == {"method": "holm", "tests": 3, "tests_vs_reference": 2}
+    assert {(t["a"], t["b"]): t["seeds"] for t in document["pairwise"]}[("lora", "lora-r2")] == [1]
 
 
 def test_html_is_self_contained(built):
@@ -125,19 +155,22 @@ def test_tradeoff_wording_follows_the_p_values():
                 "train_sps": 5.0, "neural": True, "batch_size": 32, "checkpoint_mib": 1.0}]
     negation = {"full": {"accuracy": 0.8, "count": 50}, "lora": {"accuracy": 0.7, "count": 50}}
 
-    def tests(p_all, p_neg):
-        return ([{"variant": "lora", "slice": "all", "seed": s, "p_value": p} for s, p in enumerate(p_all, 1)]
-                + [{"variant": "lora", "slice": "negation", "seed": s, "p_value": p} for s, p in enumerate(p_neg, 1)])
+    def tests(p_all, p_neg, seeds=(1, 2), k=2):
+        """One test per slice over all shared seeds, as paired_tests() makes them: (p, Holm p) each."""
+        return [{"variant": "lora", "slice": scope, "seeds": list(seeds), "p_value": p, "p_holm": p_holm,
+                 "holm_tests": k} for scope, (p, p_holm) in (("all", p_all), ("negation", p_neg))]
 
-    one = tradeoff_statements(summary, tests([0.01, 0.2], [0.05, 0.5]), "full", negation)[0]
+    one = tradeoff_statements(summary, tests((0.01, 0.03), (0.04, 0.08)), "full", negation)[0]
     assert "uses 25% more peak training memory (500 vs 400 MiB)" in one
     assert "is 2× slower per training step" in one
-    assert "is 5.0 points lower in test accuracy (85.0% vs 90.0%; McNemar p = 0.01 (seed 1), 0.2 (seed 2); " \
-           "significant in 1 of 2 seeds)" in one
-    assert "10.0 points lower on negation (n = 50; McNemar p = 0.05 (seed 1), 0.5 (seed 2); " \
-           "not significant in any seed)" in one
-    single = tradeoff_statements(summary, tests([0.049], [0.05]), "full", negation)[0]
-    assert "McNemar p = 0.049, significant)" in single and "McNemar p = 0.05, not significant)" in single
+    assert "is 5.0 points lower in test accuracy (85.0% vs 90.0%; McNemar p = 0.01 over 2 seeds, " \
+           "Holm p = 0.03 over 2 tests, significant)" in one
+    # raw p < 0.05 but Holm-adjusted p >= 0.05: not significant
+    assert "10.0 points lower on negation (n = 50; McNemar p = 0.04 over 2 seeds, Holm p = 0.08 over 2 tests, " \
+           "not significant)" in one
+    single = tradeoff_statements(summary, tests((0.049, 0.049), (0.05, 0.05), seeds=(1,), k=1), "full", negation)[0]
+    assert "McNemar p = 0.049, Holm p = 0.049 over 1 test, significant)" in single
+    assert "McNemar p = 0.05, Holm p = 0.05 over 1 test, not significant)" in single
     tfidf = {"variant": "tfidf", "n_seeds": 1, "accuracy_mean": 0.8, "params_trainable": 1021,
              "params_total": 1021, "params_trainable_percent": 100.0, "peak_memory_mib": 401.0, "train_sps": 700.0,
              "neural": False, "batch_size": 32}
@@ -146,7 +179,7 @@ def test_tradeoff_wording_follows_the_p_values():
     assert line.startswith("tfidf trains 1,021 parameters (107,738× fewer than full's 110,000,000)")
     assert "uses about the same peak training memory (401 vs 400 MiB)" in line
     assert "is 70× faster in training samples/s" in line and "no shared seed to test" in line
-    others = tradeoff_statements(summary, tests([0.3], [0.3]), "full", negation)
+    others = tradeoff_statements(summary, tests((0.3, 0.6), (0.3, 0.6)), "full", negation)
     assert "Most accurate: full at 90.0% ± 1.0 over 2 seed(s)." in others
     assert any(s.startswith("Smallest checkpoint: lora at 1.00 MiB, 80× smaller than full") for s in others)
 

@@ -221,16 +221,21 @@ def test_server_binds_to_loopback_by_default():
     assert args.host == "127.0.0.1"
 
 
-def test_server_exposes_only_its_four_routes(trained_run):
+def test_server_exposes_only_its_routes_and_their_schema(trained_run):
     from fastapi.testclient import TestClient
 
     from sentitune.inference import Predictor
     from sentitune.serve import create_app
 
     app = create_app(Predictor.load(trained_run("tfidf")))
-    assert {route.path for route in app.routes} == {"/predict", "/health", "/metrics", "/"}
+    assert {route.path for route in app.routes} == {"/predict", "/health", "/metrics", "/", "/openapi.json",
+                                                    "/docs", "/docs/oauth2-redirect"}
     with TestClient(app) as client:
-        for path in ("/docs", "/redoc", "/openapi.json", "/static/../../etc/passwd", "/predict/../../etc/passwd"):
+        schema = client.get("/openapi.json")
+        assert schema.status_code == 200 and set(schema.json()["paths"]) == {"/predict", "/health", "/metrics", "/"}
+        assert client.get("/docs").status_code == 200
+        assert client.head("/health").status_code == 200
+        for path in ("/redoc", "/static/../../etc/passwd", "/predict/../../etc/passwd"):
             response = client.get(path)
             assert response.status_code in (404, 405), (path, response.status_code)
             assert "root:" not in response.text

@@ -405,3 +405,24 @@ class Chromium:
         box = self.evaluate(session, f"JSON.stringify(document.querySelector('{selector}').getBoundingClientRect())")
         box = json.loads(box)
         return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\x00\x00", "\u200b\u200b", "\u00a0\ufeff", "\t\n"])
+def test_texts_without_visible_characters_get_a_clear_422_not_a_label(tfidf_predictor, text):
+    with TestClient(create_app(tfidf_predictor)) as client:
+        response = client.post("/predict", json={"texts": ["fine film", text]})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] in ("empty_text", "invalid_request")
+    assert "text 1" in json.dumps(response.json()) or response.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("key", ["", "   "])
+def test_an_empty_api_key_is_refused_rather_than_turning_authentication_off(trained_run, key, monkeypatch, capsys):
+    from sentitune.cli import main
+
+    with pytest.raises(ValueError, match="api_key is empty"):
+        ServeSettings(api_key=key)
+    monkeypatch.setenv("SENTITUNE_API_KEY", key)
+    assert main(["serve", "--model", str(trained_run("tfidf")), "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "api_key is empty" in err[0]

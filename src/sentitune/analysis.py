@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -788,3 +789,67 @@ def analyze_cli(args) -> int:
     analysis = write_analysis(output_dir, p, args.top_k, custom, against=against)
     print_summary(analysis)
     return 0
+
+
+# ---- `sentitune evaluate`: score a labelled file, then analyse it -------------------------------
+
+def evaluate_file(run_dir: str | Path, data_file: str | Path, text_column: str | None = None,
+                  label_column: str | None = None, output_dir: str | Path | None = None,
+                  batch_size: int = 64) -> dict:
+    """Scores a labelled CSV/TSV/JSONL file with a trained run; writes predictions.csv and metrics.json.
+
+    Labels must belong to the run's label set (by name, or by id for 0..K-1 files).
+
+    Example:
+        >>> evaluate_file("runs/sst2-lora", "data/sst2/dev.tsv")["test_accuracy"]  # doctest: +SKIP
+        0.91
+    """
+    from sentitune.data import file_format, map_labels, read_table
+    from sentitune.inference import Predictor
+    from sentitune.metrics import classification_metrics
+
+    if output_dir is not None:
+        check_evaluation_dir(run_dir, output_dir)
+    predictor = Predictor.load(run_dir)
+    if predictor.thresholds is not None:
+        raise results.RunFolderError(f"{run_dir}: a multi-label run; evaluate scores single-label runs only "
+                                     "(the run's own test metrics are in metrics.json)")
+    data_file = Path(data_file)
+    text_column = text_column or ("sentence" if file_format(data_file) == "tsv" else "text")
+    table = read_table(data_file, text_column, label_column or "label")
+    gold = np.asarray(map_labels(table, predictor.label_names))
+    probabilities = predictor.predict_proba(table.texts, batch_size)
+    metrics = {f"test_{k}": v for k, v in classification_metrics(gold, probabilities).items()}
+    metrics.update({"data_file": str(data_file), "test_examples": len(gold), "run": str(run_dir),
+                    "dropped_empty_texts": table.dropped_empty, "duplicate_rows": table.duplicates})
+    output_dir = Path(output_dir) if output_dir else Path(run_dir) / "evaluations" / data_file.stem
+
+    with results.writing(output_dir):
+        output_dir.mkdir(parents=True, exist_ok=True)
+    with results.exclusive_lock(output_dir):  # one evaluation writes this folder at a time
+        results.atomic_write_csv(output_dir / results.PREDICTIONS_FILE,
+                                 results.predictions_rows(table.texts, gold, probabilities, predictor.label_names))
+        results.atomic_write_json(output_dir / results.METRICS_FILE, {"status": "ok", **metrics})
+        metrics["analysis"] = analyze_evaluation(output_dir, table.texts, gold, probabilities, predictor)
+    metrics["output_dir"] = str(output_dir)
+    return metrics
+
+
+def check_evaluation_dir(run_dir: str | Path, output_dir: str | Path) -> None:
+    """Refuses an evaluate --output-dir that is the run folder itself or any folder holding a run's
+    metrics.json (anything but an earlier evaluation's): evaluate writes metrics.json and
+    predictions.csv there and would replace the run's own."""
+    output_dir = Path(output_dir)
+    metrics_path = output_dir / results.METRICS_FILE
+    same = output_dir.exists() and Path(run_dir).exists() and output_dir.resolve() == Path(run_dir).resolve()
+    held = results.is_run_folder(output_dir)
+    if not (same or held) and metrics_path.is_file():
+        try:
+            held = "data_file" not in json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            held = True  # unreadable: not ours to replace
+    if same or held:
+        raise results.RunFolderError(
+            f"{output_dir}: holds a run's {results.METRICS_FILE}; evaluate would replace the run's own "
+            f"{results.METRICS_FILE} and {results.PREDICTIONS_FILE}, so pick another --output-dir "
+            "(default: <run>/evaluations/<file stem>)")

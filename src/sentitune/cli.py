@@ -111,7 +111,7 @@ def _print_metrics(metrics: dict, output_dir: str) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from sentitune.inference import evaluate_file
+    from sentitune.analysis import evaluate_file
 
     metrics = evaluate_file(args.run, args.data, args.text_column, args.label_column, args.output_dir)
     print(json.dumps({k: v for k, v in metrics.items()}, indent=2))
@@ -147,10 +147,39 @@ def cmd_data_inspect(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
-    from sentitune.compare import compare_from_args
+def _parse_list(text: str | None, kind=str, sep: str = ",") -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(item.strip()) for item in text.split(sep) if item.strip()]
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a list of {kind.__name__}") from None
 
-    return compare_from_args(args)
+
+def cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from sentitune import compare
+
+    cfg = config_from_args(args)
+    overrides = {
+        "compare.methods": _parse_list(args.methods),
+        "compare.lora_r_sweep": _parse_list(args.lora_r_sweep, int),
+        "compare.lora_targets_sweep": _parse_list(args.lora_targets_sweep, str, "|"),
+        "compare.learning_rates": _parse_list(args.learning_rates, float),
+        "compare.layer_lr_decays": _parse_list(args.layer_lr_decays, float),
+        "compare.models": _parse_list(getattr(args, "models", None)),
+        "compare.gradient_checkpointing_variants": True if args.gradient_checkpointing else None,
+    }
+    if args.seeds:
+        seeds = _parse_list(args.seeds, int)
+        overrides["compare.seeds"] = list(range(1, seeds[0] + 1)) if len(seeds) == 1 else seeds
+    cfg = cfg.override(overrides)
+    out = Path(args.output_dir or f"results/{cfg.data.dataset}")
+    document = compare.run_comparison(cfg, out, parallel=args.parallel, allow_version_mix=args.allow_version_mix)
+    compare.print_summary(document)
+    print(f"results: {out / compare.RESULTS_CSV}, {out / compare.RESULTS_JSON}")
+    return 0 if all(r["status"] == "ok" for r in document["runs"]) else 1
 
 
 def cmd_predict(args) -> int:

@@ -20,8 +20,10 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ import numpy as np
 from sentitune import results
 from sentitune.config import ConfigError, RunConfig, scaffolding_differences
 from sentitune.methods import registry
-from sentitune.metrics import accuracy_interval, mcnemar
+from sentitune.metrics import accuracy_interval, holm, paired_seed_test
 from sentitune.models import resolve_model
 from sentitune.runtime import COMPARED_PACKAGES, package_versions, version_differences
 
@@ -218,7 +220,21 @@ def _run_one(run: PlannedRun, out: Path) -> subprocess.Popen:
     log = (out / LOGS_DIR / f"{run.name}.log").open("w", encoding="utf-8")
     # A fresh interpreter per run: its peak RSS is that run's own, and no state leaks between runs.
     command = [sys.executable, "-m", "sentitune", "train", "--config", str(pending), "--output-dir", str(run_dir)]
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    die_with_compare = None
+    if sys.platform == "linux":
+        # The child gets SIGTERM when compare dies, even by SIGKILL: no trainer outlives its comparison.
+        import ctypes
+
+        prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+
+        def die_with_compare() -> None:  # runs in the child between fork and exec
+            prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # compare died before the line above took effect
+                os._exit(1)
+
+    with log:  # the child has its own copy of the descriptor
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_compare,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def run_comparison(base: RunConfig, out: str | Path, parallel: int = 1, echo=print,
@@ -242,10 +258,30 @@ def run_comparison(base: RunConfig, out: str | Path, parallel: int = 1, echo=pri
         echo(f"warning: {parallel} runs at once share the CPU cores; speed and memory figures will be distorted")
     running: list[tuple[PlannedRun, subprocess.Popen, float]] = []
     queue = list(todo)
+    in_use: dict[str, str] = {}  # runs whose folder another process trains in: never started, reported failed
+
+    def held_by_other(run: PlannedRun, child: int | None = None) -> bool:
+        holder = results.lock_holder(out / RUNS_DIR / run.name)
+        if holder is None or holder == child:
+            return False
+        in_use[run.name] = (f"{out / RUNS_DIR / run.name}: in use by another sentitune process "
+                            f"(PID {holder if holder > 0 else 'unknown'}); not started")
+        echo(f"    {run.name}: failed: {in_use[run.name]}")
+        return True
+
+    def terminate(*_) -> None:
+        raise SystemExit(128 + signal.SIGTERM)
+
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.signal(signal.SIGTERM, terminate)  # SIGTERM ends the children too (below)
     try:
         while queue or running:
             while queue and len(running) < parallel:
                 run = queue.pop(0)
+                if held_by_other(run):
+                    done += 1
+                    continue
                 echo(f"[{done + len(running) + 1}/{len(planned)}] {run.name}: training ...")
                 running.append((run, _run_one(run, out), time.perf_counter()))
             time.sleep(0.2)
@@ -255,6 +291,8 @@ def run_comparison(base: RunConfig, out: str | Path, parallel: int = 1, echo=pri
                     continue
                 running.remove(item)
                 done += 1
+                if process.returncode != 0 and held_by_other(run, process.pid):
+                    continue  # the child refused a folder another trainer holds: its status is not ours to write
                 _mark_if_killed(out / RUNS_DIR / run.name, process.returncode)
                 row = _row(out, run)
                 took = time.perf_counter() - started
@@ -263,11 +301,23 @@ def run_comparison(base: RunConfig, out: str | Path, parallel: int = 1, echo=pri
                 else:
                     echo(f"    {run.name}: {row['status']}: {row.get('error')} (log: {out / LOGS_DIR / run.name}.log)")
                 write_results(out, planned)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SIGTERM, or a bug: no trainer keeps running without its comparison
         for _, process, _ in running:
             process.terminate()
+        for _, process, _ in running:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
         raise
-    return write_results(out, planned)
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+    document = write_results(out, planned)
+    for row in document["runs"]:
+        if row["run_name"] in in_use:
+            row.update(status="failed", error=in_use[row["run_name"]])
+    return document
 
 
 def _mark_if_killed(run_dir: Path, returncode: int) -> None:
@@ -316,11 +366,11 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                  "n_seeds": len(ok), **{k: v for k, v in group[0].items() if k in method_knobs_keys(group[0])}}
         if ok:
             accuracies = np.array([r["test_accuracy"] for r in ok])
-            low, high, ci_over = accuracy_interval(accuracies, _correctness(out, ok[0]) if len(ok) == 1 else [])
+            low, high, ci_method = accuracy_interval(accuracies, _correctness(out, ok[0]) if len(ok) == 1 else [])
             entry.update({
                 "test_accuracy_mean": float(accuracies.mean()),
                 "test_accuracy_std": float(accuracies.std(ddof=1)) if len(ok) > 1 else math.nan,
-                "test_accuracy_ci95_low": low, "test_accuracy_ci95_high": high, "ci_over": ci_over,
+                "test_accuracy_ci95_low": low, "test_accuracy_ci95_high": high, "ci_method": ci_method,
             })
             for key in ("test_macro_f1", "peak_memory_mib", "train_samples_per_second", "train_tokens_per_second",
                         "train_runtime_seconds", "eval_samples_per_second", "checkpoint_size_mib"):
@@ -337,32 +387,64 @@ def method_knobs_keys(row: dict[str, Any]) -> list[str]:
                         "prefix_tokens", "tfidf_word_ngrams", "tfidf_char_ngrams", "tfidf_c_grid") if k in row]
 
 
+def reference_variant(rows: list[dict[str, Any]]) -> str | None:
+    """The variant the `*_vs_reference` statistics are taken against: "full" when it has a finished
+    run, else the first variant with one (None when no run finished)."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows if r["status"] == "ok"))
+    return "full" if "full" in variants else (variants[0] if variants else None)
+
+
 def pairwise_tests(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """McNemar on the same test examples for every pair of variants, per shared seed."""
+    """One paired test per pair of variants over all their shared seeds (metrics.paired_seed_test:
+    exact McNemar on discordant counts pooled over seeds, paired bootstrap CI of the difference).
+
+    Every entry carries `p_holm` (Holm over all the pairs here) and `significant` = p_holm < 0.05;
+    pairs that involve the reference variant (reference_variant) also carry `p_holm_vs_reference`
+    (Holm over those pairs only), the others None.
+    """
     ok = [r for r in rows if r["status"] == "ok"]
     by_key = {(r["variant"], r["seed"]): r for r in ok}
     variants = list(dict.fromkeys(r["variant"] for r in ok))
     cache: dict[str, np.ndarray] = {}
+
+    def correctness(variant: str, seed: Any) -> np.ndarray:
+        row = by_key[(variant, seed)]
+        if row["run_name"] not in cache:
+            cache[row["run_name"]] = _correctness(out, row)
+        return cache[row["run_name"]]
+
     tests = []
     for a, b in itertools.combinations(variants, 2):
-        for seed in sorted({s for v, s in by_key if v == a} & {s for v, s in by_key if v == b}):
-            ra, rb = by_key[(a, seed)], by_key[(b, seed)]
-            ca = cache.setdefault(ra["run_name"], _correctness(out, ra))
-            cb = cache.setdefault(rb["run_name"], _correctness(out, rb))
-            test = mcnemar(ca, cb)
-            tests.append({"a": a, "b": b, "seed": seed, "a_accuracy": float(ca.mean()), "b_accuracy": float(cb.mean()),
-                          **test, "significant": test["p_value"] < SIGNIFICANCE_LEVEL})
+        seeds = sorted({s for v, s in by_key if v == a} & {s for v, s in by_key if v == b})
+        if not seeds:
+            continue
+        ca = np.stack([correctness(a, seed) for seed in seeds])
+        cb = np.stack([correctness(b, seed) for seed in seeds])
+        test = paired_seed_test(ca, cb)
+        # paired_seed_test's discordant counts b, c get mcnemar's names: "a" and "b" name the variants here
+        discordant = {"a_only_correct": test.pop("b"), "b_only_correct": test.pop("c")}
+        tests.append({"a": a, "b": b, "seeds": seeds, **test, **discordant})
+    reference = reference_variant(rows)
+    against = [i for i, t in enumerate(tests) if reference in (t["a"], t["b"])]
+    vs_reference = dict(zip(against, holm([tests[i]["p_value"] for i in against])))
+    for i, (test, p_holm) in enumerate(zip(tests, holm([t["p_value"] for t in tests]))):
+        test.update(p_holm=p_holm, p_holm_vs_reference=vs_reference.get(i),
+                    significant=bool(p_holm < SIGNIFICANCE_LEVEL))
     return tests
 
 
 def write_results(out: Path, planned: list[PlannedRun]) -> dict[str, Any]:
     rows = [_row(out, run) for run in planned]
+    pairwise = pairwise_tests(out, rows)
     document = {
         "fingerprint": planned[0].config.fingerprint(),
         "scaffolding": planned[0].config.scaffolding(),
         "runs": rows,
         "summary": summarize(out, rows),
-        "pairwise": pairwise_tests(out, rows),
+        "reference": reference_variant(rows),
+        "pairwise": pairwise,
+        "multiplicity": {"method": "holm", "tests": len(pairwise),
+                         "tests_vs_reference": sum(t["p_holm_vs_reference"] is not None for t in pairwise)},
         "significance_level": SIGNIFICANCE_LEVEL,
         "version_mix": version_mix(out, rows),
     }
@@ -397,7 +479,7 @@ def print_summary(document: dict[str, Any], console=None) -> None:
         table.add_row(
             entry["variant"], f"{entry['n_seeds']}/{entry['n_runs']}",
             f"{100 * entry['test_accuracy_mean']:.2f} ± {_fmt(100 * entry['test_accuracy_std'], '.2f', 'n/a')}",
-            f"[{100 * entry['test_accuracy_ci95_low']:.1f}, {100 * entry['test_accuracy_ci95_high']:.1f}] ({entry['ci_over']})",
+            f"[{100 * entry['test_accuracy_ci95_low']:.1f}, {100 * entry['test_accuracy_ci95_high']:.1f}] {entry['ci_method']}",
             _fmt(100 * entry["test_macro_f1_mean"], ".2f"),
             f"{entry['params_trainable']:,} ({entry['params_trainable_percent']:.2f}%)",
             _fmt(entry["peak_memory_mib_mean"], ",.0f"),
@@ -412,45 +494,17 @@ def print_summary(document: dict[str, Any], console=None) -> None:
     failed = [r for r in document["runs"] if r["status"] not in ("ok",)]
     for row in failed:
         console.print(f"[red]{row['run_name']}: {row['status']}[/red] {row.get('error') or ''}")
-    pairs: dict[tuple[str, str], list[dict]] = {}
-    for test in document["pairwise"]:
-        pairs.setdefault((test["a"], test["b"]), []).append(test)
-    for (a, b), tests in pairs.items():
-        per_seed = "; ".join(
-            f"seed {t['seed']}: {100 * t['a_accuracy']:.2f} vs {100 * t['b_accuracy']:.2f}, p = {t['p_value']:.3g}"
-            + ("" if t["significant"] else " (not significant)") for t in tests)
-        console.print(f"McNemar {a} vs {b}: {per_seed}")
-
-
-def _parse_list(text: str | None, kind=str, sep: str = ",") -> list | None:
-    if text is None:
-        return None
-    try:
-        return [kind(item.strip()) for item in text.split(sep) if item.strip()]
-    except ValueError:
-        raise ConfigError(f"cannot read {text!r} as a list of {kind.__name__}") from None
-
-
-def compare_from_args(args) -> int:
-    from sentitune.cli import config_from_args
-
-    cfg = config_from_args(args)
-    overrides: dict[str, Any] = {
-        "compare.methods": _parse_list(args.methods),
-        "compare.lora_r_sweep": _parse_list(args.lora_r_sweep, int),
-        "compare.lora_targets_sweep": _parse_list(args.lora_targets_sweep, str, "|"),
-        "compare.learning_rates": _parse_list(args.learning_rates, float),
-        "compare.layer_lr_decays": _parse_list(args.layer_lr_decays, float),
-        "compare.models": _parse_list(getattr(args, "models", None)),
-        "compare.gradient_checkpointing_variants": True if args.gradient_checkpointing else None,
-    }
-    if args.seeds:
-        seeds = _parse_list(args.seeds, int)
-        overrides["compare.seeds"] = list(range(1, seeds[0] + 1)) if len(seeds) == 1 else seeds
-    cfg = cfg.override(overrides)
-    out = args.output_dir or f"results/{cfg.data.dataset}"
-    document = run_comparison(cfg, out, parallel=args.parallel,
-                              allow_version_mix=getattr(args, "allow_version_mix", False))
-    print_summary(document)
-    print(f"results: {Path(out) / RESULTS_CSV}, {Path(out) / RESULTS_JSON}")
-    return 0 if all(r["status"] == "ok" for r in document["runs"]) else 1
+    for t in document["pairwise"]:
+        seeds = t["seeds"]
+        over = f" ({len(seeds)} seeds: {', '.join(str(s) for s in seeds)})" if len(seeds) > 1 else ""
+        verdict = "significant" if t["significant"] else "not significant"
+        console.print(
+            f"{t['a']} vs {t['b']}{over}: {100 * t['a_accuracy']:.2f} vs {100 * t['b_accuracy']:.2f}, "
+            f"difference {100 * t['difference']:+.2f} points "
+            f"[CI {100 * t['difference_ci95_low']:.1f}, {100 * t['difference_ci95_high']:.1f}], "
+            f"p = {t['p_value']:.3g}, Holm p = {t['p_holm']:.3g} ({verdict})", markup=False, highlight=False)
+    if document["pairwise"]:
+        k = document["multiplicity"]["tests"]
+        console.print(f"significance after Holm correction over {k} test{'s' if k != 1 else ''} "
+                      f"(exact McNemar on discordant counts pooled over shared seeds; level {SIGNIFICANCE_LEVEL})",
+                      markup=False, highlight=False)

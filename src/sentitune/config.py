@@ -24,9 +24,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the field."""
+from sentitune.errors import ConfigError
 
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -202,7 +200,9 @@ class TrainConfig:
     seed: int = 42
     """Training seed (initialisation of new layers, dropout, data order)."""
     precision: str = "auto"
-    """`auto` (bf16 on GPUs that support it, else fp16 on CUDA, else fp32), `fp32`, `bf16`, `fp16`."""
+    """`auto` (bf16 on GPUs that support it, else fp16 on CUDA; bf16 autocast on CPUs with native bf16,
+    i.e. AVX-512 BF16 or AMX; else fp32), `fp32`, `bf16` (refused on a CPU without native bf16), `fp16`
+    (CUDA only). SENTITUNE_CPU_BF16=0 keeps CPU runs in fp32."""
     length_grouped: bool = True
     """Batch examples of similar length together so dynamic padding wastes little."""
     eval_strategy: str = "epoch"

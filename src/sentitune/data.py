@@ -26,11 +26,8 @@ from typing import IO, Callable, Iterator
 
 import numpy as np
 
+from sentitune.errors import DataError
 from sentitune.config import DataConfig
-
-
-class DataError(ValueError):
-    """Input data is unusable; the message names the file, line, column and value."""
 
 
 SENTIMENT_NAMES = ["negative", "positive"]
@@ -227,7 +224,7 @@ def read_table(path: str | Path, text_column: str, label_column: str | None) -> 
         if text is None:
             raise DataError(f"{path}: line {line}, column {text_column!r}: missing value")
         text = str(text).strip()
-        if not text:
+        if is_blank(text):
             table.dropped_empty += 1
             continue
         _check_unicode(path, line, text_column, text)
@@ -252,6 +249,20 @@ def read_table(path: str | Path, text_column: str, label_column: str | None) -> 
     if not table.texts:
         raise DataError(f"{path}: every text is empty ({table.dropped_empty} rows)")
     return table
+
+
+def is_blank(text: str) -> bool:
+    """True when `text` has no visible character: only whitespace, control or format characters (NUL,
+    zero-width spaces, byte-order marks, no-break spaces). Such a text is empty to a reader, and a model
+    asked about it still answers, confidently, about nothing.
+
+    Example:
+        >>> is_blank(" \u200b\u00a0\x00"), is_blank("ok\u200b")
+        (True, False)
+    """
+    import unicodedata
+
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp") for c in text)
 
 
 def is_unicode(text: str) -> bool:

@@ -46,7 +46,7 @@ OPSET = 17
 
 def load_for_export(run_dir: str | Path) -> Predictor:
     """The run's torch Predictor on CPU, LoRA already merged; refuses runs that have no network."""
-    predictor = Predictor.load(run_dir, device="cpu")
+    predictor = Predictor.load(run_dir, device="cpu", precision="fp32")  # the parity reference
     if predictor.backend != "torch":
         raise results.RunFolderError(
             f"{run_dir}: a {predictor.backend} run has no neural network to export; its run folder is "
@@ -320,11 +320,8 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
     if quantize and fmt != "onnx":
         raise DataError("--quantize int8 needs --format onnx (ONNX Runtime does the quantisation)")
     output = Path(output)
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise results.RunFolderError(f"{output}: exists and is not empty; pass --overwrite or pick another --output")
-        if not (output / EXPORT_MANIFEST).exists():
-            raise results.RunFolderError(f"{output}: not an earlier export (no {EXPORT_MANIFEST}); refusing to replace it")
+    results.check_output_dir(output, overwrite, lambda folder: (folder / EXPORT_MANIFEST).exists(),
+                             f"an earlier export (no {EXPORT_MANIFEST})", flag="--output")
     run = results.load_run(run_dir, require_ok=True)
     if run.config.data.problem_type == "multi_label":  # the manifest and ONNX predictor assume one softmax
         raise results.RunFolderError(f"{run_dir}: a multi-label run; export supports single-label runs only "
@@ -334,7 +331,8 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
     torch_predictor = load_for_export(run_dir)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
+    results.sweep_leftovers(output)  # staging folders of killed exports (their PID in the name)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.staging-{os.getpid()}-"))
     try:
         manifest = {
             "format": fmt,
@@ -350,7 +348,7 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
         if fmt == "hf":
             save_hf(torch_predictor, staging)
             results.atomic_write_json(staging / EXPORT_MANIFEST, manifest)
-            variants = {"torch": torch_predictor, "hf": Predictor.load(staging, device="cpu")}
+            variants = {"torch": torch_predictor, "hf": Predictor.load(staging, device="cpu", precision="fp32")}
         else:
             torch_predictor.model.config.id2label = dict(enumerate(torch_predictor.label_names))
             torch_predictor.model.config.label2id = {n: i for i, n in enumerate(torch_predictor.label_names)}
@@ -378,9 +376,7 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
         if not parity:
             del variants
             _make_readable(staging)
-            if output.exists():
-                shutil.rmtree(output)
-            staging.rename(output)
+            results.swap_in(staging, output)
             return {"output": str(output), "manifest": manifest}
         report = parity_report(variants, texts, gold)
         report.update({"data": data_description, "run": str(run.path), "format": fmt,
@@ -393,9 +389,7 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
         results.atomic_write_json(staging / PARITY_FILE, report)
         del variants  # ONNX Runtime keeps the files open on some platforms until the sessions go
         _make_readable(staging)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
+        results.swap_in(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

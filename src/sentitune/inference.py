@@ -142,11 +142,14 @@ class _TorchRunner(_Runner):
     def __init__(self, model, device: str):
         self.model = model
         self.device = device
+        self.precision = "fp32"
 
     def __call__(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        autocast = torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16,
+                                  enabled=self.precision == "bf16")
+        with torch.inference_mode(), autocast:
             logits = self.model(input_ids=torch.from_numpy(input_ids).to(self.device),
                                 attention_mask=torch.from_numpy(mask).to(self.device)).logits
         return logits.float().cpu().numpy()
@@ -272,7 +275,7 @@ class Predictor:
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, variant: str | None = None,
-             threads: int | None = None, workers: int | None = None) -> "Predictor":
+             threads: int | None = None, workers: int | None = None, precision: str = "auto") -> "Predictor":
         """Loads a run folder, an exported folder or a plain HF classification folder.
 
         Args:
@@ -283,6 +286,8 @@ class Predictor:
                 `workers`); for torch models, torch's CPU threads.
             workers: ONNX Runtime sessions that run batches in parallel; default one per 4 cores
                 (CPU only; see `onnx_parallelism`).
+            precision: torch models only: `auto` (bf16 autocast on GPUs and on CPUs with native bf16,
+                else fp32; runtime.choose_precision), `fp32` or `bf16`. ONNX variants set their own.
 
         Example:
             >>> Predictor.load("runs/sst2-full", device="cpu").backend  # doctest: +SKIP
@@ -301,12 +306,33 @@ class Predictor:
 
                 torch.set_num_threads(threads)
         if manifest is not None:
-            return cls._load_export(path, manifest, device, variant, threads, workers)
-        if variant is not None:
+            predictor = cls._load_export(path, manifest, device, variant, threads, workers)
+        elif variant is not None:
             raise results.RunFolderError(f"{path}: variant {variant!r} applies only to exported ONNX folders")
-        if (path / results.CONFIG_FILE).exists() or not (path / "config.json").exists():
-            return cls._load_run(path, device)
-        return cls._load_hf_folder(path, device, None)
+        elif (path / results.CONFIG_FILE).exists() or not (path / "config.json").exists():
+            predictor = cls._load_run(path, device)
+        else:
+            predictor = cls._load_hf_folder(path, device, None)
+        if predictor.backend == "torch":
+            predictor.set_precision(precision)
+        return predictor
+
+    @property
+    def precision(self) -> str | None:
+        """The torch model's compute precision (fp32 or bf16); None for ONNX and tf-idf."""
+        return self._runner.precision if self.backend == "torch" else None
+
+    def set_precision(self, choice: str) -> str:
+        """Sets a torch model's precision (`auto`, `fp32`, `bf16`) and returns the one chosen; bf16 on a
+        CPU without native bf16 raises runtime.PrecisionError."""
+        from sentitune.runtime import resolve_precision
+
+        if self.backend != "torch":
+            raise ValueError(f"precision applies to torch models; this predictor runs {self.backend}")
+        chosen = resolve_precision(choice, self.device, field="precision")
+        # fp16 (auto's pick on GPUs without bf16) stays fp32 here: its overflow risk buys little at inference.
+        self._runner.precision = "bf16" if chosen == "bf16" else "fp32"
+        return self._runner.precision
 
     @classmethod
     def _load_run(cls, path: Path, device: str | None) -> "Predictor":
@@ -512,7 +538,9 @@ def read_manifest(folder: str | Path) -> dict:
 # ---- files in, JSONL out ----------------------------------------------------------------------
 
 def write_jsonl(rows: Iterable[dict], output: str | None) -> int:
-    """Writes rows as JSON lines to `output` (atomically: a temp file renamed at the end) or stdout."""
+    """Writes rows as JSON lines to `output` or stdout. A file is written atomically (results.atomic_writer:
+    a unique temp file renamed at the end) under the output's writer lock, so a second writer of the
+    same file is refused at once (OutputInUse, naming the holder's PID) instead of mixing rows."""
     count = 0
     if not output or output == "-":
         for row in rows:
@@ -521,17 +549,10 @@ def write_jsonl(rows: Iterable[dict], output: str | None) -> int:
         sys.stdout.flush()
         return count
     path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        with temp.open("w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with results.exclusive_lock(path), results.atomic_writer(path) as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 
@@ -580,38 +601,3 @@ def predict_cli(args) -> int:
     return 0
 
 
-def evaluate_file(run_dir: str | Path, data_file: str | Path, text_column: str | None = None,
-                  label_column: str | None = None, output_dir: str | Path | None = None,
-                  batch_size: int = 64) -> dict:
-    """Scores a labelled CSV/TSV/JSONL file with a trained run; writes predictions.csv and metrics.json.
-
-    Labels must belong to the run's label set (by name, or by id for 0..K-1 files).
-
-    Example:
-        >>> evaluate_file("runs/sst2-lora", "data/sst2/dev.tsv")["test_accuracy"]  # doctest: +SKIP
-        0.91
-    """
-    from sentitune.data import file_format, map_labels, read_table
-    from sentitune.metrics import classification_metrics
-
-    predictor = Predictor.load(run_dir)
-    if predictor.thresholds is not None:
-        raise results.RunFolderError(f"{run_dir}: a multi-label run; evaluate scores single-label runs only "
-                                     "(the run's own test metrics are in metrics.json)")
-    data_file = Path(data_file)
-    text_column = text_column or ("sentence" if file_format(data_file) == "tsv" else "text")
-    table = read_table(data_file, text_column, label_column or "label")
-    gold = np.asarray(map_labels(table, predictor.label_names))
-    probabilities = predictor.predict_proba(table.texts, batch_size)
-    metrics = {f"test_{k}": v for k, v in classification_metrics(gold, probabilities).items()}
-    metrics.update({"data_file": str(data_file), "test_examples": len(gold), "run": str(run_dir),
-                    "dropped_empty_texts": table.dropped_empty, "duplicate_rows": table.duplicates})
-    output_dir = Path(output_dir) if output_dir else Path(run_dir) / "evaluations" / data_file.stem
-    results.atomic_write_csv(output_dir / results.PREDICTIONS_FILE,
-                             results.predictions_rows(table.texts, gold, probabilities, predictor.label_names))
-    results.atomic_write_json(output_dir / results.METRICS_FILE, {"status": "ok", **metrics})
-    from sentitune.analysis import analyze_evaluation
-
-    metrics["analysis"] = analyze_evaluation(output_dir, table.texts, gold, probabilities, predictor)
-    metrics["output_dir"] = str(output_dir)
-    return metrics

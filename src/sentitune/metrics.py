@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -58,15 +59,160 @@ def bootstrap_ci(values, confidence: float = 0.95, resamples: int = 10_000, seed
     return (float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha)))
 
 
-def accuracy_interval(seed_accuracies, correctness_of_one_run) -> tuple[float, float, str]:
-    """95% CI of a variant's test accuracy: a bootstrap over seeds when there are two or more (training
-    randomness), else over the test examples of the single run (test-set sampling only), and says which.
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval of the mean of two or more values (e.g. per-seed accuracies).
+
+    mean ± t(1 - (1 - confidence) / 2, n - 1) · s / √n, with s the sample standard deviation (ddof=1).
+    A percentile bootstrap over 3-5 seed values can only return values it has seen and so is far too
+    narrow; the t-interval is the standard small-sample interval for a mean.
+
+    Args:
+        values: at least two numbers.
+        confidence: coverage of the interval.
+
+    Returns:
+        (low, high), not clipped: callers with bounded quantities clip.
+
+    Raises:
+        ValueError: fewer than two values (one value says nothing about spread).
+
+    Example:
+        >>> low, high = t_interval([0.80, 0.82, 0.84])
+        >>> round(low, 4), round(high, 4)
+        (0.7703, 0.8697)
     """
-    if len(seed_accuracies) >= 2:
-        low, high = bootstrap_ci(seed_accuracies)
-        return low, high, "seeds"
+    from scipy.stats import t
+
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size < 2:
+        raise ValueError(f"a t-interval needs at least 2 values, got {values.size}")
+    mean = float(values.mean())
+    half = float(t.ppf(1 - (1 - confidence) / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
+    return (mean - half, mean + half)
+
+
+def _bootstrap_means(matrix: np.ndarray, resamples: int, seed: int, over_rows: bool) -> np.ndarray:
+    """Means of `matrix` (rows = seeds, columns = test examples) under resampling: columns with
+    replacement, the same columns for every row, and rows too when `over_rows`. Chunked so memory
+    stays bounded on large test sets."""
+    rows, columns = matrix.shape
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    chunk = max(1, min(resamples, 4_000_000 // max(1, rows * columns)))
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        picked = rng.integers(0, columns, size=(size, columns))
+        per_row = matrix[:, picked].mean(axis=2).T  # size x rows: each row's mean over the resampled columns
+        if over_rows and rows > 1:
+            row_picks = rng.integers(0, rows, size=(size, rows))
+            per_row = per_row[np.arange(size)[:, None], row_picks]
+        out[start:start + size] = per_row.mean(axis=1)
+    return out
+
+
+def two_level_bootstrap_ci(correctness_matrix, confidence: float = 0.95, resamples: int = 10_000,
+                           seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of mean accuracy from a two-level bootstrap: seeds (rows) with replacement, then
+    test examples (columns) with replacement, the same examples for every resampled seed.
+
+    It covers both training randomness and test-set sampling; with one row it is the bootstrap over
+    test examples.
+
+    Args:
+        correctness_matrix: 0/1 correctness, rows = seeds, columns = the same test examples (1-D = one seed).
+        confidence: coverage of the interval.
+        resamples: bootstrap resamples.
+        seed: random seed, so the interval is reproducible.
+
+    Returns:
+        (low, high); (nan, nan) for an empty matrix.
+
+    Example:
+        >>> matrix = np.array([[1, 1, 0, 1, 1, 0, 1, 1], [1, 0, 1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 0, 0, 1, 1]])
+        >>> low, high = two_level_bootstrap_ci(matrix, resamples=2000)
+        >>> bool(low < matrix.mean() < high)
+        True
+    """
+    matrix = np.atleast_2d(np.asarray(correctness_matrix, dtype=np.float64))
+    if matrix.size == 0:
+        return (math.nan, math.nan)
+    means = _bootstrap_means(matrix, resamples, seed, over_rows=True)
+    alpha = (1 - confidence) / 2
+    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
+
+
+def accuracy_interval(seed_accuracies, correctness_of_one_run=(), method: str = "t",
+                      correctness_matrix=None) -> tuple[float, float, str]:
+    """95% CI of a variant's test accuracy, and a label saying how it was made.
+
+    method="t" (default): with two or more seeds, the Student-t interval of the mean over the seed
+    accuracies (training randomness), clipped to [0, 1], labelled "t over N seeds"; with one seed, a
+    percentile bootstrap over that run's test examples (test-set sampling only), labelled "bootstrap
+    over test examples (1 seed)". method="two-level": two_level_bootstrap_ci over `correctness_matrix`
+    (seeds x test examples), labelled "two-level bootstrap over N seed(s) and test examples".
+
+    Args:
+        seed_accuracies: test accuracy of each seed.
+        correctness_of_one_run: 0/1 per-example correctness of the single run (used only with one seed).
+        method: "t" or "two-level".
+        correctness_matrix: needed by method="two-level".
+
+    Returns:
+        (low, high, label).
+
+    Example:
+        >>> low, high, how = accuracy_interval([0.80, 0.82, 0.84])
+        >>> round(low, 4), round(high, 4), how
+        (0.7703, 0.8697, 't over 3 seeds')
+        >>> accuracy_interval([0.75], [1, 1, 1, 0])[2]
+        'bootstrap over test examples (1 seed)'
+    """
+    if method == "two-level":
+        if correctness_matrix is None:
+            raise ValueError('method="two-level" needs correctness_matrix (seeds x test examples)')
+        matrix = np.atleast_2d(np.asarray(correctness_matrix, dtype=np.float64))
+        low, high = two_level_bootstrap_ci(matrix)
+        seeds = matrix.shape[0]
+        return low, high, f"two-level bootstrap over {seeds} seed{'s' if seeds != 1 else ''} and test examples"
+    if method != "t":
+        raise ValueError(f'unknown interval method {method!r}: "t" or "two-level"')
+    accuracies = np.asarray(seed_accuracies, dtype=np.float64).ravel()
+    if accuracies.size >= 2:
+        low, high = t_interval(accuracies)
+        return max(0.0, low), min(1.0, high), f"t over {accuracies.size} seeds"
     low, high = bootstrap_ci(np.asarray(correctness_of_one_run, dtype=float))
-    return low, high, "test examples (1 seed)"
+    return low, high, "bootstrap over test examples (1 seed)"
+
+
+def holm(p_values) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given.
+
+    Step-down: the k-th smallest of K p-values is multiplied by K - k + 1, a running maximum keeps the
+    adjusted values monotone in the raw ones, and they are capped at 1. A difference is significant
+    at level α after correction when its adjusted p < α; this controls the family-wise error rate over
+    the K tests. NaN inputs stay NaN and do not count toward K.
+
+    Args:
+        p_values: raw p-values (any iterable of floats; NaN = no test).
+
+    Returns:
+        Adjusted p-values, same length and order.
+
+    Example:
+        >>> [round(p, 4) for p in holm([0.01, 0.04, 0.03, 0.005])]
+        [0.03, 0.06, 0.06, 0.02]
+        >>> holm([0.2, float("nan"), 0.01])
+        [0.2, nan, 0.02]
+    """
+    p = np.asarray(list(p_values), dtype=np.float64).ravel()
+    adjusted = np.full(p.shape, math.nan)
+    present = np.flatnonzero(~np.isnan(p))
+    order = present[np.argsort(p[present], kind="stable")]
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, float((len(order) - rank) * p[index])))
+        adjusted[index] = running
+    return [float(x) for x in adjusted]
 
 
 def mcnemar(correct_a, correct_b) -> dict[str, float]:
@@ -84,6 +230,66 @@ def mcnemar(correct_a, correct_b) -> dict[str, float]:
     c = int((~correct_a & correct_b).sum())
     p_value = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
     return {"a_only_correct": b, "b_only_correct": c, "p_value": p_value}
+
+
+def paired_seed_test(correct_a, correct_b, resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """One paired test of two variants over all their shared seeds, on the same test examples.
+
+    Difference: accuracy of A minus accuracy of B, averaged over seeds. Its 95% CI is a paired
+    percentile bootstrap: test examples (columns) are resampled with replacement, the same resample
+    for every seed and for both variants; with two or more seeds the seeds (rows) are resampled too
+    (two-level). `ci_method` says which.
+
+    p-value: the exact two-sided McNemar (binomial at 0.5) test on the discordant counts pooled over
+    seeds, b = Σ_seeds #(A right, B wrong) and c = Σ_seeds #(A wrong, B right). With one seed this
+    is `mcnemar` exactly. Choice and its limit: pooling treats the seeds x examples pairs as
+    independent, but every seed sees the same examples, so when seeds agree on which examples
+    separate A and B the pooled counts grow with the seed count and the p-value is smaller than an
+    example-level test would give; the bootstrap CI (which resamples examples jointly across seeds)
+    does not assume this. Read the p-value with the CI.
+
+    Args:
+        correct_a: 0/1 correctness of A, seeds x examples (1-D = one seed).
+        correct_b: the same for B, same shape, same seed order and same test examples.
+        resamples: bootstrap resamples for the CI.
+        seed: random seed of the bootstrap, so the CI is reproducible.
+
+    Returns:
+        {difference, difference_ci95_low, difference_ci95_high, ci_method, a_accuracy, b_accuracy,
+        b, c, p_value, n_seeds, n_examples}; accuracies and the difference are fractions in [0, 1].
+
+    Raises:
+        ValueError: the two sides differ in shape (other seeds or other examples).
+
+    Example:
+        >>> a = np.array([[1, 1, 1, 0, 1, 1], [1, 1, 0, 1, 1, 1]], dtype=bool)
+        >>> b = np.array([[1, 0, 1, 0, 0, 1], [1, 0, 1, 1, 0, 1]], dtype=bool)
+        >>> t = paired_seed_test(a, b, resamples=2000)
+        >>> t["b"], t["c"], round(t["difference"], 4), round(t["p_value"], 4), t["n_seeds"], t["n_examples"]
+        (4, 1, 0.25, 0.375, 2, 6)
+    """
+    a = np.atleast_2d(np.asarray(correct_a, dtype=bool))
+    b = np.atleast_2d(np.asarray(correct_b, dtype=bool))
+    if a.shape != b.shape:
+        raise ValueError(f"paired test needs the same seeds and examples: {a.shape} vs {b.shape}")
+    n_seeds, n_examples = a.shape
+    pooled = mcnemar(a.ravel(), b.ravel())
+    two_level = n_seeds >= 2
+    out: dict[str, Any] = {
+        "b": pooled["a_only_correct"], "c": pooled["b_only_correct"], "p_value": pooled["p_value"],
+        "n_seeds": int(n_seeds), "n_examples": int(n_examples),
+        "ci_method": ("paired two-level bootstrap over seeds and test examples" if two_level
+                      else "paired bootstrap over test examples"),
+    }
+    if a.size == 0:
+        return {**out, "difference": math.nan, "difference_ci95_low": math.nan, "difference_ci95_high": math.nan,
+                "a_accuracy": math.nan, "b_accuracy": math.nan}
+    difference = a.astype(np.float64) - b.astype(np.float64)
+    means = _bootstrap_means(difference, resamples, seed, over_rows=two_level)
+    return {**out, "difference": float(difference.mean()),
+            "difference_ci95_low": float(np.quantile(means, 0.025)),
+            "difference_ci95_high": float(np.quantile(means, 0.975)),
+            "a_accuracy": float(a.mean()), "b_accuracy": float(b.mean())}
 
 
 def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:

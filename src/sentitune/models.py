@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-
-class ModelNotAvailable(RuntimeError):
-    """The model name cannot be turned into weights on this machine."""
+from sentitune.errors import ModelNotAvailable
 
 
 def _bundled_minilm() -> str:
@@ -153,13 +151,9 @@ def quiet_transformers():
 def check_model_output_dir(output_dir: Path, overwrite: bool) -> None:
     """Refuses a non-empty `output_dir` unless `overwrite`, and even then anything but a model folder
     (--overwrite replaces model folders only, never a folder of someone's other files)."""
-    from sentitune.results import RunFolderError
+    from sentitune.results import check_output_dir
 
-    if output_dir.exists() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise RunFolderError(f"{output_dir}: not empty; pass --overwrite to replace it or pick another --output-dir")
-        if not (output_dir / "config.json").exists():
-            raise RunFolderError(f"{output_dir}: not empty and not a model folder; pick another --output-dir")
+    check_output_dir(output_dir, overwrite, lambda folder: (folder / "config.json").exists(), "a model folder")
 
 
 def load_classifier(source: ModelSource, label_names: list[str], dtype=None, multi_label: bool = False):

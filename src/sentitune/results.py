@@ -1,5 +1,6 @@
 """The run folder is the contract between training and everything downstream.
 
+    <run>/.sentitune-run     marker, written first: the folder is sentitune's (see ownership, below)
     <run>/config.yaml        fully resolved RunConfig
     <run>/labels.json        label names in id order
     <run>/metrics.json       status, test metrics, parameters, speed, memory, provenance (units in keys)
@@ -23,13 +24,18 @@ import io
 import json
 import os
 import re
+import shutil
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sentitune.errors import OutputInUse, OutputNotWritable, RunFolderError
 
 CONFIG_FILE = "config.yaml"
 LABELS_FILE = "labels.json"
@@ -38,15 +44,6 @@ PREDICTIONS_FILE = "predictions.csv"
 HISTORY_FILE = "history.csv"
 THRESHOLDS_FILE = "thresholds.json"
 MODEL_DIR = "model"
-
-
-class RunFolderError(ValueError):
-    """A run folder is missing, unfinished or damaged."""
-
-
-class OutputNotWritable(RuntimeError):
-    """An output cannot be written: disk full, read-only file system or no permission. The message
-    names the path; the user fixes it by freeing space or picking another output folder."""
 
 
 NOT_WRITABLE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
@@ -82,27 +79,66 @@ def writing(path: str | Path):
         raise mapped from None
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes a temp file next to `path`, syncs it, then renames it over `path`: readers and a crash at
-    any moment see the old file or the new one, never a mix. Full or read-only disks raise
-    OutputNotWritable naming the path."""
+@contextmanager
+def atomic_writer(path: str | Path, mode: str = "w", encoding: str = "utf-8", newline: str | None = None):
+    """Streams into a unique temp file next to `path` (`.<name>.<pid>.<random>.tmp`), then syncs it and
+    renames it over `path`: readers and a crash at any moment see the old file or the new one, never
+    a mix, and two writers never share a temp file. An error inside the block removes the temp file
+    and keeps the old `path`. Temp files left by killed processes (their PID no longer alive) are
+    removed first. Full or read-only disks raise OutputNotWritable naming the path.
+
+    This is sentitune's one temp-then-rename writer; every atomic_write_* goes through it.
+
+    Example:
+        >>> with atomic_writer("out.jsonl") as out:  # doctest: +SKIP
+        ...     out.write('{"label": "positive"}\\n')
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_writer: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        sweep_leftovers(path)
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        out = (os.fdopen(handle, "wb") if mode == "wb"
+               else os.fdopen(handle, "w", encoding=encoding, newline=newline))
+    except BaseException:
+        os.close(handle)
+        Path(temp).unlink(missing_ok=True)
+        raise
+    try:
         try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
+            yield out
+        except OSError as exc:
+            # A write into the temp file that fails (ENOSPC) carries no file name; errors the block
+            # raised reading something else name their file and pass through unchanged.
+            mapped = not_writable(exc, path) if exc.filename is None else None
+            if mapped is None:
+                raise
+            raise mapped from None
+        with writing(path):
+            out.flush()
+            os.fsync(out.fileno())
+            out.close()
             # mkstemp creates 0600 files; results are meant to be shared like any other file.
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(temp, 0o666 & ~umask)
             os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+    except BaseException:
+        try:
+            out.close()
+        except OSError:
+            pass
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes `data` to `path` through atomic_writer (temp file, fsync, rename)."""
+    with atomic_writer(path, "wb") as out:
+        out.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -278,3 +314,299 @@ def folder_size_mib(folder: str | Path, pattern: str = "*") -> float:
     if not folder.exists():
         return 0.0
     return sum(p.stat().st_size for p in folder.rglob(pattern) if p.is_file()) / 2**20
+
+
+# ---- ownership, locks and leftovers -----------------------------------------------------------
+#
+# sentitune deletes or replaces only what it created: a run folder carries RUN_MARKER (written first,
+# when the folder is created), a checkpoints folder CHECKPOINTS_MARKER. Staging folders and temp
+# files carry the PID of the process that made them, so a later run can tell a killed writer's
+# leftovers from a live writer's work.
+
+RUN_MARKER = ".sentitune-run"
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINTS_MARKER = ".sentitune-checkpoints"
+LOCK_FILE = ".sentitune.lock"
+EVALUATIONS_DIR = "evaluations"
+ANALYSIS_DIR = "analysis"
+RUN_ENTRIES = {RUN_MARKER, LOCK_FILE, CONFIG_FILE, LABELS_FILE, METRICS_FILE, PREDICTIONS_FILE, HISTORY_FILE,
+               THRESHOLDS_FILE, MODEL_DIR, EVALUATIONS_DIR, ANALYSIS_DIR}
+"""Everything sentitune writes at the top of a run folder (checkpoints/ counts only when it is its own)."""
+
+
+def write_marker(folder: str | Path, name: str = RUN_MARKER) -> None:
+    """Creates `folder` (if needed) and the marker that says sentitune made it; an existing marker is
+    kept. A plain write (no temp file, no fsync): the marker is empty-safe, only its existence counts."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(json.dumps({"created_by": "sentitune", "pid": os.getpid()}) + "\n")
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """True for a folder sentitune made for a run: it has RUN_MARKER, or (runs from before the marker)
+    config.yaml with metrics.json or labels.json, or only the metrics.json stub `compare` writes for a
+    run that died before it started."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    if (folder / RUN_MARKER).is_file():
+        return True
+    if (folder / CONFIG_FILE).is_file():
+        return (folder / METRICS_FILE).is_file() or (folder / LABELS_FILE).is_file()
+    entries = [p.name for p in folder.iterdir()]
+    return entries == [METRICS_FILE] and read_status(folder) == "failed"
+
+
+def owns_checkpoints(run_dir: str | Path) -> bool:
+    """Whether `<run_dir>/checkpoints` is sentitune's to write, rotate and remove: it carries
+    CHECKPOINTS_MARKER, or it is missing or empty, or (a run folder from before the markers) it holds
+    nothing but the Trainer's checkpoint-N folders."""
+    run_dir = Path(run_dir)
+    folder = run_dir / CHECKPOINTS_DIR
+    if not folder.exists():
+        return True
+    if not folder.is_dir():
+        return False
+    if (folder / CHECKPOINTS_MARKER).is_file():
+        return True
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    legacy = not (run_dir / RUN_MARKER).exists()
+    return legacy and all(p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name) for p in entries)
+
+
+def foreign_entries(run_dir: str | Path) -> list[str]:
+    """Top-level entries of a run folder that sentitune did not write (a user's notes, data files, a
+    checkpoints/ folder of their own); --overwrite refuses to delete a folder holding any."""
+    run_dir = Path(run_dir)
+    foreign = []
+    for path in sorted(run_dir.iterdir()):
+        name = path.name
+        if name == CHECKPOINTS_DIR:
+            if not owns_checkpoints(run_dir):
+                foreign.append(name)
+        elif name not in RUN_ENTRIES and not (name.startswith(".") and name.endswith(".tmp")):
+            foreign.append(name)
+    return foreign
+
+
+def check_output_dir(folder: str | Path, overwrite: bool, ours, what: str, flag: str = "--output-dir") -> None:
+    """The one check before a command writes a folder of its own (train, export, shrink, pretrain):
+    a non-empty `folder` is refused unless `overwrite`, and even then unless `ours(folder)` says it is
+    that command's own earlier output (`what` names such a folder). Nothing else is ever replaced."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if not overwrite:
+            raise RunFolderError(f"{folder}: not empty; pass --overwrite to replace it or pick another {flag}")
+        if not folder.is_dir() or not ours(folder):
+            raise RunFolderError(f"{folder}: not empty and not {what}; sentitune never replaces a folder it did "
+                                 f"not create, so pick another {flag}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def staging_path(target: str | Path, pid: int | None = None) -> Path:
+    """`.<name>.staging-<pid>` beside `target`: where a replacement is built before swap_in."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.staging-{os.getpid() if pid is None else pid}")
+
+
+def sweep_leftovers(target: str | Path) -> list[Path]:
+    """Removes what killed writers of `target` left, and returns what it removed: temp files
+    (`.<name>.<pid>.<random>.tmp`) and staging folders (`.<name>.staging-<pid>[-<random>]`) of PIDs
+    no longer alive, and its lock file when nobody holds it. A replaced folder renamed aside (`.<name>.old-<pid>`) by a writer killed before
+    it could finish the swap is renamed back when `target` is missing, else removed. Leftovers of a
+    live PID are never touched."""
+    target = Path(target)
+    parent = target.parent
+    prefix = f".{target.name}."
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = [lock_file(target)] if _remove_stale_lock(lock_file(target)) else []
+    pattern = re.compile(re.escape(prefix) + r"(?:(?P<tmp_pid>\d+)\.[^./]+\.tmp"
+                         r"|(?P<kind>staging|old)-(?P<pid>\d+)(?:-[^/]*)?)")
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None or _pid_alive(int(match["tmp_pid"] or match["pid"])):
+            continue
+        path = parent / name
+        try:
+            if match["tmp_pid"]:
+                path.unlink()
+            elif match["kind"] == "old" and not target.exists():
+                path.rename(target)
+                continue
+            else:
+                shutil.rmtree(path)
+        except FileNotFoundError:
+            continue  # another process swept it first
+        removed.append(path)
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def swap_in(staging: str | Path, target: str | Path) -> None:
+    """Puts the finished folder `staging` at `target`. An earlier `target` is swapped out in one step
+    where the OS can (else renamed aside to `.<name>.old-<pid>`) and removed only once the new folder
+    is in place, so a kill at any moment leaves the old folder or the new one; sweep_leftovers
+    restores or removes what such a kill left."""
+    staging, target = Path(staging), Path(target)
+    if not target.exists():
+        staging.rename(target)
+        return
+    if _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the old folder
+        return
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if aside.exists():
+        shutil.rmtree(aside)
+    target.rename(aside)
+    try:
+        staging.rename(target)
+    except BaseException:
+        aside.rename(target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def lock_file(path: str | Path) -> Path:
+    """The lock file of an output: inside it for a folder, `.<name>.lock` beside it for a file."""
+    path = Path(path)
+    return path / LOCK_FILE if path.is_dir() else path.with_name(f".{path.name}.lock")
+
+
+def _remove_stale_lock(lock: Path) -> bool:
+    """Removes a lock file nobody holds (its holder was killed; flock died with it)."""
+    import fcntl
+
+    try:
+        handle = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        current, mine = os.stat(lock), os.fstat(handle)
+        if (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
+            return False
+        os.unlink(lock)  # a writer that opened it meanwhile finds another inode and retries
+        return True
+    except OSError:  # held (BlockingIOError), or gone
+        return False
+    finally:
+        os.close(handle)
+
+
+def _read_holder(handle: int) -> str:
+    for _ in range(20):  # the holder writes its PID right after it takes the lock
+        text = os.pread(handle, 64, 0).decode("ascii", "replace").strip()
+        if text:
+            return text
+        time.sleep(0.025)
+    return "unknown"
+
+
+def in_use(path: str | Path, holder: int | str) -> OutputInUse:
+    """The one-line refusal for an output another process writes."""
+    return OutputInUse(f"{path}: in use by another sentitune process (PID {holder}); wait for it to finish or stop it")
+
+
+def lock_holder(path: str | Path) -> int | None:
+    """The PID holding the writer lock of `path` (a folder or a file), or None when nobody holds it.
+    Only looks: creates nothing."""
+    import fcntl
+
+    try:
+        handle = os.open(lock_file(path), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(handle)
+            return int(holder) if holder.isdigit() else -1
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(handle)
+
+
+@contextmanager
+def exclusive_lock(path: str | Path):
+    """Holds the one-writer lock of `path` for the block: a run or output folder (the lock file is
+    inside it) or an output file (`.<name>.lock` beside it). A second writer is refused at once with
+    OutputInUse naming the holder's PID. The lock is flock(2): it dies with its process, so a killed
+    holder never leaves it stuck; the file is removed when the block ends."""
+    import fcntl
+
+    path = Path(path)
+    lock = lock_file(path)
+    with writing(lock):
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(handle)
+                os.close(handle)
+                raise in_use(path, holder) from None
+            except BaseException:
+                os.close(handle)
+                raise
+            try:
+                current = os.stat(lock)
+                mine = os.fstat(handle)
+                if (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(handle)  # the previous holder removed the file between our open and flock: retry
+        try:
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, f"{os.getpid()}\n".encode("ascii"), 0)
+        except BaseException:
+            os.close(handle)
+            raise
+    try:
+        yield lock
+    finally:
+        try:
+            current = os.stat(lock)
+            mine = os.fstat(handle)
+            if (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(lock)
+        except OSError:
+            pass
+        os.close(handle)

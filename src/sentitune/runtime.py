@@ -1,4 +1,4 @@
-"""What a run ran on: library versions, the lock, the git commit, the device. Imports nothing from
+"""What a run ran on: library versions, the lock, the git commit, the device. Imports only errors from
 the package, so every layer (training, export, compare, the CLI) can record and check provenance.
 
 Example:
@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from sentitune.errors import PrecisionError
 
 TRAINING_PACKAGES = ("sentitune", "torch", "transformers", "peft", "tokenizers", "accelerate", "scikit-learn",
                      "datasets", "numpy")
@@ -91,6 +93,96 @@ def provenance() -> dict[str, Any]:
         "lock_sha256": lock_digest(),
         **device_description(),
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_info(),
         "hostname": platform.node(),
         "command": " ".join(sys.argv),
     }
+
+
+# ---- the CPU and the precision it runs best in -----------------------------------------------
+
+ISA_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+"""The /proc/cpuinfo flags that decide what runs fast: VNNI for int8, AVX-512 BF16 or AMX for bf16."""
+
+CPU_BF16_OVERRIDE = "SENTITUNE_CPU_BF16"
+"""Environment variable: `0` treats the CPU as having no native bf16 (runs stay fp32, and stay
+comparable with fp32 runs made elsewhere), `1` as having it; unset = detect."""
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU model, its core count and which of ISA_FEATURES it has (read from /proc/cpuinfo on
+    Linux; elsewhere only what torch reports)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags |= set(value.split())
+    info = {"cpu_model": model, "cpu_cores": os.cpu_count(), "isa": [f for f in ISA_FEATURES if f in flags]}
+    try:
+        import torch
+
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # torch missing or too old: the flags above still say what the CPU has
+        pass
+    return info
+
+
+def cpu_has_native_bf16(info: dict[str, Any] | None = None) -> bool:
+    """True when bf16 matrix products run in hardware (AVX-512 BF16 or AMX), where autocast pays;
+    elsewhere bf16 is emulated and slower than fp32. SENTITUNE_CPU_BF16=0/1 overrides the check."""
+    override = os.environ.get(CPU_BF16_OVERRIDE, "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    isa = set((info or cpu_info())["isa"])
+    return bool(isa & {"avx512_bf16", "amx_bf16"})
+
+
+def machine_line(info: dict[str, Any] | None = None) -> str:
+    """One line for the head of every benchmark: CPU model, cores and ISA flags."""
+    info = info or cpu_info()
+    return (f"machine: {info['cpu_model']}, {info['cpu_cores']} cores, ISA {' '.join(info['isa']) or 'none of interest'}"
+            f" (torch CPU capability {info.get('torch_cpu_capability', 'unknown')})")
+
+
+def choose_precision(choice: str, *, cuda: bool, cuda_bf16: bool, cpu_bf16: bool,
+                     field: str = "train.precision", cpu_model: str = "this CPU") -> str:
+    """The precision a run uses: `auto` picks bf16 on GPUs that support it (fp16 on other GPUs), bf16
+    autocast on CPUs with native bf16, and fp32 elsewhere. An explicit choice the hardware can't run
+    well is refused rather than emulated slowly.
+
+    Example:
+        >>> choose_precision("auto", cuda=False, cuda_bf16=False, cpu_bf16=True)
+        'bf16'
+        >>> choose_precision("auto", cuda=False, cuda_bf16=False, cpu_bf16=False)
+        'fp32'
+    """
+    if choice == "auto":
+        if cuda:
+            return "bf16" if cuda_bf16 else "fp16"
+        return "bf16" if cpu_bf16 else "fp32"
+    if cuda or choice == "fp32":
+        return choice
+    if choice == "fp16":
+        raise PrecisionError(f"{field}=fp16 needs a CUDA GPU; use fp32 or auto on CPU")
+    if not cpu_bf16:
+        raise PrecisionError(
+            f"{field}=bf16: {cpu_model} has no native bf16 (neither avx512_bf16 nor amx_bf16), so bf16 would run "
+            "as a slow emulation; use fp32 or auto (which picks bf16 on CPUs that have it)")
+    return choice
+
+
+def resolve_precision(choice: str, device: str | None = None, field: str = "train.precision") -> str:
+    """choose_precision with this machine's facts; `device="cpu"` ignores any GPU."""
+    import torch
+
+    cuda = torch.cuda.is_available() and device != "cpu"
+    info = cpu_info()
+    return choose_precision(choice, cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
+                            cpu_bf16=cpu_has_native_bf16(info), field=field, cpu_model=info["cpu_model"])

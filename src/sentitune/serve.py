@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from sentitune.data import is_unicode
+from sentitune.data import is_blank, is_unicode
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -64,8 +64,10 @@ class ServeSettings:
                 raise ValueError(f"serve setting {name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
             raise ValueError("serve settings max_wait_ms must be >= 0 and request_timeout_s > 0")
-        if self.api_key == "":
-            self.api_key = None
+        if self.api_key is not None and not self.api_key.strip():
+            # An empty key (often an empty $SENTITUNE_API_KEY) must not quietly mean "no authentication".
+            raise ValueError("serve setting api_key is empty; give a key, or unset it (and $SENTITUNE_API_KEY) "
+                             "to serve without authentication")
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -362,7 +364,9 @@ def create_app(predictor, settings: ServeSettings | None = None):
         yield
         await batcher.stop()  # uvicorn has stopped accepting and waited for open requests
 
-    app = FastAPI(title="sentitune", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # The schema and Swagger UI are public like /health: they describe the routes, not the model or data.
+    app = FastAPI(title="sentitune", lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                  openapi_url="/openapi.json")
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.batcher = batcher
@@ -411,6 +415,11 @@ def create_app(predictor, settings: ServeSettings | None = None):
         broken = next((i for i, t in enumerate(texts) if not is_unicode(t)), None)
         if broken is not None:
             return error(422, "invalid_request", f"text {broken} is not valid Unicode (lone surrogate)")
+        # Whitespace, NUL and other invisible characters only: the model would still answer, confidently,
+        # about nothing.
+        blank = next((i for i, t in enumerate(texts) if is_blank(t)), None)
+        if blank is not None:
+            return error(422, "empty_text", f"text {blank} holds no visible characters")
         try:
             probabilities = await asyncio.wait_for(batcher.submit(texts), settings.request_timeout_s)
         except Overloaded as exc:
@@ -421,7 +430,7 @@ def create_app(predictor, settings: ServeSettings | None = None):
         rows = [_prediction(label_names, p) for p in probabilities]
         return rows[0] if body.text is not None else {"predictions": rows}
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # monitors often probe with HEAD
     async def health():
         info = predictor.describe() if hasattr(predictor, "describe") else {}
         info.pop("source", None)  # a filesystem path is nobody's business over HTTP

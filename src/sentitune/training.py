@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from sentitune import results
+from sentitune.errors import TrainingError
+from sentitune import results, runtime
 from sentitune.config import RunConfig
 from sentitune.data import DatasetSplits, load_splits, tokenize_split
 from sentitune.methods import registry
@@ -30,11 +31,7 @@ from sentitune.models import count_parameters, load_classifier, load_tokenizer, 
 # Provenance lives in runtime.py; the names stay importable from here for existing callers.
 from sentitune.runtime import TRAINING_PACKAGES, device_description, package_versions, provenance  # noqa: F401
 
-CHECKPOINT_DIR = "checkpoints"
-
-
-class TrainingError(RuntimeError):
-    """Training could not finish; the message says why and what to try."""
+CHECKPOINT_DIR = results.CHECKPOINTS_DIR
 
 
 # ---- provenance -------------------------------------------------------------------------------
@@ -51,18 +48,48 @@ def is_main_process() -> bool:
 
 
 def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Checks `output_dir` before anything is written, then creates it with its run marker.
+
+    Leftovers of killed trainings beside it go first (results.sweep_leftovers). A finished run needs
+    --overwrite; a non-empty folder that is not a sentitune run folder is refused with or without it,
+    and --overwrite also refuses a run folder holding files sentitune did not write (it would delete
+    them with the old run). Nothing is deleted here.
+    """
+    results.sweep_leftovers(output_dir)
+    holder = results.lock_holder(output_dir)
+    if holder is not None:  # another process trains here: say so before judging the folder
+        raise results.in_use(output_dir, holder if holder > 0 else "unknown")
     status = results.read_status(output_dir)
     if status == "ok" and not overwrite:
         raise results.RunFolderError(
             f"{output_dir}: already holds a finished run; pass --overwrite to replace it or pick another --output-dir"
         )
-    if overwrite and output_dir.exists():
-        shutil.rmtree(output_dir)
-    if not resume and (output_dir / CHECKPOINT_DIR).exists():
+    # Continuing an unfinished run and replacing a finished one both need sentitune's own folder.
+    results.check_output_dir(output_dir, True, results.is_run_folder, "a sentitune run folder (no "
+                             f"{results.RUN_MARKER}, or {results.CONFIG_FILE} with {results.METRICS_FILE})")
+    foreign = results.foreign_entries(output_dir) if output_dir.is_dir() else []
+    if overwrite and foreign:
+        raise results.RunFolderError(
+            f"{output_dir}: holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which sentitune did "
+            "not write; --overwrite would delete them with the old run, so move them or pick another --output-dir")
+    if CHECKPOINT_DIR in foreign:
+        raise results.RunFolderError(
+            f"{output_dir / CHECKPOINT_DIR}: not sentitune's (no {results.CHECKPOINTS_MARKER} inside); training "
+            "would write into it and sentitune never deletes it, so move it or pick another --output-dir")
+    if overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
+        return  # the old run stays untouched; train() builds the new one beside it
+    if (output_dir / CHECKPOINT_DIR).is_dir():
+        results.write_marker(output_dir / CHECKPOINT_DIR, results.CHECKPOINTS_MARKER)  # a pre-marker run's own
+    results.write_marker(output_dir)  # the first file of a new run folder (or of the one it continues)
+
+
+def _clean_unfinished(output_dir: Path, resume: bool) -> None:
+    """What an unfinished run left that a fresh start must not reuse; called under the run's lock."""
+    status = results.read_status(output_dir)
+    if not resume and (output_dir / CHECKPOINT_DIR).exists() and results.owns_checkpoints(output_dir):
         shutil.rmtree(output_dir / CHECKPOINT_DIR)  # stale checkpoints of an unfinished run
     if status not in (None, "ok") and not resume:
         (output_dir / results.METRICS_FILE).unlink(missing_ok=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
 
 
 def peak_rss_mib() -> float:
@@ -88,15 +115,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def resolve_precision(choice: str) -> str:
-    import torch
-
-    if choice != "auto":
-        if choice in ("bf16", "fp16") and not torch.cuda.is_available():
-            raise TrainingError(f"train.precision={choice} needs a CUDA GPU; use fp32 or auto on CPU")
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    """The run's precision (runtime.choose_precision on this machine); a refusal is a TrainingError."""
+    try:
+        return runtime.resolve_precision(choice)
+    except runtime.PrecisionError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 # ---- neural training --------------------------------------------------------------------------
@@ -231,6 +254,9 @@ def training_arguments(cfg: RunConfig, checkpoint_dir: Path, precision: str):
         report_to="none",
         dataloader_num_workers=t.dataloader_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # bf16 on CPU is autocast; transformers asks for use_cpu to allow it (runtime.choose_precision
+        # picks it only on CPUs with native bf16).
+        use_cpu=precision == "bf16" and not torch.cuda.is_available(),
         **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
            if t.gradient_checkpointing else {}),
         disable_tqdm=not sys.stderr.isatty() and os.environ.get("SENTITUNE_PROGRESS") != "1",
@@ -345,6 +371,9 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
                                                                  cfg.train.weight_decay), lr=cfg.learning_rate)
     meter, trainer_class = _callbacks_and_trainer_class(cfg)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
+    if is_main_process():
+        with results.writing(checkpoint_dir):  # marked: sentitune's to rotate and remove
+            results.write_marker(checkpoint_dir, results.CHECKPOINTS_MARKER)
     trainer = trainer_class(
         model=model,
         args=training_arguments(cfg, checkpoint_dir, precision),
@@ -498,9 +527,13 @@ def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resum
     """Trains one run and writes its folder; returns the metrics dict (also in metrics.json).
 
     A failure after the folder was created leaves metrics.json with status 'failed' and the error,
-    then re-raises, so failed runs stay visible in comparisons.
+    then re-raises, so failed runs stay visible in comparisons. With `overwrite`, an earlier run is
+    replaced only once the new one has finished: the new run is built in a staging folder beside it
+    (`.<name>.staging-<pid>`) and swapped in (results.swap_in); a failed or killed new run leaves the
+    old run as it was. One process trains into a run folder at a time (results.exclusive_lock);
+    a second is refused with OutputInUse naming the first one's PID.
     """
-    import torch
+    import contextlib
 
     output_dir = Path(output_dir)
     # Bad model names and bad data fail here, before anything is written or replaced.
@@ -508,9 +541,37 @@ def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resum
         resolve_model(cfg.model)
     splits = load_splits(cfg.data)
     main = is_main_process()
+    # Under torchrun every rank must name the same staging folder: the launcher's PID, not its own.
+    staged = overwrite and (world_size() > 1 or (output_dir.is_dir() and any(output_dir.iterdir())))
+    work_dir = results.staging_path(output_dir, os.getppid() if world_size() > 1 else None) if staged else output_dir
+    with contextlib.ExitStack() as held:
+        if main:
+            with results.writing(output_dir):
+                prepare_output_dir(output_dir, overwrite, resume)
+                held.enter_context(results.exclusive_lock(output_dir))
+                if staged:
+                    if work_dir.exists():
+                        shutil.rmtree(work_dir)  # this process's own earlier attempt
+                    results.write_marker(work_dir)
+                else:
+                    _clean_unfinished(output_dir, resume)
+        try:
+            metrics = _train_in(cfg, splits, work_dir, resume, main)
+        except BaseException:
+            if main and staged:
+                shutil.rmtree(work_dir, ignore_errors=True)  # the old run stays as it was
+            raise
+        if main and staged:
+            with results.writing(output_dir):
+                results.swap_in(work_dir, output_dir)
+    return metrics
+
+
+def _train_in(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: bool, main: bool) -> dict[str, Any]:
+    """train()'s body: writes the run into `output_dir` (the run folder, or its staging folder)."""
+    import torch
+
     if main:
-        with results.writing(output_dir):
-            prepare_output_dir(output_dir, overwrite, resume)
         results.atomic_write_text(output_dir / results.CONFIG_FILE, cfg.to_yaml())
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

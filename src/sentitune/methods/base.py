@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sentitune.config import MethodConfig
+if TYPE_CHECKING:
+    # Type hints only: config names methods through the registry, so methods must not import config.
+    from sentitune.config import MethodConfig
 
 
 class Method:

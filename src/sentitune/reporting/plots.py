@@ -35,20 +35,12 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:
-    """Writes the figure as PNG (atomically, like every sentitune output) and returns the path."""
-    import os
-    import tempfile
+    """Writes the figure as PNG (atomically, through results.atomic_write_bytes like every sentitune
+    output) and returns the path."""
+    from sentitune import results
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(png_bytes(fig))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    results.atomic_write_bytes(path, png_bytes(fig))
     return path
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from sentitune import results
 from sentitune.analysis import ANALYSIS_DIR, ANALYSIS_FILE, Predictions, load_predictions, slice_masks, slice_table
-from sentitune.metrics import accuracy_interval, confusion_matrix, expected_calibration_error, mcnemar
+from sentitune.metrics import accuracy_interval, confusion_matrix, expected_calibration_error, holm, paired_seed_test
 from sentitune.results import RunFolderError
 
 RESULTS_JSON = "results.json"
@@ -165,8 +165,9 @@ def _is_neural(method: str) -> bool:
 def variant_summary(comparison: Comparison) -> list[dict]:
     """One row per variant: seed statistics of accuracy, cost and speed, computed from the run folders.
 
-    The 95% CI is the one `compare` reports (metrics.accuracy_interval): a bootstrap over seeds, or
-    over the test examples when there is one seed; the ± is the standard deviation over seeds.
+    The 95% CI is the one `compare` reports (metrics.accuracy_interval): a Student-t interval over
+    the seed accuracies when there are two or more seeds, a percentile bootstrap over the test
+    examples when there is one; `ci_method` names it. The ± is the standard deviation over seeds.
     """
     out = []
     for variant in comparison.variants():
@@ -182,12 +183,12 @@ def variant_summary(comparison: Comparison) -> list[dict]:
             accuracies = [float(r.predictions.correct.mean()) for r in ok]
             n_test = len(ok[0].predictions.texts)
             mean = float(np.mean(accuracies))
-            low, high, ci_over = accuracy_interval(accuracies, ok[0].predictions.correct if len(ok) == 1 else [])
+            low, high, ci_method = accuracy_interval(accuracies, ok[0].predictions.correct if len(ok) == 1 else [])
             first = ok[0].metrics
             memory_how = first.get("memory_breakdown_how") or ""
             row.update({
                 "accuracy_mean": mean, "accuracy_std": _std(accuracies), "ci95_low": low, "ci95_high": high,
-                "ci_over": ci_over,
+                "ci_method": ci_method,
                 "n_test": n_test,
                 "macro_f1_mean": _mean([r.metrics.get("test_macro_f1") for r in ok]),
                 "ece_mean": _mean([expected_calibration_error(r.predictions.gold, r.predictions.probabilities)["ece"]
@@ -239,7 +240,15 @@ def choose_reference(summary: list[dict]) -> str:
 
 
 def paired_tests(comparison: Comparison, reference: str) -> list[dict]:
-    """McNemar tests of every variant against the reference, per shared seed, overall and on negation."""
+    """One paired test of every variant against the reference over all their shared seeds, overall
+    and on the negation slice (metrics.paired_seed_test: exact McNemar on the discordant counts pooled
+    over seeds, paired bootstrap CI of the difference).
+
+    Holm's correction runs within each slice's family: `p_holm` of the overall tests is corrected over
+    the overall tests against the reference (the same family, and so the same numbers, as compare's
+    `p_holm_vs_reference`), the negation tests over the negation tests. `holm_tests` is the family's
+    size K and `significant` means p_holm < 0.05. A slice with no examples gets no test.
+    """
     texts = comparison.ok_runs[0].predictions.texts
     negation = slice_masks(texts)["negation"]["mask"]
     by_key = {(r.variant, r.seed): r for r in comparison.ok_runs}
@@ -249,31 +258,39 @@ def paired_tests(comparison: Comparison, reference: str) -> list[dict]:
             continue
         seeds = sorted({s for v, s in by_key if v == variant} & {s for v, s in by_key if v == reference},
                        key=str)
-        for seed in seeds:
-            correct_v = by_key[(variant, seed)].predictions.correct
-            correct_ref = by_key[(reference, seed)].predictions.correct
-            for scope, mask in (("all", np.ones(len(texts), dtype=bool)), ("negation", negation)):
-                test = mcnemar(correct_v[mask], correct_ref[mask])
-                out.append({"variant": variant, "reference": reference, "seed": seed, "slice": scope,
-                            "count": int(mask.sum()), "accuracy": float(correct_v[mask].mean()) if mask.any() else math.nan,
-                            "reference_accuracy": float(correct_ref[mask].mean()) if mask.any() else math.nan,
-                            **test, "significant": bool(test["p_value"] < ALPHA)})
+        if not seeds:
+            continue
+        correct_v = np.stack([by_key[(variant, seed)].predictions.correct for seed in seeds])
+        correct_ref = np.stack([by_key[(reference, seed)].predictions.correct for seed in seeds])
+        for scope, mask in (("all", np.ones(len(texts), dtype=bool)), ("negation", negation)):
+            if not mask.any():
+                continue
+            test = paired_seed_test(correct_v[:, mask], correct_ref[:, mask])
+            out.append({"variant": variant, "reference": reference, "seeds": seeds, "slice": scope,
+                        "count": int(mask.sum()), "accuracy": test["a_accuracy"],
+                        "reference_accuracy": test["b_accuracy"],
+                        "a_only_correct": test.pop("b"), "b_only_correct": test.pop("c"), **test})
+    for scope in ("all", "negation"):
+        family = [t for t in out if t["slice"] == scope]
+        for test, p_holm in zip(family, holm([t["p_value"] for t in family])):
+            test.update(p_holm=p_holm, holm_tests=len(family), significant=bool(p_holm < ALPHA))
     return out
 
 
 # ---- tradeoff statements ----------------------------------------------------------------------
 
 def _p_phrase(tests: list[dict]) -> str:
-    """'McNemar p = 0.031, significant' / 'p = 0.03 (seed 1), 0.41 (seed 2); significant in 1 of 2 seeds'."""
+    """'McNemar p = 0.011, Holm p = 0.033 over 3 tests, significant'; pooled over seeds when there are
+    several ('McNemar p = 0.011 over 2 seeds, ...'). Significant only when the Holm-adjusted p < 0.05."""
     if not tests:
         return "no shared seed to test"
-    if len(tests) == 1:
-        p = tests[0]["p_value"]
-        return f"McNemar p = {p:.3g}, " + ("significant" if p < ALPHA else "not significant")
-    listed = ", ".join(f"{t['p_value']:.3g} (seed {t['seed']})" for t in tests)
-    hits = sum(t["p_value"] < ALPHA for t in tests)
-    verdict = "not significant in any seed" if hits == 0 else f"significant in {hits} of {len(tests)} seeds"
-    return f"McNemar p = {listed}; {verdict}"
+    test = tests[0]
+    seeds = len(test.get("seeds") or [])
+    over = f" over {seeds} seeds" if seeds > 1 else ""
+    k = test.get("holm_tests")
+    family = f" over {k} test{'s' if k != 1 else ''}" if k else ""
+    verdict = "significant" if test["p_holm"] < ALPHA else "not significant"
+    return f"McNemar p = {test['p_value']:.3g}{over}, Holm p = {test['p_holm']:.3g}{family}, {verdict}"
 
 
 def _points(delta: float) -> str:
@@ -305,8 +322,9 @@ def tradeoff_statements(summary: list[dict], tests: list[dict], reference: str,
                         negation_rows: dict[str, dict] | None = None) -> list[str]:
     """Sentences comparing each variant with the reference, every number taken from the inputs.
 
-    `summary` is variant_summary(), `tests` is paired_tests(), `negation_rows` maps variant -> its
-    negation slice row (accuracy, count). A p >= 0.05 is always reported as "not significant".
+    `summary` is variant_summary(), `tests` is paired_tests() (one test per variant and slice, with
+    its Holm-adjusted `p_holm`), `negation_rows` maps variant -> its negation slice row (accuracy,
+    count). A difference is called significant only when its Holm-adjusted p < 0.05.
 
     Example:
         >>> summary = [{"variant": "full", "n_seeds": 1, "accuracy_mean": 0.9, "params_trainable": 100,
@@ -315,9 +333,10 @@ def tradeoff_statements(summary: list[dict], tests: list[dict], reference: str,
         ...            {"variant": "lora", "n_seeds": 1, "accuracy_mean": 0.88, "params_trainable": 1,
         ...             "params_trainable_percent": 0.33, "peak_memory_mib": 150.0, "train_sps": 20.0,
         ...             "neural": True, "checkpoint_mib": 1.0}]
-        >>> tests = [{"variant": "lora", "slice": "all", "p_value": 0.2, "seed": 1}]
+        >>> tests = [{"variant": "lora", "slice": "all", "p_value": 0.02, "p_holm": 0.06, "holm_tests": 3,
+        ...           "seeds": [1]}]
         >>> print(tradeoff_statements(summary, tests, "full")[0])
-        lora trains 0.33% of parameters (1 vs 100 for full), uses 25% less peak training memory (150 vs 200 MiB), is 2× faster in training samples/s, and is 2.0 points lower in test accuracy (88.0% vs 90.0%; McNemar p = 0.2, not significant).
+        lora trains 0.33% of parameters (1 vs 100 for full), uses 25% less peak training memory (150 vs 200 MiB), is 2× faster in training samples/s, and is 2.0 points lower in test accuracy (88.0% vs 90.0%; McNemar p = 0.02, Holm p = 0.06 over 3 tests, not significant).
     """
     rows = {row["variant"]: row for row in summary if row["n_seeds"]}
     ref = rows[reference]
@@ -475,8 +494,7 @@ def _table_rows(summary: list[dict]) -> list[dict]:
         rows.append({
             "variant": r["variant"], "method": r["method"], "seeds": f"{r['n_seeds']}/{r['n_runs']}",
             "accuracy": f"{100 * r['accuracy_mean']:.2f}{std}",
-            "ci": f"{100 * r['ci95_low']:.1f}–{100 * r['ci95_high']:.1f}"
-                  + (" (examples)" if r["ci_over"] != "seeds" else " (seeds)"),
+            "ci": f"{100 * r['ci95_low']:.1f}–{100 * r['ci95_high']:.1f}; {r['ci_method']}",
             "f1": _fmt(r["macro_f1_mean"] and 100 * r["macro_f1_mean"], ".2f"),
             "ece": _fmt(r["ece_mean"], ".3f"),
             "params": f"{r['params_trainable']:,} ({_fmt(r['params_trainable_percent'], '.3g')}%)",
@@ -570,9 +588,14 @@ def _context(comparison: Comparison) -> dict:
             cells.append(f"{100 * row['accuracy']:.1f} ({100 * row['ci95_low']:.0f}–{100 * row['ci95_high']:.0f})"
                          if row and row["count"] else "–")
         slice_table_rows.append({"slice": name, "count": counts[name], "cells": cells})
-    test_rows = [{**t, "p": f"{t['p_value']:.3g}", "verdict": "significant" if t["significant"] else "not significant",
+    test_rows = [{**t, "p": f"{t['p_value']:.3g}", "p_holm_text": f"{t['p_holm']:.3g}",
+                  "verdict": "significant" if t["significant"] else "not significant",
+                  "seeds_text": ", ".join(str(s) for s in t["seeds"]),
+                  "difference_text": f"{100 * t['difference']:+.1f} ({100 * t['difference_ci95_low']:+.1f} to "
+                                     f"{100 * t['difference_ci95_high']:+.1f})",
                   "acc": f"{100 * t['accuracy']:.1f}", "ref_acc": f"{100 * t['reference_accuracy']:.1f}"}
                  for t in tests]
+    holm_tests = {scope: sum(t["slice"] == scope for t in tests) for scope in ("all", "negation")}
     return {
         "title": f"sentitune report: {comparison.folder.name}",
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -583,6 +606,7 @@ def _context(comparison: Comparison) -> dict:
         "reference": reference,
         "statements": statements,
         "tests": test_rows,
+        "holm_tests": holm_tests,
         "alpha": ALPHA,
         "slice_variants": [r["variant"] for r in summary if r["n_seeds"]],
         "slice_rows": slice_table_rows,
