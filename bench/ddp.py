@@ -24,7 +24,9 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
 from sentitune.runtime import machine_line
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +36,9 @@ def tiny_model(folder: Path) -> str:
 
     from sentitune.models import resolve_model
 
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)).save_pretrained(folder)
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    ).save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve_model("minilm-l6").location).save_pretrained(folder)
     return str(folder)
 
@@ -49,8 +53,11 @@ def run(model: str, processes: int, args, work: Path) -> dict:
     config_file = work / f"{Path(model).name}-{processes}.yaml"
     config_file.write_text(yaml.safe_dump(config))
     out = work / f"run-{Path(model).name}-{processes}"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] \
-        if processes > 1 else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        if processes > 1
+        else [sys.executable]
+    )
     command = launcher + ["-m", "sentitune", "train", "--config", str(config_file), "--output-dir", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if processes > 1:

@@ -29,7 +29,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
 from sentitune.runtime import machine_line
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # TOKENIZERS_PARALLELISM stays at the library's default (on): this script never forks, and parallel
@@ -53,8 +55,11 @@ def timed(name: str, predict, texts: list[str], gold: np.ndarray, label_index) -
     seconds = time.perf_counter() - started
     accuracy = float((np.asarray([label_index(p) for p in predicted]) == gold).mean())
     row = {"name": name, "seconds": seconds, "sentences_per_second": len(texts) / seconds, "accuracy": accuracy}
-    print(f"  {name:<24} {row['sentences_per_second']:>10.1f} sent/s  {seconds:>8.2f} s  "
-          f"accuracy {100 * accuracy:6.2f}%", file=sys.stderr, flush=True)
+    print(
+        f"  {name:<24} {row['sentences_per_second']:>10.1f} sent/s  {seconds:>8.2f} s  accuracy {100 * accuracy:6.2f}%",
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
@@ -74,21 +79,31 @@ def matmul_rate(hidden: int, intermediate: int, workers: int, threads: int, int8
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, hidden)).astype(np.float32)
     if int8:
-        weights = [numpy_helper.from_array(rng.integers(-127, 127, (hidden, intermediate)).astype(np.int8), "w"),
-                   numpy_helper.from_array(np.full((intermediate,), 0.01, np.float32), "scale"),
-                   numpy_helper.from_array(np.zeros((intermediate,), np.int8), "zero")]
+        weights = [
+            numpy_helper.from_array(rng.integers(-127, 127, (hidden, intermediate)).astype(np.int8), "w"),
+            numpy_helper.from_array(np.full((intermediate,), 0.01, np.float32), "scale"),
+            numpy_helper.from_array(np.zeros((intermediate,), np.int8), "zero"),
+        ]
         node = helper.make_node("DynamicQuantizeMatMul", ["x", "w", "scale", "zero"], ["y"], domain="com.microsoft")
     else:
         weights = [numpy_helper.from_array(rng.standard_normal((hidden, intermediate)).astype(np.float32), "w")]
         node = helper.make_node("MatMul", ["x", "w"], ["y"])
-    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, hidden])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-                              ir_version=8)  # what every ONNX Runtime since 1.10 reads
+    graph = helper.make_graph(
+        [node],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        weights,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=8
+    )  # what every ONNX Runtime since 1.10 reads
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    sessions = [ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-                for _ in range(workers)]
+    sessions = [
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for _ in range(workers)
+    ]
     repeats = 20
 
     def spin(session) -> None:
@@ -147,50 +162,85 @@ def main(argv=None) -> int:
     labels = torch_model.label_names
     cores = available_cores()
     workers, threads = onnx_parallelism(cores)
-    print(f"{len(texts)} sentences from {data}; {cores} cores: torch threads {torch.get_num_threads()}, ONNX Runtime "
-          f"{workers} session(s) x {threads} threads; batch size {args.batch_size}", file=sys.stderr, flush=True)
+    print(
+        f"{len(texts)} sentences from {data}; {cores} cores: torch threads {torch.get_num_threads()}, ONNX Runtime "
+        f"{workers} session(s) x {threads} threads; batch size {args.batch_size}",
+        file=sys.stderr,
+        flush=True,
+    )
 
     pipe = pipeline("text-classification", model=str(hf_dir), tokenizer=str(hf_dir), device=-1)
     truncate = {"truncation": True, "max_length": torch_model.max_length}
     by_name = {name: i for i, name in enumerate(labels)}
     rows = [
-        timed("hf pipeline, one at a time", lambda xs: [pipe(x, **truncate)[0]["label"] for x in xs],
-              texts, gold, by_name.get),
-        timed(f"hf pipeline, batch {args.batch_size}",
-              lambda xs: [r["label"] for r in pipe(xs, batch_size=args.batch_size, **truncate)], texts, gold,
-              by_name.get),
-        timed(f"sentitune torch {torch_model.precision}", lambda xs: torch_model.predict_proba(xs, args.batch_size),
-              texts, gold,
-              np.argmax),
+        timed(
+            "hf pipeline, one at a time",
+            lambda xs: [pipe(x, **truncate)[0]["label"] for x in xs],
+            texts,
+            gold,
+            by_name.get,
+        ),
+        timed(
+            f"hf pipeline, batch {args.batch_size}",
+            lambda xs: [r["label"] for r in pipe(xs, batch_size=args.batch_size, **truncate)],
+            texts,
+            gold,
+            by_name.get,
+        ),
+        timed(
+            f"sentitune torch {torch_model.precision}",
+            lambda xs: torch_model.predict_proba(xs, args.batch_size),
+            texts,
+            gold,
+            np.argmax,
+        ),
     ]
     pipe = None  # frees the pipeline and its model before the ONNX runs
     for variant in ("fp32", "int8"):
         onnx = Predictor.load(onnx_dir, device="cpu", variant=variant)
-        rows.append(timed(f"sentitune onnx {variant}", lambda xs, p=onnx: p.predict_proba(xs, args.batch_size),
-                          texts, gold, np.argmax))
+        rows.append(
+            timed(
+                f"sentitune onnx {variant}",
+                lambda xs, p=onnx: p.predict_proba(xs, args.batch_size),
+                texts,
+                gold,
+                np.argmax,
+            )
+        )
 
     one, bs64, torch_row, onnx_fp32, int8 = rows
     # How fast could int8 be here at all? Every multiply-add of the model at the machine's own int8
     # matrix-product rate, with no padding, tokenizer or other operator: an upper bound.
     from sentitune.data import encode_texts
 
-    token_counts = [len(ids) for ids in encode_texts(torch_model.tokenizer, texts, torch_model.max_length,
-                                                     torch_model.truncation)[0]["input_ids"]]
+    token_counts = [
+        len(ids)
+        for ids in encode_texts(torch_model.tokenizer, texts, torch_model.max_length, torch_model.truncation)[0][
+            "input_ids"
+        ]
+    ]
     config = torch_model.model.config
     work = model_multiply_adds(config, token_counts)
-    ceilings = {kind: len(texts) / (work / matmul_rate(config.hidden_size, config.intermediate_size, workers,
-                                                        threads, kind == "int8")) for kind in ("fp32", "int8")}
+    ceilings = {
+        kind: len(texts)
+        / (work / matmul_rate(config.hidden_size, config.intermediate_size, workers, threads, kind == "int8"))
+        for kind in ("fp32", "int8")
+    }
     print()
     for kind, ceiling in ceilings.items():
-        print(f"ceiling {kind}: {ceiling:.1f} sentences/s ({work / len(texts) / 1e6:.0f}M multiply-adds per sentence at "
-              f"this machine's {kind} matrix-product rate; {ceiling / one['sentences_per_second']:.1f}x one-at-a-time, "
-              f"{ceiling / bs64['sentences_per_second']:.1f}x batch {args.batch_size}; sentitune {kind} reaches "
-              f"{100 * {'fp32': onnx_fp32, 'int8': int8}[kind]['sentences_per_second'] / ceiling:.0f}% of it)")
+        print(
+            f"ceiling {kind}: {ceiling:.1f} sentences/s ({work / len(texts) / 1e6:.0f}M multiply-adds per sentence at "
+            f"this machine's {kind} matrix-product rate; {ceiling / one['sentences_per_second']:.1f}x one-at-a-time, "
+            f"{ceiling / bs64['sentences_per_second']:.1f}x batch {args.batch_size}; sentitune {kind} reaches "
+            f"{100 * {'fp32': onnx_fp32, 'int8': int8}[kind]['sentences_per_second'] / ceiling:.0f}% of it)"
+        )
     print()
     print(f"{'variant':<28} {'sentences/s':>12} {'seconds':>9} {'accuracy':>9} {'x one-at-a-time':>16}")
     for row in rows:
-        print(f"{row['name']:<28} {row['sentences_per_second']:>12.1f} {row['seconds']:>9.2f} "
-              f"{100 * row['accuracy']:>8.2f}% {row['sentences_per_second'] / one['sentences_per_second']:>15.1f}x")
+        print(
+            f"{row['name']:<28} {row['sentences_per_second']:>12.1f} {row['seconds']:>9.2f} "
+            f"{100 * row['accuracy']:>8.2f}% {row['sentences_per_second'] / one['sentences_per_second']:>15.1f}x"
+        )
     print(f"ratio int8_vs_pipeline_one: {int8['sentences_per_second'] / one['sentences_per_second']:.2f}")
     print(f"ratio int8_vs_pipeline_bs64: {int8['sentences_per_second'] / bs64['sentences_per_second']:.2f}")
     print(f"accuracy_drop_points int8: {100 * (torch_row['accuracy'] - int8['accuracy']):.2f}")

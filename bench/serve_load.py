@@ -28,13 +28,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from sentitune.runtime import machine_line
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 # ---- the naive server (run in its own process by this script) -------------------------------------
+
 
 def naive_server(model_dir: str, port: int) -> None:
     """What most tutorials deploy: a FastAPI endpoint that calls the HF pipeline once per request."""
@@ -62,6 +65,7 @@ def naive_server(model_dir: str, port: int) -> None:
 
 
 # ---- load ---------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -111,13 +115,21 @@ class _Connection:
     async def post(self, path: str, body: bytes) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + self.host.encode() +
-                          b"\r\nContent-Type: application/json\r\nContent-Length: " +
-                          str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.writer.write(
+            b"POST "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: "
+            + self.host.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
-        length = next(int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n")
-                      if line.startswith(b"content-length:"))
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")
+        )
         await self.reader.readexactly(length)
         if b"connection: close" in head.lower():
             self.close()
@@ -168,9 +180,14 @@ async def load(url: str, texts: list[str], concurrency: int, seconds: float, war
     for connection in connections:
         connection.close()
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([np.nan])
-    return {"requests": len(latencies), "errors": errors, "seconds": elapsed,
-            "requests_per_second": len(latencies) / elapsed, "latency_p50_ms": float(np.percentile(ms, 50)),
-            "latency_p99_ms": float(np.percentile(ms, 99))}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": elapsed,
+        "requests_per_second": len(latencies) / elapsed,
+        "latency_p50_ms": float(np.percentile(ms, 50)),
+        "latency_p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 def main(argv=None) -> int:
@@ -196,7 +213,7 @@ def main(argv=None) -> int:
     from sentitune.export import export_run
 
     data = Path(args.data) if args.data else Path(os.environ.get("SENTITUNE_DATA_DIR", "data")) / "sst2" / "dev.tsv"
-    texts = read_table(data, "sentence", None).texts[:args.limit or None]
+    texts = read_table(data, "sentence", None).texts[: args.limit or None]
     workdir = Path(args.export_dir) if args.export_dir else Path(tempfile.mkdtemp(prefix="sentitune-serve-bench-"))
     hf_dir = workdir / "hf"
     model = Path(args.model) if args.model else workdir / "onnx-int8"
@@ -207,10 +224,26 @@ def main(argv=None) -> int:
         export_run(args.run, model, fmt="onnx", quantize="int8", parity=False)
 
     servers = {
-        "naive (pipeline per request)": lambda port: [sys.executable, __file__, args.run, "--naive-server",
-                                                      str(hf_dir), str(port)],
-        "sentitune serve": lambda port: [sys.executable, "-m", "sentitune", "serve", "--model", str(model),
-                                         "--port", str(port), "--max-wait-ms", str(args.max_wait_ms)],
+        "naive (pipeline per request)": lambda port: [
+            sys.executable,
+            __file__,
+            args.run,
+            "--naive-server",
+            str(hf_dir),
+            str(port),
+        ],
+        "sentitune serve": lambda port: [
+            sys.executable,
+            "-m",
+            "sentitune",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--max-wait-ms",
+            str(args.max_wait_ms),
+        ],
     }
     rows = {}
     for name, command in servers.items():
@@ -218,16 +251,19 @@ def main(argv=None) -> int:
         process = start(command(port), port)
         try:
             print(f"loading {name}: {args.concurrency} clients x {args.seconds:g} s ...", file=sys.stderr, flush=True)
-            rows[name] = asyncio.run(load(f"http://127.0.0.1:{port}", texts, args.concurrency, args.seconds,
-                                          args.warmup_seconds))
+            rows[name] = asyncio.run(
+                load(f"http://127.0.0.1:{port}", texts, args.concurrency, args.seconds, args.warmup_seconds)
+            )
         finally:
             stop(process)
 
     print()
     print(f"{'server':<30} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7}")
     for name, row in rows.items():
-        print(f"{name:<30} {row['requests_per_second']:>11.1f} {row['latency_p50_ms']:>8.1f} "
-              f"{row['latency_p99_ms']:>8.1f} {row['requests']:>9} {row['errors']:>7}")
+        print(
+            f"{name:<30} {row['requests_per_second']:>11.1f} {row['latency_p50_ms']:>8.1f} "
+            f"{row['latency_p99_ms']:>8.1f} {row['requests']:>9} {row['errors']:>7}"
+        )
     naive, ours = rows["naive (pipeline per request)"], rows["sentitune serve"]
     ratio = ours["requests_per_second"] / naive["requests_per_second"] if naive["requests_per_second"] else float("nan")
     print(f"ratio serve_vs_naive: {ratio:.2f}")

@@ -30,7 +30,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from sentitune.runtime import machine_line
+
 
 REPO = Path(__file__).resolve().parents[1]
 SIDES = ("baseline", "sentitune")
@@ -39,9 +41,13 @@ SIDES = ("baseline", "sentitune")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-size", type=int, default=2000, help="SST-2 training sentences (default 2000)")
-    parser.add_argument("--limit", type=int, default=None, help="score only this many GLUE dev sentences (default all 872)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="score only this many GLUE dev sentences (default all 872)"
+    )
     parser.add_argument("--model", default="minilm-l6", help="model alias, folder or hub id (default minilm-l6)")
-    parser.add_argument("--data-dir", default=None, help="folder with sst2/ (default $SENTITUNE_DATA_DIR, else ../shared/data)")
+    parser.add_argument(
+        "--data-dir", default=None, help="folder with sst2/ (default $SENTITUNE_DATA_DIR, else ../shared/data)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     # sentitune's full default; at 2e-5 one epoch of 63 steps leaves both recipes near chance.
     parser.add_argument("--learning-rate", type=float, default=5e-5)
@@ -68,8 +74,15 @@ def data_config(args):
 
     # The validation slice is carved before the subset so both sides train on the very same rows;
     # neither side evaluates on it.
-    return DataConfig(dataset="sst2", data_dir=data_dir(args), train_subset=args.train_size, validation_size=500,
-                      test_subset=args.limit, max_length=128, split_seed=args.seed)
+    return DataConfig(
+        dataset="sst2",
+        data_dir=data_dir(args),
+        train_subset=args.train_size,
+        validation_size=500,
+        test_subset=args.limit,
+        max_length=128,
+        split_seed=args.seed,
+    )
 
 
 def peak_rss_mib() -> float:
@@ -78,12 +91,19 @@ def peak_rss_mib() -> float:
 
 # ---- workers (each in its own process) --------------------------------------------------------
 
+
 def run_baseline(args) -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainerCallback,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        set_seed,
+    )
 
     from sentitune.data import load_splits
     from sentitune.models import resolve_model
@@ -130,9 +150,17 @@ def run_baseline(args) -> dict:
 
     with tempfile.TemporaryDirectory() as scratch:
         training_args = TrainingArguments(
-            output_dir=scratch, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64,
-            learning_rate=args.learning_rate, num_train_epochs=args.epochs, seed=args.seed,
-            eval_strategy="no", save_strategy="no", logging_steps=50, report_to="none", disable_tqdm=True,
+            output_dir=scratch,
+            per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=64,
+            learning_rate=args.learning_rate,
+            num_train_epochs=args.epochs,
+            seed=args.seed,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_steps=50,
+            report_to="none",
+            disable_tqdm=True,
         )
         trainer = CountingTrainer(model=model, args=training_args, train_dataset=train_ds, callbacks=[timer])
         started = time.perf_counter()
@@ -159,29 +187,44 @@ def run_sentitune(args) -> dict:
     from sentitune.training import train
 
     cfg = RunConfig(model=args.model, data=data_config(args))
-    cfg = cfg.override({
-        "method.name": "full", "method.learning_rate": args.learning_rate,
-        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.seed": args.seed,
-        # No validation passes: the baseline has none, and they would only add wall time.
-        "train.eval_strategy": "no", "train.warmup_steps_excluded_from_throughput": args.warmup_steps,
-        "train.logging_steps": 50, "train.threads": args.threads,
-    })
+    cfg = cfg.override(
+        {
+            "method.name": "full",
+            "method.learning_rate": args.learning_rate,
+            "train.epochs": args.epochs,
+            "train.batch_size": args.batch_size,
+            "train.seed": args.seed,
+            # No validation passes: the baseline has none, and they would only add wall time.
+            "train.eval_strategy": "no",
+            "train.warmup_steps_excluded_from_throughput": args.warmup_steps,
+            "train.logging_steps": 50,
+            "train.threads": args.threads,
+        }
+    )
     with tempfile.TemporaryDirectory() as scratch:
         metrics = train(cfg, Path(scratch) / "run")
-    keep = ("train_examples", "test_examples", "train_samples_per_second", "train_tokens_per_second",
-            "train_padded_tokens_per_second", "throughput_measured_steps", "train_runtime_seconds",
-            "test_accuracy", "peak_memory_mib")
+    keep = (
+        "train_examples",
+        "test_examples",
+        "train_samples_per_second",
+        "train_tokens_per_second",
+        "train_padded_tokens_per_second",
+        "throughput_measured_steps",
+        "train_runtime_seconds",
+        "test_accuracy",
+        "peak_memory_mib",
+    )
     return {key: metrics[key] for key in keep}
 
 
 # ---- driver -----------------------------------------------------------------------------------
 
+
 def run_side(side: str, argv: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         result = Path(scratch) / "result.json"
         command = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", side, "--result", str(result)]
-        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-               "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
         print(f"[{side}] running in a fresh process ...", flush=True)
         started = time.perf_counter()
         done = subprocess.run(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -224,9 +267,11 @@ def main(argv=None) -> int:
         return 0
     data_dir(args)  # fail here, not inside a worker
     sides = [args.only] if args.only else list(SIDES)
-    print(f"minilm full fine-tuning: {args.train_size} SST-2 sentences, batch {args.batch_size}, "
-          f"lr {args.learning_rate}, {args.epochs:g} epoch(s), seed {args.seed}, "
-          f"first {args.warmup_steps} steps excluded from samples/s")
+    print(
+        f"minilm full fine-tuning: {args.train_size} SST-2 sentences, batch {args.batch_size}, "
+        f"lr {args.learning_rate}, {args.epochs:g} epoch(s), seed {args.seed}, "
+        f"first {args.warmup_steps} steps excluded from samples/s"
+    )
     results = {side: run_side(side, argv) for side in sides}
     print()
     print_table(results)

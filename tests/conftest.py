@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Code paths are compared at 1e-5 (predictor vs run, ONNX vs torch); bf16 autocast, which `auto` picks
@@ -18,12 +19,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # choice with the check mocked, and bf16 runs with it forced.
 os.environ.setdefault("SENTITUNE_CPU_BF16", "0")
 
-POSITIVE = ["a gorgeous , witty film", "great acting and a moving story", "i loved every minute",
-            "a delightful , warm comedy", "brilliant and funny", "the best movie of the year",
-            "wonderful performances all round", "charming and smart", "an absolute joy", "superb direction"]
-NEGATIVE = ["it never finds its footing", "a dull , lifeless mess", "i hated every minute",
-            "boring and far too long", "the worst movie of the year", "awful acting and a silly plot",
-            "a tedious , pointless film", "painfully unfunny", "a complete waste of time", "clumsy and flat"]
+POSITIVE = [
+    "a gorgeous , witty film",
+    "great acting and a moving story",
+    "i loved every minute",
+    "a delightful , warm comedy",
+    "brilliant and funny",
+    "the best movie of the year",
+    "wonderful performances all round",
+    "charming and smart",
+    "an absolute joy",
+    "superb direction",
+]
+NEGATIVE = [
+    "it never finds its footing",
+    "a dull , lifeless mess",
+    "i hated every minute",
+    "boring and far too long",
+    "the worst movie of the year",
+    "awful acting and a silly plot",
+    "a tedious , pointless film",
+    "painfully unfunny",
+    "a complete waste of time",
+    "clumsy and flat",
+]
 
 
 def shared_data_dir() -> Path | None:
@@ -43,8 +62,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=512,
+    )
     BertModel(config).save_pretrained(folder)
     # The bundled MiniLM ships the real bert-base-uncased WordPiece vocab.
     AutoTokenizer.from_pretrained(resolve_model("minilm-l6").location).save_pretrained(folder)
@@ -86,11 +111,22 @@ def make_tiny_config(model_dir: Path, data: dict[str, Path], method: str = "full
 
     raw = {
         "model": str(model_dir),
-        "data": {"dataset": "files", "train_file": str(data["train"]), "test_file": str(data["test"]),
-                 "validation_size": 16, "max_length": 32},
+        "data": {
+            "dataset": "files",
+            "train_file": str(data["train"]),
+            "test_file": str(data["test"]),
+            "validation_size": 16,
+            "max_length": 32,
+        },
         "method": {"name": method},
-        "train": {"max_steps": 4, "batch_size": 8, "eval_batch_size": 16, "logging_steps": 1,
-                  "eval_strategy": "no", "warmup_steps_excluded_from_throughput": 1},
+        "train": {
+            "max_steps": 4,
+            "batch_size": 8,
+            "eval_batch_size": 16,
+            "logging_steps": 1,
+            "eval_strategy": "no",
+            "warmup_steps_excluded_from_throughput": 1,
+        },
     }
     cfg = RunConfig.from_dict(raw)
     return cfg.override(overrides) if overrides else cfg

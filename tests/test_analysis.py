@@ -10,52 +10,103 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import make_tiny_config
 
 from sentitune import analysis
-from sentitune.analysis import (NEGATION_PAIRS, Predictions, check_same_examples, compare_predictions,
-                                confident_learning_rule, errors_by_class, likely_label_errors, negation_probe,
-                                parse_slices, slice_masks, slice_table)
+from sentitune.analysis import (
+    NEGATION_PAIRS,
+    Predictions,
+    check_same_examples,
+    compare_predictions,
+    confident_learning_rule,
+    errors_by_class,
+    likely_label_errors,
+    negation_probe,
+    parse_slices,
+    slice_masks,
+    slice_table,
+)
 from sentitune.config import ConfigError
-from conftest import make_tiny_config
 from sentitune.metrics import confusion_matrix, wilson_interval
 from sentitune.results import RunFolderError
+
 
 NAMES = ["negative", "positive"]
 
 
 def strict_json(path):
     """json.loads that refuses NaN/Infinity, which strict readers (browsers, jq) reject."""
+
     def refuse(value):
         raise ValueError(f"non-standard JSON constant {value}")
+
     return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
 
 
 # ---- slices -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", [
-    "it is n't funny", "the plot does n't work", "you ca n't miss it", "i wo n't watch it again", "isn't good",
-    "not a good film", "no laughs", "never dull", "nothing works", "nobody cares", "none of it lands",
-    "neither funny nor sad", "without charm", "hardly a classic", "barely watchable", "i dont care",
-    "it cannot hold", "couldn’t care less"])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "it is n't funny",
+        "the plot does n't work",
+        "you ca n't miss it",
+        "i wo n't watch it again",
+        "isn't good",
+        "not a good film",
+        "no laughs",
+        "never dull",
+        "nothing works",
+        "nobody cares",
+        "none of it lands",
+        "neither funny nor sad",
+        "without charm",
+        "hardly a classic",
+        "barely watchable",
+        "i dont care",
+        "it cannot hold",
+        "couldn’t care less",
+    ],
+)
 def test_negation_slice_covers_sst_and_plain_forms(text):
     assert slice_masks([text])["negation"]["mask"][0]
 
 
-@pytest.mark.parametrize("text", ["a notable film", "knotty and smart", "another winner", "the nonsense is fun",
-                                  "it knows its audience", "snow falls"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a notable film",
+        "knotty and smart",
+        "another winner",
+        "the nonsense is fun",
+        "it knows its audience",
+        "snow falls",
+    ],
+)
 def test_negation_slice_ignores_words_that_only_contain_a_cue(text):
     assert not slice_masks([text])["negation"]["mask"][0]
 
 
 def test_contrast_and_length_buckets():
-    texts = ["good but long", "although slow , it works", "fine", " ".join(["w"] * 10), " ".join(["w"] * 11),
-             " ".join(["w"] * 20), " ".join(["w"] * 21), " ".join(["w"] * 30), " ".join(["w"] * 31)]
+    texts = [
+        "good but long",
+        "although slow , it works",
+        "fine",
+        " ".join(["w"] * 10),
+        " ".join(["w"] * 11),
+        " ".join(["w"] * 20),
+        " ".join(["w"] * 21),
+        " ".join(["w"] * 30),
+        " ".join(["w"] * 31),
+    ]
     masks = slice_masks(texts)
     assert masks["contrast"]["mask"].tolist()[:3] == [True, True, False]
-    bucket = {name: np.flatnonzero(masks[name]["mask"]).tolist()
-              for name in ("length <=10", "length 11-20", "length 21-30", "length >30")}
-    assert bucket == {"length <=10": [0, 1, 2, 3], "length 11-20": [4, 5], "length 21-30": [6, 7],
-                      "length >30": [8]}
+    bucket = {
+        name: np.flatnonzero(masks[name]["mask"]).tolist()
+        for name in ("length <=10", "length 11-20", "length 21-30", "length >30")
+    }
+    assert bucket == {"length <=10": [0, 1, 2, 3], "length 11-20": [4, 5], "length 21-30": [6, 7], "length >30": [8]}
     # every example falls in exactly one length bucket
     assert sum(masks[name]["mask"].astype(int) for name in bucket).tolist() == [1] * len(texts)
 
@@ -70,8 +121,15 @@ def test_slice_table_counts_and_wilson_intervals():
     assert rows["length >30"]["count"] == 0 and np.isnan(rows["length >30"]["accuracy"])
 
 
-@pytest.mark.parametrize("spec, message", [("nameonly", "NAME=REGEX"), ("x=(", "invalid regular expression"),
-                                           ("negation=foo", "already used"), ("=foo", "NAME=REGEX")])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nameonly", "NAME=REGEX"),
+        ("x=(", "invalid regular expression"),
+        ("negation=foo", "already used"),
+        ("=foo", "NAME=REGEX"),
+    ],
+)
 def test_parse_slices_rejects_bad_specs(spec, message):
     with pytest.raises(ConfigError, match=message):
         parse_slices([spec])
@@ -82,6 +140,7 @@ def test_parse_slices_keeps_equals_signs_inside_the_regex():
 
 
 # ---- per-example views ------------------------------------------------------------------------
+
 
 def random_probabilities(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -165,6 +224,7 @@ def test_analyze_predictions_with_eight_classes(tmp_path):
 
 # ---- comparison and probe ---------------------------------------------------------------------
 
+
 def test_compare_predictions_counts_disagreements_per_slice():
     texts = ["not good", "good", "not bad", "bad"]
     a = Predictions(texts, [0, 1, 1, 0], [[0.9, 0.1], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]], NAMES)
@@ -217,6 +277,7 @@ def test_negation_probe_scores_flips():
 
 # ---- commands on tiny trained runs ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tiny_data, tmp_path_factory):
     from sentitune.training import train
@@ -240,8 +301,21 @@ def run_cli(argv, capsys):
 
 def test_analyze_writes_every_file(runs, tmp_path, capsys):
     out_dir = tmp_path / "an"
-    code, stdout, _ = run_cli(["analyze", str(runs["lora"]), "--top-k", "3", "--slice", "exclaim=!",
-                               "--slice", "superlative=\\bbest|worst\\b", "--output-dir", str(out_dir)], capsys)
+    code, stdout, _ = run_cli(
+        [
+            "analyze",
+            str(runs["lora"]),
+            "--top-k",
+            "3",
+            "--slice",
+            "exclaim=!",
+            "--slice",
+            "superlative=\\bbest|worst\\b",
+            "--output-dir",
+            str(out_dir),
+        ],
+        capsys,
+    )
     assert code == 0
     for name in ("analysis.json", "errors.csv", "slices.csv", "confusion.png", "reliability.png"):
         assert (out_dir / name).stat().st_size > 0, name
@@ -265,8 +339,9 @@ def test_analyze_defaults_to_the_run_analysis_folder(runs, capsys):
 
 
 def test_analyze_against_a_second_run(runs, tmp_path, capsys):
-    code, stdout, _ = run_cli(["analyze", str(runs["lora"]), "--against", str(runs["full"]),
-                               "--output-dir", str(tmp_path / "cmp")], capsys)
+    code, stdout, _ = run_cli(
+        ["analyze", str(runs["lora"]), "--against", str(runs["full"]), "--output-dir", str(tmp_path / "cmp")], capsys
+    )
     assert code == 0
     comparison = strict_json(tmp_path / "cmp" / "comparison.json")
     overall = comparison["slices"][0]
@@ -287,8 +362,9 @@ def test_analyze_against_refuses_a_different_test_set(runs, tmp_path, capsys):
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    code, _, err = run_cli(["analyze", str(runs["lora"]), "--against", str(other),
-                            "--output-dir", str(tmp_path / "x")], capsys)
+    code, _, err = run_cli(
+        ["analyze", str(runs["lora"]), "--against", str(other), "--output-dir", str(tmp_path / "x")], capsys
+    )
     assert code == 2 and "differ at row 5" in err and "a different sentence" in err
     assert not (tmp_path / "x").exists()  # refused before writing anything
 
@@ -308,13 +384,28 @@ def test_analyze_refuses_unfinished_runs_and_bad_flags(runs, tmp_path, capsys):
 def test_evaluate_writes_analysis_and_can_be_analyzed_again(runs, tmp_path, capsys):
     from conftest import write_rows
 
-    data = write_rows(tmp_path / "mine.csv", [("i did n't like it", "negative"), ("a lovely film", "positive"),
-                                              ("not great but fun", "positive"), ("dull", "0")])
-    code, stdout, _ = run_cli(["evaluate", str(runs["lora"]), "--data", str(data),
-                               "--output-dir", str(tmp_path / "ev")], capsys)
+    data = write_rows(
+        tmp_path / "mine.csv",
+        [
+            ("i did n't like it", "negative"),
+            ("a lovely film", "positive"),
+            ("not great but fun", "positive"),
+            ("dull", "0"),
+        ],
+    )
+    code, stdout, _ = run_cli(
+        ["evaluate", str(runs["lora"]), "--data", str(data), "--output-dir", str(tmp_path / "ev")], capsys
+    )
     assert code == 0
-    for name in ("predictions.csv", "metrics.json", "analysis.json", "slices.csv", "errors.csv", "confusion.png",
-                 "reliability.png"):
+    for name in (
+        "predictions.csv",
+        "metrics.json",
+        "analysis.json",
+        "slices.csv",
+        "errors.csv",
+        "confusion.png",
+        "reliability.png",
+    ):
         assert (tmp_path / "ev" / name).exists(), name
     printed = json.loads(stdout)
     assert printed["analysis"]["files"][0] == "analysis.json"

@@ -12,21 +12,31 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sentitune"
 
 # Lower number = lower layer. Keys are dotted module paths below sentitune; the longest match wins.
 LAYERS = {
     "errors": 0,
-    "runtime": 1, "metrics": 1,
+    "runtime": 1,
+    "metrics": 1,
     "methods": 2,
     "config": 3,
-    "data": 4, "models": 4, "results": 4,
-    "training": 5, "pretraining": 5,
+    "data": 4,
+    "models": 4,
+    "results": 4,
+    "training": 5,
+    "pretraining": 5,
     "reporting.plots": 6,  # figures only (matplotlib in, Figure out); analysis draws with them
-    "compare": 6, "inference": 6,
-    "analysis": 7, "export": 7, "serve": 7,
+    "compare": 6,
+    "inference": 6,
+    "analysis": 7,
+    "export": 7,
+    "serve": 7,
     "reporting": 8,
-    "cli": 9, "__main__": 9, "__init__": 9,
+    "cli": 9,
+    "__main__": 9,
+    "__init__": 9,
 }
 
 
@@ -63,8 +73,12 @@ def _package_imports(path: Path):
     for node in ast.walk(tree):
         if id(node) in skipped:
             continue
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and (
-                node.module == "sentitune" or node.module.startswith("sentitune.")):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and (node.module == "sentitune" or node.module.startswith("sentitune."))
+        ):
             base = node.module.split(".")[1:]
             targets = [".".join(base)] if base else [alias.name for alias in node.names]
             if base:  # `from sentitune.reporting import plots` reaches reporting.plots
@@ -88,7 +102,9 @@ def test_no_import_reaches_up_a_layer():
         for line, target in _package_imports(path):
             key, layer = _layer(target)
             if layer > my_layer:
-                upward.append(f"{path.relative_to(PACKAGE)}:{line}: {me} (layer {my_layer}) imports {key} (layer {layer})")
+                upward.append(
+                    f"{path.relative_to(PACKAGE)}:{line}: {me} (layer {my_layer}) imports {key} (layer {layer})"
+                )
     assert not upward, "imports against the layering:\n" + "\n".join(upward)
 
 
@@ -103,7 +119,7 @@ def test_no_import_cycles_between_modules():
 
     def visit(node):
         if node in stack:
-            cycles.append(stack[stack.index(node):] + [node])
+            cycles.append(stack[stack.index(node) :] + [node])
             return
         if node in seen:
             return
@@ -119,8 +135,13 @@ def test_no_import_cycles_between_modules():
 
 
 def test_argparse_lives_only_in_the_cli():
-    users = [str(p.relative_to(PACKAGE)) for p in _files()
-             if _module_name(p).split(".")[0] not in ("cli", "__main__")
-             and any(isinstance(n, (ast.Import, ast.ImportFrom)) and "argparse" in ast.dump(n)
-                     for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))]
+    users = [
+        str(p.relative_to(PACKAGE))
+        for p in _files()
+        if _module_name(p).split(".")[0] not in ("cli", "__main__")
+        and any(
+            isinstance(n, (ast.Import, ast.ImportFrom)) and "argparse" in ast.dump(n)
+            for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+        )
+    ]
     assert not users, f"argparse imported outside the CLI: {users}"

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from sentitune.cli import EXIT_USER_ERROR, main
 from sentitune.data import DataError, is_blank, read_table
 
+
 GOOD = "".join(f"a sentence number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(12))
 GOOD_TEST = "text,label\nfine,pos\nawful,neg\n"
 
@@ -47,66 +48,153 @@ CASES = [
     Case("empty file", {"train.csv": ""}, ["{dir}/train.csv", "file is empty"]),
     Case("blank lines only", {"train.jsonl": "\n  \n\n"}, ["{dir}/train.jsonl", "file is empty"]),
     Case("header only", {"train.csv": "text,label\n"}, ["{dir}/train.csv", "header only"]),
-    Case("missing text column", {"train.csv": "review,label\n" + GOOD},
-         ["{dir}/train.csv", "line 1", "no column 'text'", "'review'"]),
-    Case("missing label column", {"train.csv": "text,sentiment\n" + GOOD},
-         ["{dir}/train.csv", "line 1", "no column 'label'", "'sentiment'"]),
-    Case("label outside the declared set", {"train.csv": "text,label\n" + GOOD + "so-so,neutral\n"},
-         ["{dir}/train.csv", "line 14", "column 'label'", "'neutral'", "['neg', 'pos']"],
-         ["--label-names", "neg,pos"]),
-    Case("test label unseen in train", {"test.csv": GOOD_TEST + "meh,neutral\n"},
-         ["{dir}/test.csv", "line 4", "column 'label'", "'neutral'"]),
-    Case("mixed label types", {"train.csv": "text,label\n" + GOOD + "odd one,7\n"},
-         ["{dir}/train.csv", "line 14", "column 'label'", "'7'", "is a number but other labels are text"]),
-    Case("single class", {"train.csv": "text,label\n" + "".join(f"text {i},pos\n" for i in range(8))},
-         ["{dir}/train.csv", "single class", "'pos'"]),
-    Case("non-UTF-8 bytes", {"train.csv": b"text,label\ngood,pos\nbad \xff\xfe here,neg\n"},
-         ["{dir}/train.csv", "line 3, column 5", "b'\\xff'", "not UTF-8"]),
-    Case("JSONL with a broken line", {"train.jsonl": '{"text": "good", "label": "pos"}\n{"text": "bad", "label": neg}\n'},
-         ["{dir}/train.jsonl", "line 2, column 26", "invalid JSON"]),
-    Case("JSONL line that is not an object", {"train.jsonl": '{"text": "good", "label": "pos"}\n["bad", "neg"]\n'},
-         ["{dir}/train.jsonl", "line 2", "expected a JSON object, got list"]),
-    Case("JSONL nested too deep", {"train.jsonl": '{"text": "good", "label": "pos"}\n' + "[" * 50_000 + "\n"},
-         ["{dir}/train.jsonl", "line 2", "unreadable JSON"]),
-    Case("JSONL lone surrogate", {"train.jsonl": '{"text": "good", "label": "pos"}\n{"text": "x \\udc80", "label": "neg"}\n'},
-         ["{dir}/train.jsonl", "line 2", "column 'text'", "'\\udc80'", "lone surrogate"]),
-    Case("empty label", {"train.csv": "text,label\n" + GOOD + "no label here,\n"},
-         ["{dir}/train.csv", "line 14", "column 'label'", "empty label"]),
-    Case("short row", {"train.csv": "text,label\n" + GOOD + "no comma at all\n"},
-         ["{dir}/train.csv", "line 14", "column 'label'", "empty label"]),
-    Case("JSONL label that is a list", {"train.jsonl": '{"text": "good", "label": ["pos", "neg"]}\n'},
-         ["{dir}/train.jsonl", "line 1", "column 'label'", "is not a single value"]),
-    Case("every text empty", {"train.csv": "text,label\n  ,pos\n\t,neg\n"}, ["{dir}/train.csv", "every text is empty (2 rows)"]),
+    Case(
+        "missing text column",
+        {"train.csv": "review,label\n" + GOOD},
+        ["{dir}/train.csv", "line 1", "no column 'text'", "'review'"],
+    ),
+    Case(
+        "missing label column",
+        {"train.csv": "text,sentiment\n" + GOOD},
+        ["{dir}/train.csv", "line 1", "no column 'label'", "'sentiment'"],
+    ),
+    Case(
+        "label outside the declared set",
+        {"train.csv": "text,label\n" + GOOD + "so-so,neutral\n"},
+        ["{dir}/train.csv", "line 14", "column 'label'", "'neutral'", "['neg', 'pos']"],
+        ["--label-names", "neg,pos"],
+    ),
+    Case(
+        "test label unseen in train",
+        {"test.csv": GOOD_TEST + "meh,neutral\n"},
+        ["{dir}/test.csv", "line 4", "column 'label'", "'neutral'"],
+    ),
+    Case(
+        "mixed label types",
+        {"train.csv": "text,label\n" + GOOD + "odd one,7\n"},
+        ["{dir}/train.csv", "line 14", "column 'label'", "'7'", "is a number but other labels are text"],
+    ),
+    Case(
+        "single class",
+        {"train.csv": "text,label\n" + "".join(f"text {i},pos\n" for i in range(8))},
+        ["{dir}/train.csv", "single class", "'pos'"],
+    ),
+    Case(
+        "non-UTF-8 bytes",
+        {"train.csv": b"text,label\ngood,pos\nbad \xff\xfe here,neg\n"},
+        ["{dir}/train.csv", "line 3, column 5", "b'\\xff'", "not UTF-8"],
+    ),
+    Case(
+        "JSONL with a broken line",
+        {"train.jsonl": '{"text": "good", "label": "pos"}\n{"text": "bad", "label": neg}\n'},
+        ["{dir}/train.jsonl", "line 2, column 26", "invalid JSON"],
+    ),
+    Case(
+        "JSONL line that is not an object",
+        {"train.jsonl": '{"text": "good", "label": "pos"}\n["bad", "neg"]\n'},
+        ["{dir}/train.jsonl", "line 2", "expected a JSON object, got list"],
+    ),
+    Case(
+        "JSONL nested too deep",
+        {"train.jsonl": '{"text": "good", "label": "pos"}\n' + "[" * 50_000 + "\n"},
+        ["{dir}/train.jsonl", "line 2", "unreadable JSON"],
+    ),
+    Case(
+        "JSONL lone surrogate",
+        {"train.jsonl": '{"text": "good", "label": "pos"}\n{"text": "x \\udc80", "label": "neg"}\n'},
+        ["{dir}/train.jsonl", "line 2", "column 'text'", "'\\udc80'", "lone surrogate"],
+    ),
+    Case(
+        "empty label",
+        {"train.csv": "text,label\n" + GOOD + "no label here,\n"},
+        ["{dir}/train.csv", "line 14", "column 'label'", "empty label"],
+    ),
+    Case(
+        "short row",
+        {"train.csv": "text,label\n" + GOOD + "no comma at all\n"},
+        ["{dir}/train.csv", "line 14", "column 'label'", "empty label"],
+    ),
+    Case(
+        "JSONL label that is a list",
+        {"train.jsonl": '{"text": "good", "label": ["pos", "neg"]}\n'},
+        ["{dir}/train.jsonl", "line 1", "column 'label'", "is not a single value"],
+    ),
+    Case(
+        "every text empty",
+        {"train.csv": "text,label\n  ,pos\n\t,neg\n"},
+        ["{dir}/train.csv", "every text is empty (2 rows)"],
+    ),
     Case("unknown file type", {"train.xlsx": "text,label\n"}, ["{dir}/train.xlsx", "unknown file type .xlsx"]),
     Case("missing file", {}, ["{dir}/absent.csv", "file not found"], ["--train-file", "{dir}/absent.csv"]),
-    Case("folder instead of a file", {"folder.csv/x": ""}, ["{dir}/folder.csv", "is a folder"],
-         ["--train-file", "{dir}/folder.csv"]),
+    Case(
+        "folder instead of a file",
+        {"folder.csv/x": ""},
+        ["{dir}/folder.csv", "is a folder"],
+        ["--train-file", "{dir}/folder.csv"],
+    ),
     # -- configuration --
-    Case("YAML config with an unknown key", {"run.yaml": "trian:\n  batch_size: 3\n"},
-         ["{dir}/run.yaml", "unknown key trian", "valid keys"], ["--config", "{dir}/run.yaml"]),
-    Case("YAML config with an unknown nested key", {"run.yaml": "train:\n  batchsize: 3\n"},
-         ["{dir}/run.yaml", "unknown key train.batchsize"], ["--config", "{dir}/run.yaml"]),
-    Case("YAML config with a wrong type", {"run.yaml": "train:\n  batch_size: big\n"},
-         ["{dir}/run.yaml", "train.batch_size", "expected an integer, got 'big'"], ["--config", "{dir}/run.yaml"]),
-    Case("YAML config with a bad value", {"run.yaml": "train:\n  epochs: -1\n"},
-         ["{dir}/run.yaml", "train.epochs", "must be > 0"], ["--config", "{dir}/run.yaml"]),
-    Case("YAML syntax error", {"run.yaml": "train:\n  batch_size: [3\n"},
-         ["{dir}/run.yaml", "line 3, column 1", "invalid YAML"], ["--config", "{dir}/run.yaml"]),
-    Case("YAML that is not a mapping", {"run.yaml": "- a\n- b\n"},
-         ["{dir}/run.yaml", "top level must be a mapping"], ["--config", "{dir}/run.yaml"]),
-    Case("YAML with a python tag (code execution attempt)",
-         {"run.yaml": "train:\n  batch_size: !!python/object/apply:os.system ['touch {dir}/pwned']\n"},
-         ["{dir}/run.yaml", "line 2, column 15", "could not determine a constructor"], ["--config", "{dir}/run.yaml"]),
+    Case(
+        "YAML config with an unknown key",
+        {"run.yaml": "trian:\n  batch_size: 3\n"},
+        ["{dir}/run.yaml", "unknown key trian", "valid keys"],
+        ["--config", "{dir}/run.yaml"],
+    ),
+    Case(
+        "YAML config with an unknown nested key",
+        {"run.yaml": "train:\n  batchsize: 3\n"},
+        ["{dir}/run.yaml", "unknown key train.batchsize"],
+        ["--config", "{dir}/run.yaml"],
+    ),
+    Case(
+        "YAML config with a wrong type",
+        {"run.yaml": "train:\n  batch_size: big\n"},
+        ["{dir}/run.yaml", "train.batch_size", "expected an integer, got 'big'"],
+        ["--config", "{dir}/run.yaml"],
+    ),
+    Case(
+        "YAML config with a bad value",
+        {"run.yaml": "train:\n  epochs: -1\n"},
+        ["{dir}/run.yaml", "train.epochs", "must be > 0"],
+        ["--config", "{dir}/run.yaml"],
+    ),
+    Case(
+        "YAML syntax error",
+        {"run.yaml": "train:\n  batch_size: [3\n"},
+        ["{dir}/run.yaml", "line 3, column 1", "invalid YAML"],
+        ["--config", "{dir}/run.yaml"],
+    ),
+    Case(
+        "YAML that is not a mapping",
+        {"run.yaml": "- a\n- b\n"},
+        ["{dir}/run.yaml", "top level must be a mapping"],
+        ["--config", "{dir}/run.yaml"],
+    ),
+    Case(
+        "YAML with a python tag (code execution attempt)",
+        {"run.yaml": "train:\n  batch_size: !!python/object/apply:os.system ['touch {dir}/pwned']\n"},
+        ["{dir}/run.yaml", "line 2, column 15", "could not determine a constructor"],
+        ["--config", "{dir}/run.yaml"],
+    ),
     Case("--set an unknown field", {}, ["train.batchsize", "unknown config field"], ["--set", "train.batchsize=3"]),
-    Case("save_steps with per-epoch evaluation", {}, ["train.save_steps", "eval_strategy"],
-         ["--set", "train.save_steps=2", "--set", "train.eval_strategy=epoch"]),
+    Case(
+        "save_steps with per-epoch evaluation",
+        {},
+        ["train.save_steps", "eval_strategy"],
+        ["--set", "train.save_steps=2", "--set", "train.eval_strategy=epoch"],
+    ),
     # -- model folders --
-    Case("model folder without config.json", {"model/weights.txt": "x"}, ["{dir}/model", "no config.json"],
-         ["--method", "full", "--model", "{dir}/model"]),
-    Case("model folder with only pickle weights", {"model/config.json": '{"model_type": "bert"}',
-                                                   "model/pytorch_model.bin": b"\x80\x04not really"},
-         ["{dir}/model", "only pickle-based weights", "pytorch_model.bin", "safetensors"],
-         ["--method", "full", "--model", "{dir}/model"]),
+    Case(
+        "model folder without config.json",
+        {"model/weights.txt": "x"},
+        ["{dir}/model", "no config.json"],
+        ["--method", "full", "--model", "{dir}/model"],
+    ),
+    Case(
+        "model folder with only pickle weights",
+        {"model/config.json": '{"model_type": "bert"}', "model/pytorch_model.bin": b"\x80\x04not really"},
+        ["{dir}/model", "only pickle-based weights", "pytorch_model.bin", "safetensors"],
+        ["--method", "full", "--model", "{dir}/model"],
+    ),
 ]
 
 
@@ -123,10 +211,24 @@ def _write_case(case: Case, case_dir: Path) -> list[str]:
         train = "train.csv"
     if "test.csv" not in case.files:
         (case_dir / "test.csv").write_text(GOOD_TEST, encoding="utf-8")
-    return ["train", "--method", "tfidf", "--dataset", "files", "--train-file", str(case_dir / train),
-            "--test-file", str(case_dir / "test.csv"), "--validation-size", "2",
-            "--set", "method.tfidf_c_grid=[1.0]", "--output-dir", str(case_dir / "run"),
-            *[_line(case_dir, a) for a in case.args]]
+    return [
+        "train",
+        "--method",
+        "tfidf",
+        "--dataset",
+        "files",
+        "--train-file",
+        str(case_dir / train),
+        "--test-file",
+        str(case_dir / "test.csv"),
+        "--validation-size",
+        "2",
+        "--set",
+        "method.tfidf_c_grid=[1.0]",
+        "--output-dir",
+        str(case_dir / "run"),
+        *[_line(case_dir, a) for a in case.args],
+    ]
 
 
 def error_line(capsys) -> str:
@@ -153,6 +255,7 @@ def test_bad_input_exits_2_with_one_readable_line_and_no_output(case, tmp_path, 
 
 
 # ---- run folders ------------------------------------------------------------------------------
+
 
 def _damage(run: Path, how: str) -> None:
     model = run / "model" / "model.safetensors"
@@ -202,8 +305,11 @@ def test_damaged_run_folder(how, command, trained_run, tiny_data, tmp_path, caps
     _damage(run, how)
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     output = tmp_path / "predictions.jsonl"
-    argv = (["evaluate", str(run), "--data", str(tiny_data["test"])] if command == "evaluate"
-            else ["predict", "--model", str(run), "--output", str(output), "a fine film"])
+    argv = (
+        ["evaluate", str(run), "--data", str(tiny_data["test"])]
+        if command == "evaluate"
+        else ["predict", "--model", str(run), "--output", str(output), "a fine film"]
+    )
     assert main(argv) == EXIT_USER_ERROR
     line = error_line(capsys)
     for expected in RUN_DAMAGE[how]:
@@ -228,26 +334,62 @@ def test_finished_run_is_refused_byte_for_byte_unless_overwrite(tmp_path, capsys
 
 # ---- odd but valid ----------------------------------------------------------------------------
 
+
 def test_odd_but_valid_files_train_with_counts(tiny_model_dir, tmp_path, capsys):
     """BOM, CRLF, quoted fields with commas/newlines/quotes, an extremely long text, whitespace-only
     texts and duplicates: all load; what was dropped, repeated or cut is counted in metrics.json."""
     long_text = "an extremely long review " * 20_000  # 500,000 characters: past csv's 128 KiB field limit
     rows = [(f"plain sentence {i}", "pos" if i % 2 else "neg") for i in range(20)]
-    rows += [("first line\nsecond line, with a comma", "pos"), ('she said "great" and left', "neg"),
-             (long_text, "pos"), ("   ", "neg"), ("\t", "pos"), ("plain sentence 0", "neg"), ("plain sentence 1", "pos")]
+    rows += [
+        ("first line\nsecond line, with a comma", "pos"),
+        ('she said "great" and left', "neg"),
+        (long_text, "pos"),
+        ("   ", "neg"),
+        ("\t", "pos"),
+        ("plain sentence 0", "neg"),
+        ("plain sentence 1", "pos"),
+    ]
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n").writerows([("text", "label"), *rows])
     train = tmp_path / "train.csv"
     train.write_bytes(b"\xef\xbb\xbf" + buffer.getvalue().encode("utf-8"))
     test = tmp_path / "test.jsonl"
-    test.write_text("\n".join(json.dumps({"text": t, "label": y}, ensure_ascii=False)
-                              for t, y in [("fine\u2028film", "pos"), ("awful", "neg"), (long_text, "neg")]) + "\n",
-                    encoding="utf-8")
+    test.write_text(
+        "\n".join(
+            json.dumps({"text": t, "label": y}, ensure_ascii=False)
+            for t, y in [("fine\u2028film", "pos"), ("awful", "neg"), (long_text, "neg")]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     run = tmp_path / "run"
-    argv = ["train", "--method", "full", "--model", str(tiny_model_dir), "--dataset", "files",
-            "--train-file", str(train), "--test-file", str(test), "--validation-size", "4", "--max-length", "32",
-            "--batch-size", "8", "--max-steps", "1", "--set", "train.eval_strategy=no",
-            "--set", "train.warmup_steps_excluded_from_throughput=0", "--output-dir", str(run)]
+    argv = [
+        "train",
+        "--method",
+        "full",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "files",
+        "--train-file",
+        str(train),
+        "--test-file",
+        str(test),
+        "--validation-size",
+        "4",
+        "--max-length",
+        "32",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "1",
+        "--set",
+        "train.eval_strategy=no",
+        "--set",
+        "train.warmup_steps_excluded_from_throughput=0",
+        "--output-dir",
+        str(run),
+    ]
     assert main(argv) == 0, capsys.readouterr().err[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["data_notes"] == {"dropped_empty_texts": 2, "duplicate_rows": 2}
@@ -262,7 +404,7 @@ def test_odd_but_valid_files_train_with_counts(tiny_model_dir, tmp_path, capsys)
 
 # Texts as loaders return them: stripped, non-empty, no lone surrogates (which UTF-8 cannot hold).
 # Separators, quotes and line breaks that only some splitters know are drawn often on purpose.
-TRICKY = list(',;"\'\t\n\r\x00\x0b\x0c\x1c\x1e\x85\u2028\u2029\ufeff\\é😀')
+TRICKY = list(",;\"'\t\n\r\x00\x0b\x0c\x1c\x1e\x85\u2028\u2029\ufeff\\é😀")
 characters = st.one_of(st.characters(exclude_categories=("Cs",)), st.sampled_from(TRICKY))
 # A text with no visible character (whitespace, control or format characters only) is dropped as empty.
 texts = st.text(characters, min_size=1, max_size=40).map(str.strip).filter(lambda t: not is_blank(t))
@@ -280,8 +422,9 @@ def _round_trip(tmp_path, suffix: str, rows: list[tuple[str, str]]):
     elif suffix == "tsv":
         path.write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
     else:
-        path.write_text("".join(json.dumps({"text": t, "label": y}, ensure_ascii=False) + "\n" for t, y in rows),
-                        encoding="utf-8")
+        path.write_text(
+            "".join(json.dumps({"text": t, "label": y}, ensure_ascii=False) + "\n" for t, y in rows), encoding="utf-8"
+        )
     return read_table(path, "text", "label")
 
 
@@ -310,9 +453,11 @@ def test_jsonl_round_trip(tmp_path_factory, rows):
 noise = st.one_of(
     st.binary(max_size=300),
     st.tuples(st.binary(max_size=40), st.integers(0, 200)).map(
-        lambda t: (b"text,label\nfine,pos\n\"quoted, text\",neg\n" * 3)[: t[1]] + t[0]),
+        lambda t: (b'text,label\nfine,pos\n"quoted, text",neg\n' * 3)[: t[1]] + t[0]
+    ),
     st.tuples(st.binary(max_size=40), st.integers(0, 200)).map(
-        lambda t: (b'{"text": "fine", "label": "pos"}\n{"text": "x\\u00e9", "label": 1}\n' * 3)[: t[1]] + t[0]),
+        lambda t: (b'{"text": "fine", "label": "pos"}\n{"text": "x\\u00e9", "label": 1}\n' * 3)[: t[1]] + t[0]
+    ),
 )
 
 

@@ -9,18 +9,39 @@ import sys
 import time
 
 import pytest
+from conftest import write_rows
 
 from sentitune.cli import EXIT_USER_ERROR, main
 
-from conftest import write_rows
-
 
 def tiny_train_args(tiny_model_dir, tiny_data, output_dir, method="full") -> list[str]:
-    return ["train", "--method", method, "--model", str(tiny_model_dir), "--dataset", "files",
-            "--train-file", str(tiny_data["train"]), "--test-file", str(tiny_data["test"]),
-            "--validation-size", "16", "--max-length", "32", "--batch-size", "8", "--max-steps", "2",
-            "--set", "train.eval_strategy=no", "--set", "train.warmup_steps_excluded_from_throughput=0",
-            "--output-dir", str(output_dir)]
+    return [
+        "train",
+        "--method",
+        method,
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "files",
+        "--train-file",
+        str(tiny_data["train"]),
+        "--test-file",
+        str(tiny_data["test"]),
+        "--validation-size",
+        "16",
+        "--max-length",
+        "32",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "2",
+        "--set",
+        "train.eval_strategy=no",
+        "--set",
+        "train.warmup_steps_excluded_from_throughput=0",
+        "--output-dir",
+        str(output_dir),
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -67,9 +88,25 @@ def test_train_flags_reach_the_resolved_config(tiny_model_dir, tiny_data, tmp_pa
 
 
 def test_data_inspect_json(tiny_model_dir, tiny_data, capsys):
-    code = main(["data", "inspect", "--json", "--model", str(tiny_model_dir), "--dataset", "files",
-                 "--train-file", str(tiny_data["train"]), "--test-file", str(tiny_data["test"]),
-                 "--validation-size", "16", "--max-length", "8"])
+    code = main(
+        [
+            "data",
+            "inspect",
+            "--json",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            "files",
+            "--train-file",
+            str(tiny_data["train"]),
+            "--test-file",
+            str(tiny_data["test"]),
+            "--validation-size",
+            "16",
+            "--max-length",
+            "8",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["label_names"] == ["negative", "positive"]
@@ -80,8 +117,20 @@ def test_data_inspect_json(tiny_model_dir, tiny_data, capsys):
 
 
 def test_data_inspect_table(tiny_model_dir, tiny_data, capsys):
-    code = main(["data", "inspect", "--model", str(tiny_model_dir), "--dataset", "files",
-                 "--train-file", str(tiny_data["train"]), "--test-file", str(tiny_data["test"])])
+    code = main(
+        [
+            "data",
+            "inspect",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            "files",
+            "--train-file",
+            str(tiny_data["train"]),
+            "--test-file",
+            str(tiny_data["test"]),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "validation" in out and "negative" in out
@@ -91,8 +140,21 @@ def test_unknown_model_fails_fast_and_names_the_alias(tiny_data, tmp_path, capsy
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run_dir = tmp_path / "run"
     started = time.perf_counter()
-    code = main(["train", "--model", "no-such-model", "--dataset", "files", "--train-file", str(tiny_data["train"]),
-                 "--test-file", str(tiny_data["test"]), "--output-dir", str(run_dir)])
+    code = main(
+        [
+            "train",
+            "--model",
+            "no-such-model",
+            "--dataset",
+            "files",
+            "--train-file",
+            str(tiny_data["train"]),
+            "--test-file",
+            str(tiny_data["test"]),
+            "--output-dir",
+            str(run_dir),
+        ]
+    )
     elapsed = time.perf_counter() - started
     assert code == EXIT_USER_ERROR
     line = one_line_error(capsys)
@@ -141,8 +203,9 @@ def test_unknown_method_is_an_argparse_error(capsys):
 
 def test_python_dash_m_help():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "sentitune", "--help"], capture_output=True, text=True,
-                          timeout=120, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "sentitune", "--help"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert done.returncode == 0, done.stderr
     for command in ("train", "evaluate", "data", "compare", "predict"):
         assert command in done.stdout

@@ -22,12 +22,25 @@ def _base(tiny_config, **compare_section):
 
 
 def test_expand_runs_covers_methods_sweeps_and_seeds(tiny_config):
-    cfg = _base(tiny_config, methods=["full", "lora", "tfidf"], seeds=[1, 2], lora_r_sweep=[2, 8],
-                learning_rates=[1e-4])
+    cfg = _base(
+        tiny_config, methods=["full", "lora", "tfidf"], seeds=[1, 2], lora_r_sweep=[2, 8], learning_rates=[1e-4]
+    )
     names = [r.name for r in compare.expand_runs(cfg)]
     # r=8 is the default rank, so it is not duplicated; tfidf gets no learning-rate variant.
-    assert names == ["full-s1", "full-s2", "full-lr1e-4-s1", "full-lr1e-4-s2", "lora-s1", "lora-s2",
-                     "lora-r2-s1", "lora-r2-s2", "lora-lr1e-4-s1", "lora-lr1e-4-s2", "tfidf-s1", "tfidf-s2"]
+    assert names == [
+        "full-s1",
+        "full-s2",
+        "full-lr1e-4-s1",
+        "full-lr1e-4-s2",
+        "lora-s1",
+        "lora-s2",
+        "lora-r2-s1",
+        "lora-r2-s2",
+        "lora-lr1e-4-s1",
+        "lora-lr1e-4-s2",
+        "tfidf-s1",
+        "tfidf-s2",
+    ]
     assert len({r.config.fingerprint() for r in compare.expand_runs(cfg)}) == 1
 
 
@@ -46,10 +59,26 @@ def test_comparison_writes_all_fields_and_refuses_other_scaffolding(tiny_config,
     document = compare.run_comparison(cfg, tmp_path, echo=lambda *_: None)
     rows = document["runs"]
     assert [r["status"] for r in rows] == ["ok"] * 4
-    for key in ("test_accuracy", "test_macro_f1", "params_trainable", "params_total", "params_trainable_percent",
-                "peak_memory_mib", "memory_weights_mib", "memory_optimizer_state_mib", "train_samples_per_second",
-                "train_tokens_per_second", "throughput_measured_steps", "eval_samples_per_second",
-                "checkpoint_size_mib", "wall_seconds", "torch_threads", "device", "learning_rate", "seed"):
+    for key in (
+        "test_accuracy",
+        "test_macro_f1",
+        "params_trainable",
+        "params_total",
+        "params_trainable_percent",
+        "peak_memory_mib",
+        "memory_weights_mib",
+        "memory_optimizer_state_mib",
+        "train_samples_per_second",
+        "train_tokens_per_second",
+        "throughput_measured_steps",
+        "eval_samples_per_second",
+        "checkpoint_size_mib",
+        "wall_seconds",
+        "torch_threads",
+        "device",
+        "learning_rate",
+        "seed",
+    ):
         assert all(key in r for r in rows), key
     lora = next(r for r in rows if r["method"] == "lora")
     full = next(r for r in rows if r["method"] == "full")
@@ -60,8 +89,11 @@ def test_comparison_writes_all_fields_and_refuses_other_scaffolding(tiny_config,
     assert {"run_name", "status", "test_accuracy", "peak_memory_mib"} <= set(csv_header)
     summary = {s["variant"]: s for s in document["summary"]}
     assert summary["lora"]["n_seeds"] == 2 and summary["lora"]["ci_method"] == "t over 2 seeds"
-    assert summary["lora"]["test_accuracy_ci95_low"] <= summary["lora"]["test_accuracy_mean"] \
+    assert (
+        summary["lora"]["test_accuracy_ci95_low"]
+        <= summary["lora"]["test_accuracy_mean"]
         <= summary["lora"]["test_accuracy_ci95_high"]
+    )
     # one paired test per pair of variants, over both shared seeds, Holm-corrected
     [pair] = document["pairwise"]
     assert (pair["a"], pair["b"], pair["seeds"], pair["n_seeds"]) == ("full", "lora", [1, 2], 2)
@@ -78,10 +110,17 @@ def test_comparison_writes_all_fields_and_refuses_other_scaffolding(tiny_config,
 
     from sentitune.metrics import mcnemar
 
-    pooled = mcnemar(*(np.concatenate([compare._correctness(tmp_path, r) for r in rows if r["variant"] == v])
-                       for v in ("full", "lora")))
-    assert (pair["a_only_correct"], pair["b_only_correct"], pair["p_value"]) == \
-        (pooled["a_only_correct"], pooled["b_only_correct"], pooled["p_value"])
+    pooled = mcnemar(
+        *(
+            np.concatenate([compare._correctness(tmp_path, r) for r in rows if r["variant"] == v])
+            for v in ("full", "lora")
+        )
+    )
+    assert (pair["a_only_correct"], pair["b_only_correct"], pair["p_value"]) == (
+        pooled["a_only_correct"],
+        pooled["b_only_correct"],
+        pooled["p_value"],
+    )
 
     changed = cfg.override({"data.max_length": 16})
     with pytest.raises(ConfigError, match=r"data\.max_length \(16 vs 32\)|data\.max_length \(32 vs 16\)"):
@@ -93,21 +132,49 @@ def test_print_summary_states_one_holm_corrected_test_per_pair():
 
     from rich.console import Console
 
-    pair = {"a": "full", "b": "lora", "seeds": [1], "a_accuracy": 0.7764, "b_accuracy": 0.7833,
-            "difference": -0.0069, "difference_ci95_low": -0.021, "difference_ci95_high": 0.007,
-            "p_value": 0.645, "p_holm": 1.0, "p_holm_vs_reference": 1.0, "significant": False}
-    two_seeds = {**pair, "b": "head", "seeds": [1, 2], "b_accuracy": 0.68, "difference": 0.0964,
-                 "difference_ci95_low": 0.07, "difference_ci95_high": 0.12, "p_value": 1e-8, "p_holm": 2e-8,
-                 "significant": True}
-    document = {"fingerprint": "abc", "summary": [], "runs": [], "pairwise": [pair, two_seeds],
-                "multiplicity": {"method": "holm", "tests": 2, "tests_vs_reference": 2}}
+    pair = {
+        "a": "full",
+        "b": "lora",
+        "seeds": [1],
+        "a_accuracy": 0.7764,
+        "b_accuracy": 0.7833,
+        "difference": -0.0069,
+        "difference_ci95_low": -0.021,
+        "difference_ci95_high": 0.007,
+        "p_value": 0.645,
+        "p_holm": 1.0,
+        "p_holm_vs_reference": 1.0,
+        "significant": False,
+    }
+    two_seeds = {
+        **pair,
+        "b": "head",
+        "seeds": [1, 2],
+        "b_accuracy": 0.68,
+        "difference": 0.0964,
+        "difference_ci95_low": 0.07,
+        "difference_ci95_high": 0.12,
+        "p_value": 1e-8,
+        "p_holm": 2e-8,
+        "significant": True,
+    }
+    document = {
+        "fingerprint": "abc",
+        "summary": [],
+        "runs": [],
+        "pairwise": [pair, two_seeds],
+        "multiplicity": {"method": "holm", "tests": 2, "tests_vs_reference": 2},
+    }
     buffer = io.StringIO()
     compare.print_summary(document, Console(file=buffer, width=300))
     lines = buffer.getvalue().splitlines()
-    assert ("full vs lora: 77.64 vs 78.33, difference -0.69 points [CI -2.1, 0.7], p = 0.645, Holm p = 1 "
-            "(not significant)") in lines
-    assert ("full vs head (2 seeds: 1, 2): 77.64 vs 68.00, difference +9.64 points [CI 7.0, 12.0], p = 1e-08, "
-            "Holm p = 2e-08 (significant)") in lines
+    assert (
+        "full vs lora: 77.64 vs 78.33, difference -0.69 points [CI -2.1, 0.7], p = 0.645, Holm p = 1 (not significant)"
+    ) in lines
+    assert (
+        "full vs head (2 seeds: 1, 2): 77.64 vs 68.00, difference +9.64 points [CI 7.0, 12.0], p = 1e-08, "
+        "Holm p = 2e-08 (significant)"
+    ) in lines
     assert lines[-1].startswith("significance after Holm correction over 2 tests")
 
 
@@ -164,8 +231,9 @@ def test_runs_made_with_other_library_versions_are_refused_unless_allowed(tiny_c
     assert "--allow-version-mix" in message
 
     document = compare.run_comparison(cfg, tmp_path, echo=lambda *_: None, allow_version_mix=True)
-    assert document["version_mix"] == [{"package": "transformers",
-                                        "versions": {ours: ["tfidf-s1"], "5.0.0.dev0": ["full-s1"]}}]
+    assert document["version_mix"] == [
+        {"package": "transformers", "versions": {ours: ["tfidf-s1"], "5.0.0.dev0": ["full-s1"]}}
+    ]
     build_report(tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "different library versions" in report and "5.0.0.dev0 (full-s1)" in report

@@ -39,12 +39,15 @@ def test_resolved_yaml_round_trips(tmp_path):
     assert RunConfig.from_yaml(path) == cfg
 
 
-@pytest.mark.parametrize("text, named", [
-    ("modle: minilm-l6\n", "modle"),
-    ("train:\n  epoch: 3\n", "train.epoch"),
-    ("data:\n  datset: sst2\n", "data.datset"),
-    ("method:\n  lora_rank: 8\n", "method.lora_rank"),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("modle: minilm-l6\n", "modle"),
+        ("train:\n  epoch: 3\n", "train.epoch"),
+        ("data:\n  datset: sst2\n", "data.datset"),
+        ("method:\n  lora_rank: 8\n", "method.lora_rank"),
+    ],
+)
 def test_unknown_keys_fail_naming_the_key(tmp_path, text, named):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -52,15 +55,18 @@ def test_unknown_keys_fail_naming_the_key(tmp_path, text, named):
         RunConfig.from_yaml(path)
 
 
-@pytest.mark.parametrize("raw, named", [
-    ({"train": {"batch_size": "big"}}, "train.batch_size"),
-    ({"train": {"epochs": "three"}}, "train.epochs"),
-    ({"train": {"length_grouped": "maybe"}}, "train.length_grouped"),
-    ({"train": {"batch_size": True}}, "train.batch_size"),
-    ({"method": {"lora_r": 2.5}}, "method.lora_r"),
-    ({"method": {"lora_target_modules": 3}}, "method.lora_target_modules"),
-    ({"train": 5}, "train"),
-])
+@pytest.mark.parametrize(
+    "raw, named",
+    [
+        ({"train": {"batch_size": "big"}}, "train.batch_size"),
+        ({"train": {"epochs": "three"}}, "train.epochs"),
+        ({"train": {"length_grouped": "maybe"}}, "train.length_grouped"),
+        ({"train": {"batch_size": True}}, "train.batch_size"),
+        ({"method": {"lora_r": 2.5}}, "method.lora_r"),
+        ({"method": {"lora_target_modules": 3}}, "method.lora_target_modules"),
+        ({"train": 5}, "train"),
+    ],
+)
 def test_wrong_types_fail_naming_the_field(raw, named):
     with pytest.raises(ConfigError, match=rf"{named}\b"):
         RunConfig.from_dict(raw)
@@ -74,24 +80,27 @@ def test_wrong_type_in_yaml_names_file_and_field(tmp_path):
     assert str(path) in str(info.value) and "train.batch_size" in str(info.value) and "'big'" in str(info.value)
 
 
-@pytest.mark.parametrize("raw, named", [
-    ({"method": {"learning_rate": -1e-5}}, "method.learning_rate"),
-    ({"method": {"learning_rate": 0}}, "method.learning_rate"),
-    ({"method": {"name": "adapters"}}, "method.name"),
-    ({"method": {"head": "everything"}}, "method.head"),
-    ({"method": {"lora_dropout": 1.0}}, "method.lora_dropout"),
-    ({"method": {"tfidf_word_ngrams": [3, 1]}}, "method.tfidf_word_ngrams"),
-    ({"data": {"truncation": "middle"}}, "data.truncation"),
-    ({"data": {"dataset": "yelp"}}, "data.dataset"),
-    ({"data": {"max_length": 1024}}, "data.max_length"),
-    ({"data": {"validation_size": 10.5}}, "data.validation_size"),
-    ({"data": {"dataset": "files", "train_file": "a.csv"}}, "data.train_file"),
-    ({"train": {"batch_size": 0}}, "train.batch_size"),
-    ({"train": {"max_steps": 0}}, "train.max_steps"),
-    ({"train": {"warmup_ratio": 1.0}}, "train.warmup_ratio"),
-    ({"train": {"precision": "int4"}}, "train.precision"),
-    ({"train": {"eval_strategy": "steps"}}, "train.eval_steps"),
-])
+@pytest.mark.parametrize(
+    "raw, named",
+    [
+        ({"method": {"learning_rate": -1e-5}}, "method.learning_rate"),
+        ({"method": {"learning_rate": 0}}, "method.learning_rate"),
+        ({"method": {"name": "adapters"}}, "method.name"),
+        ({"method": {"head": "everything"}}, "method.head"),
+        ({"method": {"lora_dropout": 1.0}}, "method.lora_dropout"),
+        ({"method": {"tfidf_word_ngrams": [3, 1]}}, "method.tfidf_word_ngrams"),
+        ({"data": {"truncation": "middle"}}, "data.truncation"),
+        ({"data": {"dataset": "yelp"}}, "data.dataset"),
+        ({"data": {"max_length": 1024}}, "data.max_length"),
+        ({"data": {"validation_size": 10.5}}, "data.validation_size"),
+        ({"data": {"dataset": "files", "train_file": "a.csv"}}, "data.train_file"),
+        ({"train": {"batch_size": 0}}, "train.batch_size"),
+        ({"train": {"max_steps": 0}}, "train.max_steps"),
+        ({"train": {"warmup_ratio": 1.0}}, "train.warmup_ratio"),
+        ({"train": {"precision": "int4"}}, "train.precision"),
+        ({"train": {"eval_strategy": "steps"}}, "train.eval_steps"),
+    ],
+)
 def test_bad_values_fail_naming_the_field(raw, named):
     with pytest.raises(ConfigError, match=rf"{named}\b"):
         RunConfig.from_dict(raw)
@@ -122,15 +131,17 @@ def test_missing_yaml_and_non_mapping(tmp_path):
 
 def test_cli_style_overrides_are_coerced():
     # The CLI passes strings (and --set values parsed as YAML scalars): types come from the dataclasses.
-    cfg = load_config(overrides={
-        "method.name": "lora",
-        "method.lora_target_modules": "query, key,value",
-        "train.batch_size": "16",
-        "train.epochs": "0.5",
-        "train.length_grouped": "false",
-        "data.label_names": "neg,pos",
-        "method.learning_rate": None,  # unset flags are skipped
-    })
+    cfg = load_config(
+        overrides={
+            "method.name": "lora",
+            "method.lora_target_modules": "query, key,value",
+            "train.batch_size": "16",
+            "train.epochs": "0.5",
+            "train.length_grouped": "false",
+            "data.label_names": "neg,pos",
+            "method.learning_rate": None,  # unset flags are skipped
+        }
+    )
     assert cfg.method.lora_target_modules == ["query", "key", "value"]
     assert cfg.train.batch_size == 16 and cfg.train.epochs == 0.5 and cfg.train.length_grouped is False
     assert cfg.data.label_names == ["neg", "pos"]
@@ -145,11 +156,14 @@ def test_overrides_apply_on_top_of_yaml(tmp_path):
     assert (cfg.train.epochs, cfg.train.batch_size) == (1.0, 8)
 
 
-@pytest.mark.parametrize("key, named", [
-    ("train.epoch", "train.epoch"),
-    ("trian.epochs", "trian"),
-    ("model.name", "model"),
-])
+@pytest.mark.parametrize(
+    "key, named",
+    [
+        ("train.epoch", "train.epoch"),
+        ("trian.epochs", "trian"),
+        ("model.name", "model"),
+    ],
+)
 def test_unknown_override_keys_fail(key, named):
     with pytest.raises(ConfigError, match=rf"{named}\b"):
         load_config(overrides={key: 1})
@@ -181,17 +195,24 @@ def test_every_shipped_preset_loads(preset):
 
 def test_fingerprint_ignores_method_and_seed():
     base = load_config(preset="sst2-quick")
-    for overrides in ({"method.name": "lora"}, {"train.seed": 7}, {"method.name": "tfidf", "train.seed": 1},
-                      {"method.learning_rate": 1e-4}):
+    for overrides in (
+        {"method.name": "lora"},
+        {"train.seed": 7},
+        {"method.name": "tfidf", "train.seed": 1},
+        {"method.learning_rate": 1e-4},
+    ):
         assert base.override(overrides).fingerprint() == base.fingerprint(), overrides
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"train.batch_size": 7}, "train.batch_size"),  # odd values: never a preset's own
-    ({"data.train_subset": 333}, "data.train_subset"),
-    ({"model": "bert-base-uncased"}, "model"),
-    ({"data.split_seed": 1}, "data.split_seed"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"train.batch_size": 7}, "train.batch_size"),  # odd values: never a preset's own
+        ({"data.train_subset": 333}, "data.train_subset"),
+        ({"model": "bert-base-uncased"}, "model"),
+        ({"data.split_seed": 1}, "data.split_seed"),
+    ],
+)
 def test_fingerprint_changes_with_scaffolding(overrides, field):
     base = load_config(preset="sst2-quick")
     other = base.override(overrides)

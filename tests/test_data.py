@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import sentiment_rows, shared_data_dir, write_rows
 
 from sentitune.config import DataConfig
 from sentitune.data import (
@@ -17,8 +18,6 @@ from sentitune.data import (
     read_table,
     truncate_ids,
 )
-
-from conftest import sentiment_rows, shared_data_dir, write_rows
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -39,12 +38,12 @@ def test_file(tmp_path) -> Path:
 
 # ---- formats ----------------------------------------------------------------------------------
 
+
 def test_csv_with_embedded_newlines_commas_and_quotes(tmp_path):
-    path = write(tmp_path / "x.csv",
-                 'text,label\n'
-                 '"first line\nsecond line, with a comma",pos\n'
-                 '"she said ""great"" and left",neg\n'
-                 'plain,pos\n')
+    path = write(
+        tmp_path / "x.csv",
+        'text,label\n"first line\nsecond line, with a comma",pos\n"she said ""great"" and left",neg\nplain,pos\n',
+    )
     table = read_table(path, "text", "label")
     assert table.texts == ["first line\nsecond line, with a comma", 'she said "great" and left', "plain"]
     assert table.labels == ["pos", "neg", "pos"]
@@ -53,17 +52,17 @@ def test_csv_with_embedded_newlines_commas_and_quotes(tmp_path):
 
 
 def test_tsv_is_glue_style_without_quoting(tmp_path):
-    path = write(tmp_path / "x.tsv",
-                 'sentence\tlabel\n'
-                 '"quoted start and a lone " quote \t1\n'
-                 "it 's a \"masterpiece\" , sort of \t0\n")
+    path = write(
+        tmp_path / "x.tsv",
+        'sentence\tlabel\n"quoted start and a lone " quote \t1\nit \'s a "masterpiece" , sort of \t0\n',
+    )
     table = read_table(path, "sentence", "label")
-    assert table.texts == ['"quoted start and a lone " quote', "it 's a \"masterpiece\" , sort of"]
+    assert table.texts == ['"quoted start and a lone " quote', 'it \'s a "masterpiece" , sort of']
     assert table.labels == ["1", "0"]
 
 
 def test_jsonl(tmp_path):
-    rows = [{"text": "good \"film\"", "label": "pos"}, {"text": "bad,\nfilm", "label": "neg", "extra": 1}]
+    rows = [{"text": 'good "film"', "label": "pos"}, {"text": "bad,\nfilm", "label": "neg", "extra": 1}]
     path = write(tmp_path / "x.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
     table = read_table(path, "text", "label")
     assert table.texts == ['good "film"', "bad,\nfilm"]
@@ -95,6 +94,7 @@ def test_unknown_suffix(tmp_path):
 
 
 # ---- labels -----------------------------------------------------------------------------------
+
 
 def test_string_labels_map_in_declared_order(tmp_path):
     train = write_rows(tmp_path / "train.csv", sentiment_rows(20, 0, labels=("neg", "pos")))
@@ -131,8 +131,10 @@ def test_imdb_rating_column_gives_eight_classes(tmp_path):
     ratings = [1, 2, 3, 4, 7, 8, 9, 10]
 
     def rows(count):
-        return [(f"review number {i} " + "great " * (i % 3), str(int(ratings[i % 8] >= 7)), str(ratings[i % 8]))
-                for i in range(count)]
+        return [
+            (f"review number {i} " + "great " * (i % 3), str(int(ratings[i % 8] >= 7)), str(ratings[i % 8]))
+            for i in range(count)
+        ]
 
     write_rows(folder / "train.csv", rows(64), header=("text", "label", "rating"))
     write_rows(folder / "test.csv", rows(16), header=("text", "label", "rating"))
@@ -146,6 +148,7 @@ def test_imdb_rating_column_gives_eight_classes(tmp_path):
 
 
 # ---- clear errors -----------------------------------------------------------------------------
+
 
 def _error(tmp_path, name: str, content: str | bytes, text_column="text", label_column="label", **cfg) -> str:
     path = write(tmp_path / name, content)
@@ -213,12 +216,15 @@ def test_jsonl_line_that_is_not_an_object(tmp_path):
     assert "line 2" in message and "object" in message
 
 
-@pytest.mark.parametrize("name, content, line", [
-    ("x.csv", "text,label\ngood,pos\nbad,\n", 3),
-    ("x.csv", "text,label\ngood,pos\nbad,  \n", 3),
-    ("x.csv", "text,label\ngood,pos\nbad\n", 3),  # short row
-    ("x.jsonl", '{"text": "good", "label": "pos"}\n{"text": "bad", "label": null}\n', 2),
-])
+@pytest.mark.parametrize(
+    "name, content, line",
+    [
+        ("x.csv", "text,label\ngood,pos\nbad,\n", 3),
+        ("x.csv", "text,label\ngood,pos\nbad,  \n", 3),
+        ("x.csv", "text,label\ngood,pos\nbad\n", 3),  # short row
+        ("x.jsonl", '{"text": "good", "label": "pos"}\n{"text": "bad", "label": null}\n', 2),
+    ],
+)
 def test_empty_label(tmp_path, name, content, line):
     message = _error(tmp_path, name, content)
     assert f"line {line}" in message and "'label'" in message and "empty label" in message
@@ -235,6 +241,7 @@ def test_missing_file_and_folder(tmp_path):
 
 # ---- cleaning counts --------------------------------------------------------------------------
 
+
 def test_whitespace_texts_dropped_and_duplicates_counted(tmp_path):
     rows = sentiment_rows(20, 0) + [("   ", "positive"), ("\t", "negative")]
     rows += [("exact duplicate", "positive")] * 3
@@ -245,7 +252,7 @@ def test_whitespace_texts_dropped_and_duplicates_counted(tmp_path):
     splits = load_splits(files_config(train, test))
     assert splits.notes["dropped_empty_texts"] == 3
     # sentiment_rows repeats phrases too; count what the file holds rather than guess.
-    expected = len(rows) - 2 - len(set(r for r in rows if r[0].strip()))
+    expected = len(rows) - 2 - len({r for r in rows if r[0].strip()})
     assert splits.notes["duplicate_rows"] == expected >= 2
     assert len(splits.test) == 2
 
@@ -256,6 +263,7 @@ def test_every_text_empty(tmp_path):
 
 
 # ---- splits -----------------------------------------------------------------------------------
+
 
 def _imbalanced(tmp_path) -> tuple[Path, Path]:
     # 60/40 with unique texts so that split membership can be compared by text.
@@ -303,6 +311,7 @@ def test_inspect_reports_sizes_and_balance(tmp_path):
 
 # ---- truncation -------------------------------------------------------------------------------
 
+
 def test_truncate_ids_strategies():
     ids = list(range(20))
     assert truncate_ids(ids, 8, "head") == [0, 1, 2, 3, 4, 5, 6, 7]
@@ -347,6 +356,7 @@ def test_text_that_fits_exactly_is_not_counted_as_truncated(tokenizer, strategy)
 
 # ---- the real SST-2 folder --------------------------------------------------------------------
 
+
 def test_real_sst2_folder():
     root = shared_data_dir()
     if root is None:
@@ -370,8 +380,11 @@ def test_an_unclosed_quote_is_reported_where_its_row_starts(tmp_path):
 
     path = write(tmp_path / "x.csv", 'text,label\nok,pos\n"never closed,neg\nnext,pos\nlast,neg\n')
     for read in (lambda: read_table(path, "text", "label"), lambda: list(stream_texts(str(path)))):
-        with pytest.raises(DataError, match=r"x.csv: line 3: a quote opened in this row is never closed "
-                                            r"\(the row runs to line 5\)"):
+        with pytest.raises(
+            DataError,
+            match=r"x.csv: line 3: a quote opened in this row is never closed "
+            r"\(the row runs to line 5\)",
+        ):
             read()
     # A closed multi-line field is fine, and rows keep the line where they end.
     fine = write(tmp_path / "y.csv", 'text,label\n"two\nlines",neg\nplain,pos\n')

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import make_tiny_config, sentiment_rows, write_rows
+
 from sentitune import results
 from sentitune.cli import EXIT_USER_ERROR, main
+
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
@@ -63,8 +64,11 @@ sys.exit(main(sys.argv[2:]))
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` (hidden ones included) -> SHA-256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_line_error(capsys) -> str:
@@ -75,16 +79,53 @@ def one_line_error(capsys) -> str:
 
 
 def tfidf_args(train_file: Path, test_file: Path, output_dir: Path, *extra: str) -> list[str]:
-    return ["train", "--method", "tfidf", "--dataset", "files", "--train-file", str(train_file),
-            "--test-file", str(test_file), "--validation-size", "16", "--set", "method.tfidf_c_grid=[1.0]",
-            "--output-dir", str(output_dir), *extra]
+    return [
+        "train",
+        "--method",
+        "tfidf",
+        "--dataset",
+        "files",
+        "--train-file",
+        str(train_file),
+        "--test-file",
+        str(test_file),
+        "--validation-size",
+        "16",
+        "--set",
+        "method.tfidf_c_grid=[1.0]",
+        "--output-dir",
+        str(output_dir),
+        *extra,
+    ]
 
 
 def full_args(model_dir: Path, data: dict[str, Path], output_dir: Path, *extra: str) -> list[str]:
-    return ["train", "--method", "full", "--model", str(model_dir), "--dataset", "files",
-            "--train-file", str(data["train"]), "--test-file", str(data["test"]), "--validation-size", "16",
-            "--max-length", "32", "--batch-size", "8", "--threads", "1", "--set", "train.eval_strategy=no",
-            "--output-dir", str(output_dir), *extra]
+    return [
+        "train",
+        "--method",
+        "full",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        "files",
+        "--train-file",
+        str(data["train"]),
+        "--test-file",
+        str(data["test"]),
+        "--validation-size",
+        "16",
+        "--max-length",
+        "32",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--set",
+        "train.eval_strategy=no",
+        "--output-dir",
+        str(output_dir),
+        *extra,
+    ]
 
 
 def dead_pid() -> int:
@@ -109,6 +150,7 @@ def finished_tfidf(tiny_data, tmp_path) -> Path:
 
 
 # ---- 1. --overwrite replaces only sentitune's own run, only once the new one finished ------------
+
 
 def test_overwrite_refuses_a_project_folder_and_the_csv_files_in_it(tmp_path, capsys):
     project = tmp_path / "project"
@@ -158,13 +200,15 @@ def test_failed_overwrite_leaves_the_finished_run_untouched(finished_tfidf, tiny
 
 @pytest.mark.skipif(sys.platform != "linux", reason="SIGKILL harness")
 def test_killed_overwrite_keeps_the_old_run_and_the_next_run_sweeps_the_staging(
-        finished_tfidf, tiny_model_dir, tiny_data, tmp_path, capsys):
+    finished_tfidf, tiny_model_dir, tiny_data, tmp_path, capsys
+):
     driver = tmp_path / "driver.py"
     driver.write_text(SLOW_DRIVER)
     before = snapshot(finished_tfidf)
     argv = full_args(tiny_model_dir, tiny_data, finished_tfidf, "--overwrite", "--max-steps", "400")
-    process = subprocess.Popen([sys.executable, str(driver), "0.5", *argv], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(driver), "0.5", *argv], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     staging = results.staging_path(finished_tfidf, process.pid)
     try:
         wait_for(lambda: (staging / results.LABELS_FILE).exists(), what="the new run to start in its staging folder")
@@ -203,6 +247,7 @@ def test_legacy_run_folders_still_count_as_runs(tmp_path):
 
 
 # ---- a user's own checkpoints/ ---------------------------------------------------------------------
+
 
 def test_a_users_checkpoints_folder_is_never_removed(tiny_data, tmp_path, capsys):
     # An unfinished sentitune run (marker, config) where the user keeps a checkpoints/ folder of their own.
@@ -244,6 +289,7 @@ def test_sentitunes_own_checkpoints_are_marked_and_removed_when_done(tiny_config
 
 # ---- evaluate --output-dir -----------------------------------------------------------------------
 
+
 def test_evaluate_refuses_to_write_over_a_runs_own_results(trained_run, tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run("tfidf"), run)
@@ -252,8 +298,10 @@ def test_evaluate_refuses_to_write_over_a_runs_own_results(trained_run, tiny_dat
     shutil.copy(run / "metrics.json", elsewhere / "metrics.json")
     before = snapshot(tmp_path)
     for target in (run, elsewhere):
-        assert main(["evaluate", str(run), "--data", str(tiny_data["test"]),
-                     "--output-dir", str(target)]) == EXIT_USER_ERROR
+        assert (
+            main(["evaluate", str(run), "--data", str(tiny_data["test"]), "--output-dir", str(target)])
+            == EXIT_USER_ERROR
+        )
         line = one_line_error(capsys)
         assert f"{target}: holds a run's metrics.json" in line, line
     assert snapshot(tmp_path) == before
@@ -266,6 +314,7 @@ def test_evaluate_refuses_to_write_over_a_runs_own_results(trained_run, tiny_dat
 
 # ---- one writer per output -----------------------------------------------------------------------
 
+
 def test_a_second_writer_is_refused_naming_the_holder(tiny_config, tiny_data, trained_run, tmp_path, capsys):
     run = tmp_path / "run"
     out = tmp_path / "out.jsonl"
@@ -274,11 +323,15 @@ def test_a_second_writer_is_refused_naming_the_holder(tiny_config, tiny_data, tr
         assert results.lock_holder(run) == os.getpid()
         assert main(tfidf_args(tiny_data["train"], tiny_data["test"], run)) == EXIT_USER_ERROR
         assert f"{run}: in use by another sentitune process (PID {os.getpid()})" in one_line_error(capsys)
-        assert main(["evaluate", str(trained_run("tfidf")), "--data", str(tiny_data["test"]),
-                     "--output-dir", str(run)]) == EXIT_USER_ERROR
+        assert (
+            main(["evaluate", str(trained_run("tfidf")), "--data", str(tiny_data["test"]), "--output-dir", str(run)])
+            == EXIT_USER_ERROR
+        )
         assert f"(PID {os.getpid()})" in one_line_error(capsys)
     with results.exclusive_lock(out):
-        assert main(["predict", "--model", str(trained_run("tfidf")), "--output", str(out), "a film"]) == EXIT_USER_ERROR
+        assert (
+            main(["predict", "--model", str(trained_run("tfidf")), "--output", str(out), "a film"]) == EXIT_USER_ERROR
+        )
         assert f"{out}: in use by another sentitune process (PID {os.getpid()})" in one_line_error(capsys)
     assert results.lock_holder(run) is None and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "lock files go with their holder"
@@ -294,20 +347,28 @@ def test_two_predicts_into_one_file_one_refused_the_other_intact(trained_run, tm
     out.parent.mkdir()
     argv = ["predict", "--model", str(trained_run("tfidf")), "--input", str(texts), "--output", str(out)]
     gate = tmp_path / "gate"
-    first = subprocess.Popen([sys.executable, str(driver), "0.01", *argv], env={**ENV, "GATE": str(gate)},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, str(driver), "0.01", *argv],
+        env={**ENV, "GATE": str(gate)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: results.lock_holder(out) == first.pid, what="the first predict to hold its output")
-        second = subprocess.run([sys.executable, "-m", "sentitune", *argv], env=ENV, capture_output=True,
-                                text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "sentitune", *argv], env=ENV, capture_output=True, text=True, timeout=120
+        )
         assert first.poll() is None and results.lock_holder(out) == first.pid, "refused while the first writes"
     finally:
         gate.touch()
         _, first_err = first.communicate(timeout=120)
     assert second.returncode == EXIT_USER_ERROR, second.stderr
     line = second.stderr.strip().splitlines()[-1]
-    assert line == (f"sentitune predict: error: {out}: in use by another sentitune process (PID {first.pid}); "
-                    "wait for it to finish or stop it"), second.stderr
+    assert line == (
+        f"sentitune predict: error: {out}: in use by another sentitune process (PID {first.pid}); "
+        "wait for it to finish or stop it"
+    ), second.stderr
     assert first.returncode == 0, first_err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["text"] for row in rows] == texts.read_text().splitlines()
@@ -316,13 +377,18 @@ def test_two_predicts_into_one_file_one_refused_the_other_intact(trained_run, tm
 
 # ---- one atomic writer -----------------------------------------------------------------------------
 
+
 def test_only_one_temp_then_rename_writer_in_the_source():
     source = Path(__file__).resolve().parents[1] / "src" / "sentitune"
     users = set()
     for path in source.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Attribute) and node.attr in ("mkstemp", "replace") and \
-                    isinstance(node.value, ast.Name) and node.value.id in ("tempfile", "os"):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("mkstemp", "replace")
+                and isinstance(node.value, ast.Name)
+                and node.value.id in ("tempfile", "os")
+            ):
                 users.add(path.name)
     assert users == {"results.py"}, users
 
@@ -354,19 +420,27 @@ def test_pngs_and_jsonl_go_through_the_shared_writer(tmp_path, monkeypatch):
 
 # ---- compare's children die with it ----------------------------------------------------------------
 
+
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
 def test_killed_compare_leaves_no_training_child(tiny_model_dir, tiny_data, tmp_path):
     import psutil
     import yaml
 
-    cfg = make_tiny_config(tiny_model_dir, tiny_data, "full", **{
-        "compare.methods": ["full"], "compare.seeds": [1], "train.max_steps": 100_000, "train.threads": 1})
+    cfg = make_tiny_config(
+        tiny_model_dir,
+        tiny_data,
+        "full",
+        **{"compare.methods": ["full"], "compare.seeds": [1], "train.max_steps": 100_000, "train.threads": 1},
+    )
     config_file = tmp_path / "compare.yaml"
     config_file.write_text(yaml.safe_dump(cfg.to_dict()))
     out = tmp_path / "out"
-    compare = subprocess.Popen([sys.executable, "-m", "sentitune", "compare", "--config", str(config_file),
-                                "--output-dir", str(out)], env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    compare = subprocess.Popen(
+        [sys.executable, "-m", "sentitune", "compare", "--config", str(config_file), "--output-dir", str(out)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     run_dir = out / "runs" / "full-s1"
     try:
         wait_for(lambda: results.lock_holder(run_dir) is not None, what="the training child to start")
@@ -385,8 +459,7 @@ def test_killed_compare_leaves_no_training_child(tiny_model_dir, tiny_data, tmp_
 def test_compare_never_starts_a_trainer_in_a_folder_another_process_holds(tiny_config, tmp_path):
     from sentitune import compare
 
-    cfg = tiny_config("tfidf", **{"compare.methods": ["tfidf"], "compare.seeds": [1],
-                                  "method.tfidf_c_grid": [1.0]})
+    cfg = tiny_config("tfidf", **{"compare.methods": ["tfidf"], "compare.seeds": [1], "method.tfidf_c_grid": [1.0]})
     run_dir = tmp_path / "runs" / "tfidf-s1"
     run_dir.mkdir(parents=True)
     lines = []
@@ -400,6 +473,7 @@ def test_compare_never_starts_a_trainer_in_a_folder_another_process_holds(tiny_c
 
 
 # ---- leftovers of killed writers -------------------------------------------------------------------
+
 
 def test_leftovers_of_killed_predict_and_train_are_swept(trained_run, tiny_data, tmp_path):
     pid = dead_pid()

@@ -19,8 +19,21 @@ def test_torchrun_two_processes_write_one_complete_run(tiny_config, tiny_data, t
     config_file = tmp_path / "ddp.yaml"
     config_file.write_text(yaml.safe_dump(cfg.to_dict()))
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "sentitune", "train", "--config", str(config_file), "--output-dir", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sentitune",
+        "train",
+        "--config",
+        str(config_file),
+        "--output-dir",
+        str(out),
+    ]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

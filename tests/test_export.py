@@ -18,14 +18,27 @@ from sentitune.training import train
 def lora_run(tmp_path_factory, tiny_model_dir, tiny_data):
     from sentitune.config import RunConfig
 
-    cfg = RunConfig.from_dict({
-        "model": str(tiny_model_dir),
-        "data": {"dataset": "files", "train_file": str(tiny_data["train"]), "test_file": str(tiny_data["test"]),
-                 "validation_size": 16, "max_length": 32},
-        "method": {"name": "lora"},
-        "train": {"max_steps": 3, "batch_size": 8, "eval_batch_size": 16, "logging_steps": 1,
-                  "eval_strategy": "no", "warmup_steps_excluded_from_throughput": 1},
-    })
+    cfg = RunConfig.from_dict(
+        {
+            "model": str(tiny_model_dir),
+            "data": {
+                "dataset": "files",
+                "train_file": str(tiny_data["train"]),
+                "test_file": str(tiny_data["test"]),
+                "validation_size": 16,
+                "max_length": 32,
+            },
+            "method": {"name": "lora"},
+            "train": {
+                "max_steps": 3,
+                "batch_size": 8,
+                "eval_batch_size": 16,
+                "logging_steps": 1,
+                "eval_strategy": "no",
+                "warmup_steps_excluded_from_throughput": 1,
+            },
+        }
+    )
     folder = tmp_path_factory.mktemp("export") / "lora"
     train(cfg, folder)
     return folder
@@ -38,8 +51,13 @@ def onnx_export(lora_run, tmp_path_factory):
     return output, report
 
 
-TEXTS = ["a gorgeous , witty film", "x", "it never finds its footing , and by the end i had stopped caring",
-         "", "boring and far too long indeed"]
+TEXTS = [
+    "a gorgeous , witty film",
+    "x",
+    "it never finds its footing , and by the end i had stopped caring",
+    "",
+    "boring and far too long indeed",
+]
 
 
 def test_onnx_fp32_matches_torch_and_int8_stays_close(lora_run, onnx_export):
@@ -90,8 +108,11 @@ def test_hf_export_loads_with_plain_transformers(lora_run, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(output)
     assert model.config.id2label == {0: "negative", 1: "positive"}
     assert not any("lora_" in name for name, _ in model.named_parameters())
-    np.testing.assert_allclose(Predictor.load(output, device="cpu").predict_proba(TEXTS),
-                               Predictor.load(lora_run, device="cpu").predict_proba(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(
+        Predictor.load(output, device="cpu").predict_proba(TEXTS),
+        Predictor.load(lora_run, device="cpu").predict_proba(TEXTS),
+        atol=1e-6,
+    )
 
 
 def test_parity_data_override_and_report_text(lora_run, tmp_path):
@@ -120,26 +141,41 @@ def test_parity_report_pairs_each_variant_with_the_reference():
             self.probabilities = np.asarray(probabilities, dtype=float)
 
         def predict_proba(self, texts, batch_size=64):
-            return self.probabilities[:len(texts)]
+            return self.probabilities[: len(texts)]
 
     gold = np.array([0, 1, 1, 0, 1])
     reference = Fixed([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3], [0.6, 0.4]])  # 4 of 5 right
-    variant = Fixed([[0.9, 0.1], [0.6, 0.4], [0.4, 0.6], [0.7, 0.3], [0.3, 0.7]])    # swaps examples 1 and 4
+    variant = Fixed([[0.9, 0.1], [0.6, 0.4], [0.4, 0.6], [0.7, 0.3], [0.3, 0.7]])  # swaps examples 1 and 4
     report = parity_report({"torch": reference, "onnx-int8": variant}, ["t"] * 5, gold)
     row = report["variants"]["onnx-int8"]
     assert (row["only_reference_correct"], row["only_variant_correct"]) == (1, 1)
     assert row["accuracy_drop_points"] == 0 and row["mcnemar_p_value"] == 1.0
     assert row["prediction_agreement"] == 0.6
-    assert "McNemar p" in format_report({**report, "data": "d"} | {"variants": {
-        name: {**r, "size_mib": 1.0} for name, r in report["variants"].items()}})
+    assert "McNemar p" in format_report(
+        {**report, "data": "d"} | {"variants": {name: {**r, "size_mib": 1.0} for name, r in report["variants"].items()}}
+    )
 
 
 def test_export_refusals(lora_run, onnx_export, tmp_path, tiny_config, capsys):
     output, _ = onnx_export
     assert main(["export", "--model", str(lora_run), "--output", str(output)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["export", "--model", str(lora_run), "--format", "hf", "--quantize", "int8",
-                 "--output", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(lora_run),
+                "--format",
+                "hf",
+                "--quantize",
+                "int8",
+                "--output",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     other = tmp_path / "not-an-export"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
@@ -161,7 +197,9 @@ def test_dynamo_exporter_matches_torch_too(lora_run, tmp_path):
     assert export_onnx(predictor.model, predictor.tokenizer, tmp_path / "m.onnx", exporter="dynamo") == "dynamo"
     ids = predictor.tokenizer(TEXTS)["input_ids"]
     input_ids, mask = _pad(ids, 0)
-    logits = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+    logits = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input_ids": input_ids, "attention_mask": mask})[
+        0
+    ]
     expected = predictor._runner(input_ids, mask)
     np.testing.assert_allclose(logits, expected, atol=1e-5)
 
@@ -189,8 +227,11 @@ def test_fusion_that_changes_logits_is_refused(lora_run, tmp_path, monkeypatch):
     path = tmp_path / "m.onnx"
     export_onnx(predictor.model, predictor.tokenizer, path)
     original = path.read_bytes()
-    sample = {k: v.astype(np.int64) for k, v in predictor.tokenizer(TEXTS, padding=True, return_tensors="np").items()
-              if k in ("input_ids", "attention_mask")}
+    sample = {
+        k: v.astype(np.int64)
+        for k, v in predictor.tokenizer(TEXTS, padding=True, return_tensors="np").items()
+        if k in ("input_ids", "attention_mask")
+    }
     outcome = fuse_transformer_ops(path, predictor.model.config, sample, tolerance=-1.0)  # nothing can pass
     assert "differ" in outcome["skipped"] and path.read_bytes() == original
     assert not list(tmp_path.glob("*.fused.onnx"))
@@ -209,8 +250,9 @@ def test_parallel_onnx_sessions_give_the_same_probabilities(onnx_export):
     one = Predictor.load(output, variant="fp32", workers=1)
     three = Predictor.load(output, variant="fp32", workers=3, threads=1)
     assert (one.describe()["onnx_sessions"], three.describe()["onnx_sessions"]) == (1, 3)
-    np.testing.assert_allclose(three.predict_proba(texts, batch_size=8), one.predict_proba(texts, batch_size=8),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        three.predict_proba(texts, batch_size=8), one.predict_proba(texts, batch_size=8), atol=1e-6
+    )
 
 
 def test_predict_cli_runs_an_export_on_parallel_sessions(onnx_export, capsys):

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from sentitune.inference import Predictor
 from sentitune.serve import ServeSettings, create_app
 
-LIMITS = dict(max_texts=8, max_chars=300, max_body_bytes=8192, max_wait_ms=1.0)
+
+LIMITS = {"max_texts": 8, "max_chars": 300, "max_body_bytes": 8192, "max_wait_ms": 1.0}
 API_KEY = "fuzz-key"
 
 
@@ -39,6 +40,7 @@ def torch_predictor(trained_run):
 
 
 # ---- schemathesis -----------------------------------------------------------------------------
+
 
 def test_schemathesis_fuzz_finds_no_server_errors(torch_predictor):
     import schemathesis
@@ -56,8 +58,14 @@ def test_schemathesis_fuzz_finds_no_server_errors(torch_predictor):
             operation = result.ok()
             has_input = operation.method.upper() == "POST"
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_input else (GenerationMode.POSITIVE,):
-                @settings(max_examples=100 if has_input else 5, deadline=None, database=None,
-                          phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+
+                @settings(
+                    max_examples=100 if has_input else 5,
+                    deadline=None,
+                    database=None,
+                    phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=list(HealthCheck),
+                )
                 @given(case=operation.as_strategy(generation_mode=mode))
                 def fuzz(case):
                     response = case.call(headers={"X-API-Key": API_KEY})
@@ -86,20 +94,35 @@ json_values = st.recursive(
 bodies = st.one_of(
     st.binary(max_size=600),
     json_values.map(lambda v: json.dumps(v).encode()),
-    st.dictionaries(st.sampled_from(["text", "texts", "x"]), json_values, max_size=3).map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(st.sampled_from(["text", "texts", "x"]), json_values, max_size=3).map(
+        lambda v: json.dumps(v).encode()
+    ),
     # Escapes JSON allows but UTF-8 text cannot hold, and long runs of text.
-    st.sampled_from([b'{"text": "\\ud800"}', b'{"texts": ["fine", "\\udfff x"]}', b'{"text": "\\u0000"}',
-                     b'{"text": "' + b"a" * 400 + b'"}', b'{"texts": [' + b'"a",' * 20 + b'"a"]}',
-                     b'{"text": "x", "text": 1}', b"[" * 5000, b'{"text": ' + b"9" * 5000 + b"}"]),
+    st.sampled_from(
+        [
+            b'{"text": "\\ud800"}',
+            b'{"texts": ["fine", "\\udfff x"]}',
+            b'{"text": "\\u0000"}',
+            b'{"text": "' + b"a" * 400 + b'"}',
+            b'{"texts": [' + b'"a",' * 20 + b'"a"]}',
+            b'{"text": "x", "text": 1}',
+            b"[" * 5000,
+            b'{"text": ' + b"9" * 5000 + b"}",
+        ]
+    ),
 )
 
 
 def test_raw_bodies_never_cause_server_errors(torch_predictor):
     statuses: Counter = Counter()
     with TestClient(create_app(torch_predictor, ServeSettings(**LIMITS))) as client:
+
         @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @example(body=b'{"texts": ["a fine film", "awful"]}', content_type="application/json")
-        @given(body=bodies, content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", ""]))
+        @given(
+            body=bodies,
+            content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", ""]),
+        )
         def fuzz(body, content_type):
             headers = {"content-type": content_type} if content_type else {}
             response = client.post("/predict", content=body, headers=headers)
@@ -161,6 +184,7 @@ def test_one_failing_request_does_not_fail_its_batch(torch_predictor):
 
 # ---- bounded load on a real uvicorn process ---------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -180,8 +204,14 @@ async def _load(url: str, seconds: float, workers: int, seed: int) -> tuple[Coun
             return {"text": " ".join(rng.choices(words, k=rng.randint(1, 60)))}
         if kind < 0.9:
             return {"texts": [" ".join(rng.choices(words, k=rng.randint(1, 30))) for _ in range(rng.randint(2, 8))]}
-        return rng.choice([b"{not json", b'{"texts": []}', b'{"text": "' + b"x" * 400 + b'"}',
-                           b'{"texts": [' + b'"a",' * 12 + b'"a"]}'])
+        return rng.choice(
+            [
+                b"{not json",
+                b'{"texts": []}',
+                b'{"text": "' + b"x" * 400 + b'"}',
+                b'{"texts": [' + b'"a",' * 12 + b'"a"]}',
+            ]
+        )
 
     async def worker(client: httpx.AsyncClient):
         while time.monotonic() < deadline:
@@ -209,9 +239,26 @@ def test_bounded_load_keeps_memory_flat_and_answers_everything(trained_run):
     url = f"http://127.0.0.1:{port}"
     log = tempfile.TemporaryFile()
     server = subprocess.Popen(
-        [sys.executable, "-m", "sentitune", "serve", "--model", str(trained_run("head")), "--port", str(port),
-         "--max-texts", "8", "--max-chars", "300", "--max-wait-ms", "2"],
-        stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            sys.executable,
+            "-m",
+            "sentitune",
+            "serve",
+            "--model",
+            str(trained_run("head")),
+            "--port",
+            str(port),
+            "--max-texts",
+            "8",
+            "--max-chars",
+            "300",
+            "--max-wait-ms",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -248,10 +295,12 @@ def test_bounded_load_keeps_memory_flat_and_answers_everything(trained_run):
     latencies.sort()
     total = sum(statuses.values())
     p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
-    print(f"load: {total} requests in {seconds:.0f} s ({total / seconds:.0f}/s) from 16 concurrent clients; "
-          f"statuses {dict(sorted(statuses.items()))}; latency p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms; "
-          f"RSS after warm-up {rss_warm:.1f} MiB, peak {max(samples + [rss_end]):.1f} MiB, end {rss_end:.1f} MiB "
-          f"(growth {rss_end - rss_warm:+.1f} MiB)")
+    print(
+        f"load: {total} requests in {seconds:.0f} s ({total / seconds:.0f}/s) from 16 concurrent clients; "
+        f"statuses {dict(sorted(statuses.items()))}; latency p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms; "
+        f"RSS after warm-up {rss_warm:.1f} MiB, peak {max(samples + [rss_end]):.1f} MiB, end {rss_end:.1f} MiB "
+        f"(growth {rss_end - rss_warm:+.1f} MiB)"
+    )
     assert not [code for code in list(statuses) + list(warm_statuses) if code >= 500], (statuses, server_log[-3000:])
     assert statuses[200] > 0 and total >= 100
     assert rss_end - rss_warm < 50, (rss_warm, samples, rss_end)

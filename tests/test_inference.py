@@ -112,8 +112,22 @@ def test_predict_cli_texts_file_and_stdin(runs, tmp_path, capsys, monkeypatch):
     source = tmp_path / "in.csv"
     source.write_text("review,id\ngreat,1\nawful,2\n", encoding="utf-8")
     output = tmp_path / "out" / "preds.jsonl"
-    assert main(["predict", "--model", str(runs["head"]), "--input", str(source), "--text-column", "review",
-                 "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(runs["head"]),
+                "--input",
+                str(source),
+                "--text-column",
+                "review",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [row["text"] for row in rows] == ["great", "awful"]
 
@@ -135,9 +149,12 @@ def test_runtime_flags_are_checked_before_loading(runs, capsys, monkeypatch):
     import torch
 
     lora = str(runs["lora"])
-    for flags, message in ((["--device", "tpu"], "expected cpu, cuda"), (["--workers", "0"], "--workers must be >= 1"),
-                           (["--threads", "0"], "--threads must be >= 1"),
-                           (["--workers", "2"], "ONNX exports only")):
+    for flags, message in (
+        (["--device", "tpu"], "expected cpu, cuda"),
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--workers", "2"], "ONNX exports only"),
+    ):
         assert main(["predict", "--model", lora, "x", *flags]) == 2
         assert message in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -175,7 +192,7 @@ def test_plan_batches_covers_every_text_once_within_the_size_limit(lengths, max_
 
     # Never worse than the plain sorted cut into full batches (the optimum can only be cheaper).
     order = np.argsort(lengths, kind="stable")
-    fixed = [order[i:i + max_batch_size] for i in range(0, len(order), max_batch_size)]
+    fixed = [order[i : i + max_batch_size] for i in range(0, len(order), max_batch_size)]
     assert cost(batches) <= cost(fixed) + 1e-9
 
 
@@ -186,8 +203,9 @@ def test_plan_batches_splits_a_mixed_micro_batch_by_length():
     batches = plan_batches(lengths, 64)
     assert [sorted(lengths[b].tolist()) for b in batches] == [[5, 6, 6, 7], [49, 50, 51, 52]]
     # Equal lengths stay one batch.
-    assert [len(b) for b in plan_batches(np.full(100, 20), 64)] == [36, 64] or \
-        [len(b) for b in plan_batches(np.full(100, 20), 64)] == [64, 36]
+    assert [len(b) for b in plan_batches(np.full(100, 20), 64)] == [36, 64] or [
+        len(b) for b in plan_batches(np.full(100, 20), 64)
+    ] == [64, 36]
 
 
 def test_onnx_parallelism_defaults_and_overrides():

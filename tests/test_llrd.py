@@ -15,8 +15,8 @@ def test_layerwise_groups_follow_depth(tiny_model_dir):
             lr_of[id(parameter)] = (group["lr"], group["weight_decay"])
     named = dict(model.named_parameters())
     # 2 encoder layers: embeddings depth 0, layer.0 -> 1, layer.1 -> 2, head -> 3.
-    assert lr_of[id(named["bert.embeddings.word_embeddings.weight"])] == (pytest.approx(1e-3 * 0.5 ** 3), 0.01)
-    assert lr_of[id(named["bert.encoder.layer.0.attention.self.query.weight"])][0] == pytest.approx(1e-3 * 0.5 ** 2)
+    assert lr_of[id(named["bert.embeddings.word_embeddings.weight"])] == (pytest.approx(1e-3 * 0.5**3), 0.01)
+    assert lr_of[id(named["bert.encoder.layer.0.attention.self.query.weight"])][0] == pytest.approx(1e-3 * 0.5**2)
     assert lr_of[id(named["bert.encoder.layer.1.output.dense.bias"])] == (pytest.approx(1e-3 * 0.5), 0.0)
     assert lr_of[id(named["classifier.weight"])] == (pytest.approx(1e-3), 0.01)
     assert sum(len(g["params"]) for g in groups) == len(named)

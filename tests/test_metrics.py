@@ -5,9 +5,19 @@ import math
 import numpy as np
 import pytest
 
-from sentitune.metrics import (accuracy_interval, bootstrap_ci, classification_metrics, confusion_matrix,
-                               expected_calibration_error, holm, mcnemar, paired_seed_test, t_interval,
-                               two_level_bootstrap_ci, wilson_interval)
+from sentitune.metrics import (
+    accuracy_interval,
+    bootstrap_ci,
+    classification_metrics,
+    confusion_matrix,
+    expected_calibration_error,
+    holm,
+    mcnemar,
+    paired_seed_test,
+    t_interval,
+    two_level_bootstrap_ci,
+    wilson_interval,
+)
 
 
 def test_classification_metrics_by_hand():
@@ -133,12 +143,12 @@ def test_paired_seed_test_with_one_seed_is_mcnemar():
 def test_paired_seed_test_pools_discordant_counts_over_seeds():
     from scipy.stats import binomtest
 
-    a = np.array([[1, 1, 1, 0, 1, 0, 1, 1, 1, 0],
-                  [1, 1, 0, 1, 1, 1, 1, 0, 1, 1],
-                  [1, 0, 1, 1, 1, 1, 1, 1, 1, 1]], dtype=bool)
-    b = np.array([[1, 0, 0, 0, 1, 1, 0, 1, 0, 0],
-                  [1, 0, 0, 1, 0, 1, 1, 1, 0, 1],
-                  [0, 0, 1, 0, 1, 1, 0, 1, 1, 1]], dtype=bool)
+    a = np.array(
+        [[1, 1, 1, 0, 1, 0, 1, 1, 1, 0], [1, 1, 0, 1, 1, 1, 1, 0, 1, 1], [1, 0, 1, 1, 1, 1, 1, 1, 1, 1]], dtype=bool
+    )
+    b = np.array(
+        [[1, 0, 0, 0, 1, 1, 0, 1, 0, 0], [1, 0, 0, 1, 0, 1, 1, 1, 0, 1], [0, 0, 1, 0, 1, 1, 0, 1, 1, 1]], dtype=bool
+    )
     # seed 1: a-only at 1, 2, 6, 8 (4), b-only at 5 (1); seed 2: a-only at 1, 4, 8 (3), b-only at 7 (1);
     # seed 3: a-only at 0, 3, 6 (3), b-only none (0)  ->  b = 10, c = 2
     test = paired_seed_test(a, b)

@@ -42,23 +42,37 @@ def test_shrink_cli_and_its_errors(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "l1"
     assert main(["shrink", "--model", str(tiny_model_dir), "--layers", "1", "--output-dir", str(out)]) == 0
     assert "2 -> 1 encoder layers" in capsys.readouterr().out
-    assert main(["shrink", "--model", str(tiny_model_dir), "--layers", "1", "--output-dir", str(out)]) == EXIT_USER_ERROR
+    assert (
+        main(["shrink", "--model", str(tiny_model_dir), "--layers", "1", "--output-dir", str(out)]) == EXIT_USER_ERROR
+    )
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["shrink", "--model", str(tiny_model_dir), "--layers", "2", "--output-dir",
-                 str(tmp_path / "x")]) == EXIT_USER_ERROR
+    assert (
+        main(["shrink", "--model", str(tiny_model_dir), "--layers", "2", "--output-dir", str(tmp_path / "x")])
+        == EXIT_USER_ERROR
+    )
     assert "--layers: must be between 1 and 1" in capsys.readouterr().err
 
 
 def test_sweep_names_variants_by_model_and_drops_model_from_the_fingerprint(tiny_config, shrunk):
     folder, _ = shrunk
     base_model = tiny_config().model
-    base = tiny_config("full").override({"compare.methods": ["full", "lora", "tfidf"], "compare.seeds": [1],
-                                         "compare.models": [base_model, str(folder)]})
+    base = tiny_config("full").override(
+        {
+            "compare.methods": ["full", "lora", "tfidf"],
+            "compare.seeds": [1],
+            "compare.models": [base_model, str(folder)],
+        }
+    )
     runs = compare.expand_runs(base)
     short = base_model.rstrip("/").split("/")[-1]
     # tfidf has no encoder: it runs once, not once per model.
-    assert [r.name for r in runs] == [f"{short}-full-s1", f"{short}-lora-s1", "tiny-l1-full-s1", "tiny-l1-lora-s1",
-                                      "tfidf-s1"]
+    assert [r.name for r in runs] == [
+        f"{short}-full-s1",
+        f"{short}-lora-s1",
+        "tiny-l1-full-s1",
+        "tiny-l1-lora-s1",
+        "tfidf-s1",
+    ]
     assert [r.config.model for r in runs[:4]] == [base_model, base_model, str(folder), str(folder)]
     assert len({r.config.fingerprint() for r in runs}) == 1
     assert "model" not in runs[0].config.scaffolding()
@@ -81,7 +95,8 @@ def test_two_model_comparison_and_report(tiny_config, shrunk, tmp_path):
 
     folder, _ = shrunk
     base = tiny_config("full", **{"train.max_steps": 2}).override(
-        {"compare.methods": ["full"], "compare.seeds": [1], "compare.models": [tiny_config().model, str(folder)]})
+        {"compare.methods": ["full"], "compare.seeds": [1], "compare.models": [tiny_config().model, str(folder)]}
+    )
     # Runs trained in-process (compare's subprocess launching is tested in test_compare.py); compare
     # then finds them finished, checks their scaffolding and writes the results.
     for run in compare.expand_runs(base):

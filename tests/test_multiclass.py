@@ -8,16 +8,24 @@ import random
 
 import numpy as np
 import pytest
+from conftest import NEGATIVE, POSITIVE, make_tiny_config, write_rows
 
 from sentitune.cli import main
 from sentitune.inference import Predictor
 from sentitune.results import load_run
 from sentitune.training import train
 
-from conftest import NEGATIVE, POSITIVE, make_tiny_config, write_rows
 
-NEUTRAL = ["it is a film", "the movie runs two hours", "some scenes are set in paris", "it came out in may",
-           "the cast includes several actors", "there is a dog in it", "it is in colour", "a sequel is planned"]
+NEUTRAL = [
+    "it is a film",
+    "the movie runs two hours",
+    "some scenes are set in paris",
+    "it came out in may",
+    "the cast includes several actors",
+    "there is a dog in it",
+    "it is in colour",
+    "a sequel is planned",
+]
 THREE = ("neg", "neu", "pos")
 STARS = ("1", "2", "3", "4", "7", "8", "9", "10")
 
@@ -37,8 +45,10 @@ def class_rows(count: int, seed: int, labels: tuple[str, ...]) -> list[tuple[str
 @pytest.fixture(scope="module")
 def three_class(tmp_path_factory):
     folder = tmp_path_factory.mktemp("three")
-    return {"train": write_rows(folder / "train.csv", class_rows(72, 0, THREE)),
-            "test": write_rows(folder / "test.csv", class_rows(30, 1, THREE))}
+    return {
+        "train": write_rows(folder / "train.csv", class_rows(72, 0, THREE)),
+        "test": write_rows(folder / "test.csv", class_rows(30, 1, THREE)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +57,22 @@ def star_ratings(tmp_path_factory):
     # Shuffled so numeric names must be sorted numerically ("10" after "9"), not by first appearance.
     rows = class_rows(96, 0, STARS)
     random.Random(3).shuffle(rows)
-    return {"train": write_rows(folder / "train.csv", rows),
-            "test": write_rows(folder / "test.csv", class_rows(40, 1, STARS))}
+    return {
+        "train": write_rows(folder / "train.csv", rows),
+        "test": write_rows(folder / "test.csv", class_rows(40, 1, STARS)),
+    }
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, three_class, star_ratings, tmp_path_factory):
     folder = tmp_path_factory.mktemp("multiclass-runs")
     out = {}
-    for name, data, method in (("full3", three_class, "full"), ("tfidf3", three_class, "tfidf"),
-                               ("lora8", star_ratings, "lora"), ("tfidf8", star_ratings, "tfidf")):
+    for name, data, method in (
+        ("full3", three_class, "full"),
+        ("tfidf3", three_class, "tfidf"),
+        ("lora8", star_ratings, "lora"),
+        ("tfidf8", star_ratings, "tfidf"),
+    ):
         cfg = make_tiny_config(tiny_model_dir, data, method, **{"data.validation_size": 24})
         train(cfg, folder / name)
         out[name] = folder / name
@@ -98,8 +114,11 @@ def test_analyze_shows_the_full_confusion_matrix(runs, tmp_path, capsys, monkeyp
     # Every row of the "mistakes" table is a mistake (with 3+ classes a correct prediction can have
     # a higher loss than a wrong one).
     mistakes = out.split("most confident mistakes")[1].split("ambiguous")[0]
-    assert all(cells[1] != cells[2] for line in mistakes.splitlines()
-               if len(cells := [c.strip() for c in line.split("│")]) > 3 and cells[1] in STARS)
+    assert all(
+        cells[1] != cells[2]
+        for line in mistakes.splitlines()
+        if len(cells := [c.strip() for c in line.split("│")]) > 3 and cells[1] in STARS
+    )
 
 
 def test_serve_answers_with_every_class(runs):
@@ -134,9 +153,34 @@ def test_imdb_rating_column_trains_eight_classes(tiny_model_dir, tmp_path, monke
         write_rows(data / f"{split}.csv", rows, header=("text", "label", "rating"))
     monkeypatch.setenv("SENTITUNE_DATA_DIR", str(tmp_path / "data"))
     run_dir = tmp_path / "run"
-    assert main(["train", "--method", "full", "--model", str(tiny_model_dir), "--dataset", "imdb",
-                 "--label-column", "rating", "--validation-size", "16", "--max-length", "32", "--batch-size", "8",
-                 "--max-steps", "2", "--set", "train.eval_strategy=no", "--output-dir", str(run_dir)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "full",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                "imdb",
+                "--label-column",
+                "rating",
+                "--validation-size",
+                "16",
+                "--max-length",
+                "32",
+                "--batch-size",
+                "8",
+                "--max-steps",
+                "2",
+                "--set",
+                "train.eval_strategy=no",
+                "--output-dir",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     run = load_run(run_dir)
     assert run.label_names == list(STARS) and run.metrics["test_examples"] == 32

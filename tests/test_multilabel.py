@@ -9,6 +9,7 @@ import random
 
 import numpy as np
 import pytest
+from conftest import make_tiny_config, write_rows
 
 from sentitune.cli import EXIT_USER_ERROR, main
 from sentitune.config import ConfigError
@@ -18,11 +19,13 @@ from sentitune.metrics import choose_thresholds, multilabel_metrics
 from sentitune.results import RunFolderError, load_run
 from sentitune.training import train
 
-from conftest import make_tiny_config, write_rows
 
 GENRES = ("action", "comedy", "drama")
-WORDS = {"action": ["explosions", "car chase", "shootout"], "comedy": ["jokes", "hilarious", "slapstick"],
-         "drama": ["tears", "family", "grief"]}
+WORDS = {
+    "action": ["explosions", "car chase", "shootout"],
+    "comedy": ["jokes", "hilarious", "slapstick"],
+    "drama": ["tears", "family", "grief"],
+}
 
 
 def genre_rows(count: int, seed: int) -> list[tuple[str, str]]:
@@ -39,14 +42,19 @@ def genre_rows(count: int, seed: int) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def genre_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("genres")
-    return {"train": write_rows(folder / "train.csv", genre_rows(80, 0), header=("text", "genres")),
-            "test": write_rows(folder / "test.csv", genre_rows(25, 1), header=("text", "genres"))}
+    return {
+        "train": write_rows(folder / "train.csv", genre_rows(80, 0), header=("text", "genres")),
+        "test": write_rows(folder / "test.csv", genre_rows(25, 1), header=("text", "genres")),
+    }
 
 
 def multilabel_config(model_dir, files, method="full", **overrides):
-    return make_tiny_config(model_dir, files, method, **{"data.problem_type": "multi_label",
-                                                         "data.label_column": "genres",
-                                                         "data.validation_size": 20, **overrides})
+    return make_tiny_config(
+        model_dir,
+        files,
+        method,
+        **{"data.problem_type": "multi_label", "data.label_column": "genres", "data.validation_size": 20, **overrides},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +118,12 @@ def test_predictor_gives_probabilities_and_labels_per_threshold(multilabel_run):
 
 
 def test_lora_trains_multi_label(tiny_model_dir, genre_files, tmp_path):
-    metrics = train(multilabel_config(tiny_model_dir, genre_files, "lora", **{"train.max_steps": 2,
-                                                                              "train.eval_strategy": "epoch"}),
-                    tmp_path / "lora")
+    metrics = train(
+        multilabel_config(
+            tiny_model_dir, genre_files, "lora", **{"train.max_steps": 2, "train.eval_strategy": "epoch"}
+        ),
+        tmp_path / "lora",
+    )
     assert metrics["status"] == "ok" and "test_micro_f1" in metrics
     assert Predictor.load(tmp_path / "lora", device="cpu").predict(["jokes"])[0]["labels"] is not None
 
@@ -123,8 +134,11 @@ def test_unsupported_paths_refuse_in_one_line(multilabel_run, tiny_model_dir, ge
         multilabel_config(tiny_model_dir, genre_files, "tfidf")
     with pytest.raises(ConfigError, match="data.problem_type"):
         multilabel_config(tiny_model_dir, genre_files, **{"data.problem_type": "multilabel"})
-    for argv in (["analyze", str(folder)], ["evaluate", str(folder), "--data", str(genre_files["test"])],
-                 ["export", "--model", str(folder), "--output", str(tmp_path / "x")]):
+    for argv in (
+        ["analyze", str(folder)],
+        ["evaluate", str(folder), "--data", str(genre_files["test"])],
+        ["export", "--model", str(folder), "--output", str(tmp_path / "x")],
+    ):
         assert main(argv) == EXIT_USER_ERROR
         assert "a multi-label run" in capsys.readouterr().err
     from sentitune.serve import create_app
@@ -145,9 +159,28 @@ def test_threshold_choice_and_metrics():
 
 
 def test_data_inspect_counts_texts_per_label(tiny_model_dir, genre_files, capsys):
-    assert main(["data", "inspect", "--model", str(tiny_model_dir), "--dataset", "files",
-                 "--train-file", str(genre_files["train"]), "--test-file", str(genre_files["test"]),
-                 "--label-column", "genres", "--set", "data.problem_type=multi_label", "--json"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "inspect",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                "files",
+                "--train-file",
+                str(genre_files["train"]),
+                "--test-file",
+                str(genre_files["test"]),
+                "--label-column",
+                "genres",
+                "--set",
+                "data.problem_type=multi_label",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     # 25 test rows cycle through 5 label sets: comedy is in 3 of them.
     assert report["splits"]["test"]["class_counts"] == {"action": 10, "comedy": 15, "drama": 10}

@@ -11,6 +11,7 @@ import pytest
 from sentitune import runtime
 from sentitune.runtime import PrecisionError, choose_precision
 
+
 ZEN4 = """processor\t: 0
 model name\t: AMD EPYC 9R14
 flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 sha_ni
@@ -21,12 +22,15 @@ flags\t\t: fpu sse2 avx2 fma
 """
 
 
-@pytest.mark.parametrize("cuda, cuda_bf16, cpu_bf16, expected", [
-    (False, False, True, "bf16"),
-    (False, False, False, "fp32"),
-    (True, True, False, "bf16"),
-    (True, False, True, "fp16"),
-])
+@pytest.mark.parametrize(
+    "cuda, cuda_bf16, cpu_bf16, expected",
+    [
+        (False, False, True, "bf16"),
+        (False, False, False, "fp32"),
+        (True, True, False, "bf16"),
+        (True, False, True, "fp16"),
+    ],
+)
 def test_auto_follows_the_hardware(cuda, cuda_bf16, cpu_bf16, expected):
     assert choose_precision("auto", cuda=cuda, cuda_bf16=cuda_bf16, cpu_bf16=cpu_bf16) == expected
 

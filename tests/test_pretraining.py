@@ -7,16 +7,22 @@ import json
 
 import pytest
 import torch
+from conftest import NEGATIVE, POSITIVE, write_rows
 
 from sentitune.cli import EXIT_USER_ERROR, main
 from sentitune.config import ConfigError
 from sentitune.data import DataError
-from sentitune.pretraining import (PretrainConfig, encode_for_mlm, fixed_masked_batches, load_mlm_model,
-                                   masked_lm_loss, pretrain)
+from sentitune.pretraining import (
+    PretrainConfig,
+    encode_for_mlm,
+    fixed_masked_batches,
+    load_mlm_model,
+    masked_lm_loss,
+    pretrain,
+)
 from sentitune.results import RunFolderError
 from sentitune.training import train
 
-from conftest import NEGATIVE, POSITIVE, write_rows
 
 TEXTS = [f"{a} , {b} ." for a in POSITIVE for b in NEGATIVE]
 
@@ -26,8 +32,15 @@ def adapted(tiny_model_dir, tmp_path_factory):
     """A tiny model after 3 masked-LM steps on a TXT file."""
     folder = tmp_path_factory.mktemp("dapt")
     (folder / "texts.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
-    cfg = PretrainConfig(model=str(tiny_model_dir), texts=str(folder / "texts.txt"), max_steps=3, batch_size=8,
-                         max_length=16, eval_texts=10, logging_steps=1)
+    cfg = PretrainConfig(
+        model=str(tiny_model_dir),
+        texts=str(folder / "texts.txt"),
+        max_steps=3,
+        batch_size=8,
+        max_length=16,
+        eval_texts=10,
+        logging_steps=1,
+    )
     lines: list[str] = []
     summary = pretrain(cfg, folder / "out", echo=lines.append)
     return folder / "out", summary, lines
@@ -36,7 +49,8 @@ def adapted(tiny_model_dir, tmp_path_factory):
 def test_output_folder_is_a_model_folder_with_metadata(adapted):
     out, summary, lines = adapted
     assert {"config.json", "model.safetensors", "tokenizer.json", "pretrain.json", "history.csv"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     assert not (out / "checkpoints").exists()
     saved = json.loads((out / "pretrain.json").read_text())
     assert saved["train_steps"] == 3 and saved["status"] == "ok"
@@ -56,8 +70,9 @@ def test_encoder_changes_pooler_is_copied_and_head_reloads(adapted, tiny_model_d
     out, _, _ = adapted
     before = AutoModel.from_pretrained(tiny_model_dir)
     after = AutoModel.from_pretrained(out)
-    assert not torch.equal(before.encoder.layer[0].attention.self.query.weight,
-                           after.encoder.layer[0].attention.self.query.weight)
+    assert not torch.equal(
+        before.encoder.layer[0].attention.self.query.weight, after.encoder.layer[0].attention.self.query.weight
+    )
     # BertForMaskedLM has no pooler; the source's is copied so `pooler+classifier` starts from it.
     assert torch.equal(before.pooler.dense.weight, after.pooler.dense.weight)
     _, fresh = load_mlm_model(str(out))
@@ -98,8 +113,23 @@ def test_cli_named_dataset_and_errors(tiny_model_dir, tmp_path, monkeypatch, cap
     write_rows(data / "imdb" / "train.csv", [(t, "1", "8") for t in TEXTS[:40]], header=("text", "label", "rating"))
     monkeypatch.setenv("SENTITUNE_DATA_DIR", str(data))
     out = tmp_path / "out"
-    args = ["pretrain", "--model", str(tiny_model_dir), "--texts", "imdb", "--output-dir", str(out),
-            "--max-steps", "1", "--batch-size", "4", "--max-length", "16", "--eval-texts", "0"]
+    args = [
+        "pretrain",
+        "--model",
+        str(tiny_model_dir),
+        "--texts",
+        "imdb",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "16",
+        "--eval-texts",
+        "0",
+    ]
     assert main(args) == 0
     saved = json.loads((out / "pretrain.json").read_text())
     assert saved["texts_source"].endswith("imdb/train.csv:text") and saved["train_texts"] == 40
@@ -141,8 +171,15 @@ def test_a_diverging_loss_stops_pretraining_before_weights_are_written(tiny_mode
         return loss * float("nan") if model.training else loss  # held-out evaluation stays finite
 
     monkeypatch.setattr(pretraining, "masked_lm_loss", diverging)
-    cfg = PretrainConfig(model=str(tiny_model_dir), texts=str(tmp_path / "texts.txt"), max_steps=3, batch_size=8,
-                         max_length=16, eval_texts=10, logging_steps=1)
+    cfg = PretrainConfig(
+        model=str(tiny_model_dir),
+        texts=str(tmp_path / "texts.txt"),
+        max_steps=3,
+        batch_size=8,
+        max_length=16,
+        eval_texts=10,
+        logging_steps=1,
+    )
     with pytest.raises(Exception, match="MLM loss became nan at step 1"):
         pretrain(cfg, tmp_path / "out", echo=lambda line: None)
     assert not list((tmp_path / "out").glob("*.safetensors"))

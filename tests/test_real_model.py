@@ -5,7 +5,6 @@ the loop actually learns (a misaligned label map or a frozen encoder would sit n
 from __future__ import annotations
 
 import pytest
-
 from conftest import shared_data_dir
 
 
@@ -21,16 +20,20 @@ def test_minilm_full_fine_tuning_learns_sst2(tmp_path):
     from sentitune.inference import Predictor
     from sentitune.training import train
 
-    cfg = RunConfig.from_dict({
-        "model": "minilm-l6",
-        "data": {"dataset": "sst2", "data_dir": str(root), "train_subset": 1000, "validation_size": 500},
-        # 5e-5 rather than full's default 2e-5: with 190 steps the smaller step leaves MiniLM undertrained.
-        "method": {"name": "full", "learning_rate": 5e-5},
-        "train": {"epochs": 3, "batch_size": 16, "eval_strategy": "no", "logging_steps": 20, "seed": 42},
-    })
+    cfg = RunConfig.from_dict(
+        {
+            "model": "minilm-l6",
+            "data": {"dataset": "sst2", "data_dir": str(root), "train_subset": 1000, "validation_size": 500},
+            # 5e-5 rather than full's default 2e-5: with 190 steps the smaller step leaves MiniLM undertrained.
+            "method": {"name": "full", "learning_rate": 5e-5},
+            "train": {"epochs": 3, "batch_size": 16, "eval_strategy": "no", "logging_steps": 20, "seed": 42},
+        }
+    )
     metrics = train(cfg, tmp_path / "run")
-    print(f"minilm-l6 full, 1,000 SST-2 sentences, 3 epochs: test_accuracy {metrics['test_accuracy']:.4f} "
-          f"on {metrics['test_examples']} dev sentences, {metrics['train_runtime_seconds']:.0f} s training")
+    print(
+        f"minilm-l6 full, 1,000 SST-2 sentences, 3 epochs: test_accuracy {metrics['test_accuracy']:.4f} "
+        f"on {metrics['test_examples']} dev sentences, {metrics['train_runtime_seconds']:.0f} s training"
+    )
     assert metrics["status"] == "ok"
     assert metrics["train_examples"] == 1000 and metrics["test_examples"] == 872
     assert metrics["test_accuracy"] >= 0.75

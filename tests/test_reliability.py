@@ -26,6 +26,7 @@ from sentitune import results
 from sentitune.cli import EXIT_USER_ERROR, main
 from sentitune.training import last_complete_checkpoint
 
+
 # A resumed run must end where an unbroken one does. On CPU the match is exact (0.0 measured); the
 # tolerance leaves room for non-deterministic GPU kernels only.
 RESUME_TOLERANCE = 1e-6
@@ -50,9 +51,28 @@ sys.exit(main(sys.argv[2:]))
 
 
 def train_args(model_dir, data, output_dir, *extra) -> list[str]:
-    return ["train", "--method", "full", "--model", str(model_dir), "--dataset", "files",
-            "--train-file", str(data["train"]), "--test-file", str(data["test"]), "--validation-size", "16",
-            "--max-length", "32", "--batch-size", "8", "--output-dir", str(output_dir), *extra]
+    return [
+        "train",
+        "--method",
+        "full",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        "files",
+        "--train-file",
+        str(data["train"]),
+        "--test-file",
+        str(data["test"]),
+        "--validation-size",
+        "16",
+        "--max-length",
+        "32",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        str(output_dir),
+        *extra,
+    ]
 
 
 def one_line_error(capsys) -> str:
@@ -66,24 +86,41 @@ def one_line_error(capsys) -> str:
 
 # ---- kill -9 and --resume ---------------------------------------------------------------------
 
+
 @pytest.mark.slow  # three training processes: about 20 s on an idle 2-core machine, up to a minute when loaded
 def test_killed_training_resumes_to_the_same_result(tiny_model_dir, tiny_data, tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     # 48 training examples / batch 8 = 6 steps per epoch: the kill and the resume fall mid-epoch and
     # the run crosses two epoch boundaries, where the data order is drawn again.
-    extra = ["--max-steps", "16", "--learning-rate", "1e-3", "--threads", "1", "--set", "train.eval_strategy=no",
-             "--set", "train.save_steps=2", "--set", "train.logging_steps=1"]
+    extra = [
+        "--max-steps",
+        "16",
+        "--learning-rate",
+        "1e-3",
+        "--threads",
+        "1",
+        "--set",
+        "train.eval_strategy=no",
+        "--set",
+        "train.save_steps=2",
+        "--set",
+        "train.logging_steps=1",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
     def run(delay: float, folder: Path, *more: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(driver), str(delay),
-                                 *train_args(tiny_model_dir, tiny_data, folder, *extra, *more)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        return subprocess.Popen(
+            [sys.executable, str(driver), str(delay), *train_args(tiny_model_dir, tiny_data, folder, *extra, *more)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
 
     unbroken, killed = tmp_path / "unbroken", tmp_path / "killed"
     reference = run(0.0, unbroken)
     victim = run(0.15, killed)
+
     def saved_steps() -> list[int]:
         # checkpoint-4 is rotated away once checkpoint-6 is complete, so any later one counts too.
         return [int(p.parent.name.split("-")[1]) for p in killed.glob("checkpoints/checkpoint-*/trainer_state.json")]
@@ -126,9 +163,11 @@ def test_killed_training_resumes_to_the_same_result(tiny_model_dir, tiny_data, t
     weight_gap = max(float(np.abs(weights_a[k] - weights_b[k]).max()) for k in weights_a)
     assert weight_gap <= RESUME_TOLERANCE
     assert not (killed / "checkpoints").exists()
-    print(f"killed {delay:.2f} s after the first checkpoint at step >= 4, resumed from step {b['resumed_from_step']}: "
-          f"|test_loss gap| {abs(b['test_loss'] - a['test_loss']):.2e}, "
-          f"max |prob gap| {float(np.abs(np.subtract(probs_b, probs_a)).max()):.2e}, max |weight gap| {weight_gap:.2e}")
+    print(
+        f"killed {delay:.2f} s after the first checkpoint at step >= 4, resumed from step {b['resumed_from_step']}: "
+        f"|test_loss gap| {abs(b['test_loss'] - a['test_loss']):.2e}, "
+        f"max |prob gap| {float(np.abs(np.subtract(probs_b, probs_a)).max()):.2e}, max |weight gap| {weight_gap:.2e}"
+    )
 
 
 def _column(path: Path, name: str) -> list[float]:
@@ -167,12 +206,14 @@ def _versions() -> list[dict[str, bytes]]:
     out = []
     for v in (0, 1):
         rows = [{"id": i, "text": f"v{v} row {i} " + "x" * (i % 50), "version": v} for i in range(5000)]
-        out.append({
-            "metrics.json": (json.dumps({"version": v, "rows": rows}, indent=2) + "\n").encode(),
-            "results.csv": results.rows_to_csv(rows).encode(),
-            "report.md": (f"# report v{v}\n" + "line\n" * 50_000 + f"end v{v}\n").encode(),
-            "figure.png": bytes([v]) * 500_000,
-        })
+        out.append(
+            {
+                "metrics.json": (json.dumps({"version": v, "rows": rows}, indent=2) + "\n").encode(),
+                "results.csv": results.rows_to_csv(rows).encode(),
+                "report.md": (f"# report v{v}\n" + "line\n" * 50_000 + f"end v{v}\n").encode(),
+                "figure.png": bytes([v]) * 500_000,
+            }
+        )
     return out
 
 
@@ -180,7 +221,7 @@ def _naive_write(path: Path, data: bytes) -> None:
     # What a streaming writer (json.dump, csv.writer, savefig into an open file) does.
     with open(path, "wb") as out:
         for i in range(0, len(data), 8192):
-            out.write(data[i:i + 8192])
+            out.write(data[i : i + 8192])
 
 
 def _write_forever(folder: str, versions, naive: bool) -> None:
@@ -230,16 +271,20 @@ def test_results_survive_kills_at_random_points(tmp_path):
     naive.mkdir()
     naive_checked, naive_torn = _kill_writers(naive, 12, naive=True, rng=rng)
     assert naive_torn > 0, (naive_checked, naive_torn)
-    print(f"atomic: {checked} files checked after 40 kills, {torn} torn; "
-          f"plain writes: {naive_torn} of {naive_checked} torn after 12 kills")
+    print(
+        f"atomic: {checked} files checked after 40 kills, {torn} torn; "
+        f"plain writes: {naive_torn} of {naive_checked} torn after 12 kills"
+    )
 
 
 @pytest.mark.parametrize("writer", ["json", "csv", "text"])
 def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch, writer):
     path = tmp_path / f"out.{writer}"
-    write = {"json": lambda: results.atomic_write_json(path, {"new": 1}),
-             "csv": lambda: results.atomic_write_csv(path, [{"new": 1}]),
-             "text": lambda: results.atomic_write_text(path, "new")}[writer]
+    write = {
+        "json": lambda: results.atomic_write_json(path, {"new": 1}),
+        "csv": lambda: results.atomic_write_csv(path, [{"new": 1}]),
+        "text": lambda: results.atomic_write_text(path, "new"),
+    }[writer]
     path.write_text("old")
 
     def full(fd):
@@ -254,8 +299,10 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch, writer):
 
 # ---- NaN / inf loss ---------------------------------------------------------------------------
 
-def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_model_dir, tiny_data, tmp_path,
-                                                                     capsys, monkeypatch):
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    tiny_model_dir, tiny_data, tmp_path, capsys, monkeypatch
+):
     import torch
     from transformers import Trainer
 
@@ -268,8 +315,21 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_model_d
 
     monkeypatch.setattr(Trainer, "compute_loss", poisoned)
     run_dir = tmp_path / "run"
-    code = main(train_args(tiny_model_dir, tiny_data, run_dir, "--max-steps", "8", "--set", "train.eval_strategy=no",
-                           "--set", "train.save_steps=2", "--set", "train.logging_steps=1"))
+    code = main(
+        train_args(
+            tiny_model_dir,
+            tiny_data,
+            run_dir,
+            "--max-steps",
+            "8",
+            "--set",
+            "train.eval_strategy=no",
+            "--set",
+            "train.save_steps=2",
+            "--set",
+            "train.logging_steps=1",
+        )
+    )
     assert code == EXIT_USER_ERROR
     line = one_line_error(capsys)
     checkpoint = run_dir / "checkpoints" / "checkpoint-4"
@@ -287,8 +347,21 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_model_d
 
 def test_absurd_learning_rate_gives_a_clear_error(tiny_model_dir, tiny_data, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code = main(train_args(tiny_model_dir, tiny_data, run_dir, "--max-steps", "6", "--learning-rate", "1e30",
-                           "--set", "train.warmup_ratio=0", "--set", "train.eval_strategy=no"))
+    code = main(
+        train_args(
+            tiny_model_dir,
+            tiny_data,
+            run_dir,
+            "--max-steps",
+            "6",
+            "--learning-rate",
+            "1e30",
+            "--set",
+            "train.warmup_ratio=0",
+            "--set",
+            "train.eval_strategy=no",
+        )
+    )
     assert code == EXIT_USER_ERROR
     line = one_line_error(capsys)
     assert "loss became" in line and "1e+30" in line, line
@@ -297,17 +370,21 @@ def test_absurd_learning_rate_gives_a_clear_error(tiny_model_dir, tiny_data, tmp
 
 # ---- out of memory ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["cuda", "cpu"])
-def test_out_of_memory_names_the_batch_size_and_a_way_out(tiny_model_dir, tiny_data, tmp_path, capsys,
-                                                          monkeypatch, kind):
+def test_out_of_memory_names_the_batch_size_and_a_way_out(
+    tiny_model_dir, tiny_data, tmp_path, capsys, monkeypatch, kind
+):
     import torch
     from transformers import Trainer
 
     def exhausted(self, *args, **kwargs):
         if kind == "cuda":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
-                           "you tried to allocate 2147483648 bytes")
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 2147483648 bytes"
+        )
 
     monkeypatch.setattr(Trainer, "training_step", exhausted)
     run_dir = tmp_path / "run"
@@ -327,23 +404,44 @@ def test_other_runtime_errors_keep_their_traceback(tiny_model_dir, tiny_data, tm
 
     monkeypatch.setattr(Trainer, "training_step", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        main(train_args(tiny_model_dir, tiny_data, tmp_path / "run", "--max-steps", "2",
-                        "--set", "train.eval_strategy=no"))
+        main(
+            train_args(
+                tiny_model_dir, tiny_data, tmp_path / "run", "--max-steps", "2", "--set", "train.eval_strategy=no"
+            )
+        )
 
 
 # ---- full and read-only disks -----------------------------------------------------------------
 
+
 def tfidf_args(tiny_data, output_dir) -> list[str]:
-    return ["train", "--method", "tfidf", "--dataset", "files", "--train-file", str(tiny_data["train"]),
-            "--test-file", str(tiny_data["test"]), "--validation-size", "16", "--set", "method.tfidf_c_grid=[1.0]",
-            "--output-dir", str(output_dir)]
+    return [
+        "train",
+        "--method",
+        "tfidf",
+        "--dataset",
+        "files",
+        "--train-file",
+        str(tiny_data["train"]),
+        "--test-file",
+        str(tiny_data["test"]),
+        "--validation-size",
+        "16",
+        "--set",
+        "method.tfidf_c_grid=[1.0]",
+        "--output-dir",
+        str(output_dir),
+    ]
 
 
-@pytest.mark.parametrize("code, reason, where", [
-    (errno.ENOSPC, "disk full", "fsync"),
-    (errno.EROFS, "read-only file system", "mkstemp"),
-    (errno.EACCES, "permission denied", "mkstemp"),
-])
+@pytest.mark.parametrize(
+    "code, reason, where",
+    [
+        (errno.ENOSPC, "disk full", "fsync"),
+        (errno.EROFS, "read-only file system", "mkstemp"),
+        (errno.EACCES, "permission denied", "mkstemp"),
+    ],
+)
 def test_unwritable_output_is_one_line_naming_the_path(tiny_data, tmp_path, capsys, monkeypatch, code, reason, where):
     import tempfile
 
@@ -363,8 +461,9 @@ def test_library_write_errors_are_mapped_too():
     class SafetensorError(Exception):
         pass
 
-    mapped = results.not_writable(SafetensorError("Error while serializing: I/O error: No space left on device "
-                                                  "(os error 28)"), "/out/model")
+    mapped = results.not_writable(
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"), "/out/model"
+    )
     assert isinstance(mapped, results.OutputNotWritable) and "/out/model: cannot write (disk full)" in str(mapped)
     assert results.not_writable(OSError(errno.ENOENT, "gone")) is None
     assert results.not_writable(ValueError("os error 2")) is None
@@ -406,8 +505,10 @@ print(json.dumps(outcome))
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux" or not _unshare_works(),
-                    reason="needs `unshare -rm` (user + mount namespaces) for a private tmpfs")
+@pytest.mark.skipif(
+    sys.platform != "linux" or not _unshare_works(),
+    reason="needs `unshare -rm` (user + mount namespaces) for a private tmpfs",
+)
 def test_real_full_and_read_only_file_systems(tiny_model_dir, tiny_data, trained_run, tmp_path):
     """A 48 KiB tmpfs that fills up and a read-only tmpfs, mounted in a private mount namespace
     (nothing outside this one process sees them), written to through the CLI."""
@@ -416,13 +517,21 @@ def test_real_full_and_read_only_file_systems(tiny_model_dir, tiny_data, trained
     train = train_args(tiny_model_dir, tiny_data, "OUT", "--max-steps", "2", "--set", "train.eval_strategy=no")
     predict = ["predict", "--model", str(trained_run("tfidf")), "a fine film"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(["unshare", "-rm", sys.executable, "-c", NAMESPACE_SCRIPT, str(mount), json.dumps(train),
-                           json.dumps(predict)], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        ["unshare", "-rm", sys.executable, "-c", NAMESPACE_SCRIPT, str(mount), json.dumps(train), json.dumps(predict)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
 
-    for name, reason, where in [("full", "disk full", mount / "full"), ("ro", "read-only file system", mount / "ro"),
-                                ("predict", "read-only file system", mount / "ro")]:
+    for name, reason, where in [
+        ("full", "disk full", mount / "full"),
+        ("ro", "read-only file system", mount / "ro"),
+        ("predict", "read-only file system", mount / "ro"),
+    ]:
         code, err = outcome[name]
         line = err.strip().splitlines()[-1]
         assert code == EXIT_USER_ERROR, (name, code, err[-2000:])

@@ -17,10 +17,19 @@ import pytest
 from sentitune.reporting.render import build_report, tradeoff_statements
 from sentitune.results import RunFolderError
 
+
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +41,33 @@ def comparison(tiny_model_dir, tiny_data, tmp_path_factory):
     from sentitune.training import train
 
     out = tmp_path_factory.mktemp("comparison")
-    base = RunConfig.from_dict({
-        "model": str(tiny_model_dir),
-        "data": {"dataset": "files", "train_file": str(tiny_data["train"]), "test_file": str(tiny_data["test"]),
-                 "validation_size": 16, "max_length": 32},
-        "train": {"max_steps": 3, "batch_size": 8, "eval_batch_size": 16, "logging_steps": 1,
-                  "eval_strategy": "no", "warmup_steps_excluded_from_throughput": 1},
-    })
+    base = RunConfig.from_dict(
+        {
+            "model": str(tiny_model_dir),
+            "data": {
+                "dataset": "files",
+                "train_file": str(tiny_data["train"]),
+                "test_file": str(tiny_data["test"]),
+                "validation_size": 16,
+                "max_length": 32,
+            },
+            "train": {
+                "max_steps": 3,
+                "batch_size": 8,
+                "eval_batch_size": 16,
+                "logging_steps": 1,
+                "eval_strategy": "no",
+                "warmup_steps_excluded_from_throughput": 1,
+            },
+        }
+    )
     planned = []
     # full has one seed (its runs are the slow ones); lora's two seeds exercise the seed statistics.
-    for variant, overrides, seeds in (("full", {"method.name": "full"}, (1,)),
-                                      ("lora", {"method.name": "lora"}, (1, 2)),
-                                      ("lora-r2", {"method.name": "lora", "method.lora_r": 2}, (1,))):
+    for variant, overrides, seeds in (
+        ("full", {"method.name": "full"}, (1,)),
+        ("lora", {"method.name": "lora"}, (1, 2)),
+        ("lora-r2", {"method.name": "lora", "method.lora_r": 2}, (1,)),
+    ):
         for seed in seeds:
             cfg = base.override({**overrides, "train.seed": seed})
             run = compare.PlannedRun(f"{variant}-s{seed}", variant, cfg, compare.method_knobs(cfg))
@@ -91,8 +115,9 @@ def test_tradeoffs_are_generated_from_the_run_folders(built):
     statement = next(line for line in section.splitlines() if line.startswith("- lora trains"))
     assert f"{lora['params_trainable_percent']:.3g}% of parameters" in statement
     assert f"({lora['params_trainable']:,} vs {full['params_trainable']:,} for full)" in statement
-    lora_mean = np.mean([json.loads((folder / "runs" / f"lora-s{s}" / "metrics.json").read_text())["test_accuracy"]
-                         for s in (1, 2)])
+    lora_mean = np.mean(
+        [json.loads((folder / "runs" / f"lora-s{s}" / "metrics.json").read_text())["test_accuracy"] for s in (1, 2)]
+    )
     assert f"({100 * lora_mean:.1f}% vs {100 * full['test_accuracy']:.1f}%" in statement
     assert "per training step" in statement and "McNemar p = " in statement
     assert "significant" in statement and "(seed" not in statement  # one shared seed: a single p-value
@@ -147,33 +172,70 @@ def test_html_is_self_contained(built):
 
 
 def test_tradeoff_wording_follows_the_p_values():
-    summary = [{"variant": "full", "n_seeds": 2, "accuracy_mean": 0.90, "accuracy_std": 0.01,
-                "params_trainable": 1000, "params_trainable_percent": 100.0, "peak_memory_mib": 400.0,
-                "train_sps": 10.0, "neural": True, "batch_size": 32, "checkpoint_mib": 80.0},
-               {"variant": "lora", "n_seeds": 2, "accuracy_mean": 0.85, "accuracy_std": 0.02,
-                "params_trainable": 3, "params_trainable_percent": 0.3, "peak_memory_mib": 500.0,
-                "train_sps": 5.0, "neural": True, "batch_size": 32, "checkpoint_mib": 1.0}]
+    summary = [
+        {
+            "variant": "full",
+            "n_seeds": 2,
+            "accuracy_mean": 0.90,
+            "accuracy_std": 0.01,
+            "params_trainable": 1000,
+            "params_trainable_percent": 100.0,
+            "peak_memory_mib": 400.0,
+            "train_sps": 10.0,
+            "neural": True,
+            "batch_size": 32,
+            "checkpoint_mib": 80.0,
+        },
+        {
+            "variant": "lora",
+            "n_seeds": 2,
+            "accuracy_mean": 0.85,
+            "accuracy_std": 0.02,
+            "params_trainable": 3,
+            "params_trainable_percent": 0.3,
+            "peak_memory_mib": 500.0,
+            "train_sps": 5.0,
+            "neural": True,
+            "batch_size": 32,
+            "checkpoint_mib": 1.0,
+        },
+    ]
     negation = {"full": {"accuracy": 0.8, "count": 50}, "lora": {"accuracy": 0.7, "count": 50}}
 
     def tests(p_all, p_neg, seeds=(1, 2), k=2):
         """One test per slice over all shared seeds, as paired_tests() makes them: (p, Holm p) each."""
-        return [{"variant": "lora", "slice": scope, "seeds": list(seeds), "p_value": p, "p_holm": p_holm,
-                 "holm_tests": k} for scope, (p, p_holm) in (("all", p_all), ("negation", p_neg))]
+        return [
+            {"variant": "lora", "slice": scope, "seeds": list(seeds), "p_value": p, "p_holm": p_holm, "holm_tests": k}
+            for scope, (p, p_holm) in (("all", p_all), ("negation", p_neg))
+        ]
 
     one = tradeoff_statements(summary, tests((0.01, 0.03), (0.04, 0.08)), "full", negation)[0]
     assert "uses 25% more peak training memory (500 vs 400 MiB)" in one
     assert "is 2× slower per training step" in one
-    assert "is 5.0 points lower in test accuracy (85.0% vs 90.0%; McNemar p = 0.01 over 2 seeds, " \
-           "Holm p = 0.03 over 2 tests, significant)" in one
+    assert (
+        "is 5.0 points lower in test accuracy (85.0% vs 90.0%; McNemar p = 0.01 over 2 seeds, "
+        "Holm p = 0.03 over 2 tests, significant)" in one
+    )
     # raw p < 0.05 but Holm-adjusted p >= 0.05: not significant
-    assert "10.0 points lower on negation (n = 50; McNemar p = 0.04 over 2 seeds, Holm p = 0.08 over 2 tests, " \
-           "not significant)" in one
+    assert (
+        "10.0 points lower on negation (n = 50; McNemar p = 0.04 over 2 seeds, Holm p = 0.08 over 2 tests, "
+        "not significant)" in one
+    )
     single = tradeoff_statements(summary, tests((0.049, 0.049), (0.05, 0.05), seeds=(1,), k=1), "full", negation)[0]
     assert "McNemar p = 0.049, Holm p = 0.049 over 1 test, significant)" in single
     assert "McNemar p = 0.05, Holm p = 0.05 over 1 test, not significant)" in single
-    tfidf = {"variant": "tfidf", "n_seeds": 1, "accuracy_mean": 0.8, "params_trainable": 1021,
-             "params_total": 1021, "params_trainable_percent": 100.0, "peak_memory_mib": 401.0, "train_sps": 700.0,
-             "neural": False, "batch_size": 32}
+    tfidf = {
+        "variant": "tfidf",
+        "n_seeds": 1,
+        "accuracy_mean": 0.8,
+        "params_trainable": 1021,
+        "params_total": 1021,
+        "params_trainable_percent": 100.0,
+        "peak_memory_mib": 401.0,
+        "train_sps": 700.0,
+        "neural": False,
+        "batch_size": 32,
+    }
     with_totals = [{**summary[0], "params_trainable": 110_000_000, "params_total": 110_000_000}, tfidf]
     line = tradeoff_statements(with_totals, [], "full")[0]
     assert line.startswith("tfidf trains 1,021 parameters (107,738× fewer than full's 110,000,000)")
@@ -222,15 +284,28 @@ def test_html_report_opens_in_headless_chromium(built, tmp_path):
     profile = tmp_path / "profile"
     shot = tmp_path / "report.png"
     # One launch: the DOM after load on stdout, console messages on stderr, and a screenshot.
-    dom = subprocess.run([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr",
-                          "--v=0", "--dump-dom", f"--screenshot={shot}", "--window-size=1200,6000", uri],
-                         capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [
+            str(CHROMIUM),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            f"--screenshot={shot}",
+            "--window-size=1200,6000",
+            uri,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console  # no scripts, so any console message means a load problem
     assert 'id="results-table"' in dom.stdout and dom.stdout.count("<img") == 7 and "Tradeoffs" in dom.stdout
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
-    colours = {tuple(p) for p in pixels[:: 7]}
+    colours = {tuple(p) for p in pixels[::7]}
     assert len(colours) > 200, len(colours)  # text, tables and plots, not a blank page
     # matplotlib's first two default colours (tab:blue, tab:orange) only come from the embedded plots
     for rgb in ((31, 119, 180), (255, 127, 14)):

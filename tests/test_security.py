@@ -17,6 +17,7 @@ from sentitune.cli import EXIT_USER_ERROR, build_parser, main
 from sentitune.models import ModelNotAvailable, check_model_folder, resolve_model
 from sentitune.results import RunFolderError
 
+
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "sentitune"
 PICKLING_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
 # Classes whose from_pretrained reads weights; tokenizers, configs and peft (checked separately) do not.
@@ -64,15 +65,20 @@ def unsafe_calls(path: Path) -> list[str]:
                 flag(node, f"{name}()")
             if name in ("yaml.unsafe_load", "yaml.full_load", "yaml.unsafe_load_all", "yaml.load_all"):
                 flag(node, name)
-            if name == "yaml.load" and _dotted(_keyword(node, "Loader") or ast.Name("?")) not in ("_Yaml12Loader",
-                                                                                                  "yaml.SafeLoader"):
+            if name == "yaml.load" and _dotted(_keyword(node, "Loader") or ast.Name("?")) not in (
+                "_Yaml12Loader",
+                "yaml.SafeLoader",
+            ):
                 flag(node, "yaml.load without a safe loader")
             if _keyword(node, "trust_remote_code") not in (None, False):
                 flag(node, "trust_remote_code is not False")
             if _keyword(node, "shell") not in (None, False):
                 flag(node, "subprocess with shell=True")
-            if name.endswith(".from_pretrained") and name.split(".")[-2].startswith(WEIGHT_LOADERS) \
-                    and _keyword(node, "use_safetensors") is not True:
+            if (
+                name.endswith(".from_pretrained")
+                and name.split(".")[-2].startswith(WEIGHT_LOADERS)
+                and _keyword(node, "use_safetensors") is not True
+            ):
                 flag(node, f"{name} without use_safetensors=True")
     return found
 
@@ -102,10 +108,14 @@ def test_the_source_check_catches_what_it_should(tmp_path):
     )
     problems = unsafe_calls(bad)
     assert [p.split(": ", 1)[1] for p in problems] == [
-        "import pickle", "torch.load without weights_only=True", "torch.load without weights_only=True",
-        "yaml.load without a safe loader", "trust_remote_code is not False",
+        "import pickle",
+        "torch.load without weights_only=True",
+        "torch.load without weights_only=True",
+        "yaml.load without a safe loader",
+        "trust_remote_code is not False",
         "AutoModelForSequenceClassification.from_pretrained without use_safetensors=True",
-        "subprocess with shell=True", "eval()",
+        "subprocess with shell=True",
+        "eval()",
     ], problems
 
 
@@ -133,7 +143,7 @@ MARKER_CODE = "open({marker!r}, 'w').write('ran')"
 
 def _malicious_pickle(path: Path, marker: Path) -> None:
     """A pytorch_model.bin that runs code when unpickled (what torch.load without weights_only does)."""
-    import pickle  # noqa: the test writes the hostile file; sentitune itself never imports pickle
+    import pickle  # noqa: F401 (the test writes the hostile file; sentitune itself never imports pickle)
 
     class Payload:
         def __reduce__(self):
@@ -158,9 +168,23 @@ def test_pickle_only_model_folder_is_refused_without_unpickling(hostile_folder, 
     folder, marker = hostile_folder
     with pytest.raises(ModelNotAvailable, match="only pickle-based weights"):
         resolve_model(str(folder))
-    code = main(["train", "--method", "full", "--model", str(folder), "--dataset", "files",
-                 "--train-file", str(tiny_data["train"]), "--test-file", str(tiny_data["test"]),
-                 "--output-dir", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "--method",
+            "full",
+            "--model",
+            str(folder),
+            "--dataset",
+            "files",
+            "--train-file",
+            str(tiny_data["train"]),
+            "--test-file",
+            str(tiny_data["test"]),
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert f"model folder {folder} has only pickle-based weights (pytorch_model.bin)" in err
@@ -216,6 +240,7 @@ def test_safetensors_folder_with_a_stray_bin_passes(tiny_model_dir, tmp_path):
 
 # ---- the server -------------------------------------------------------------------------------
 
+
 def test_server_binds_to_loopback_by_default():
     args = build_parser().parse_args(["serve", "--model", "runs/x"])
     assert args.host == "127.0.0.1"
@@ -228,8 +253,15 @@ def test_server_exposes_only_its_routes_and_their_schema(trained_run):
     from sentitune.serve import create_app
 
     app = create_app(Predictor.load(trained_run("tfidf")))
-    assert {route.path for route in app.routes} == {"/predict", "/health", "/metrics", "/", "/openapi.json",
-                                                    "/docs", "/docs/oauth2-redirect"}
+    assert {route.path for route in app.routes} == {
+        "/predict",
+        "/health",
+        "/metrics",
+        "/",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+    }
     with TestClient(app) as client:
         schema = client.get("/openapi.json")
         assert schema.status_code == 200 and set(schema.json()["paths"]) == {"/predict", "/health", "/metrics", "/"}

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from sentitune.inference import Predictor
 from sentitune.serve import MicroBatcher, Overloaded, ServeMetrics, ServeSettings, create_app
 
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -54,6 +55,7 @@ class SlowRecorder:
 
 # ---- in-process -------------------------------------------------------------------------------
 
+
 def test_single_and_list_predictions_match_the_predictor(tfidf_predictor):
     texts = ["a gorgeous , witty film", "a dull , lifeless mess", ""]
     expected = tfidf_predictor.predict_proba(texts)
@@ -79,17 +81,20 @@ def test_curl_style_form_labelled_json_is_read_as_json(tfidf_predictor):
     assert other.status_code == 422 and other.json()["error"] == "invalid_request"
 
 
-@pytest.mark.parametrize("body, status, code", [
-    ({}, 422, "invalid_request"),
-    ({"text": "a", "texts": ["b"]}, 422, "invalid_request"),
-    ({"text": 3}, 422, "invalid_request"),
-    ({"texts": "not a list"}, 422, "invalid_request"),
-    ({"texts": []}, 422, "invalid_request"),
-    ({"text": "a", "path": "/etc/passwd"}, 422, "invalid_request"),
-    ([1, 2], 422, "invalid_request"),
-    ({"texts": ["a"] * 4}, 413, "too_many_texts"),
-    ({"text": "x" * 41}, 413, "text_too_long"),
-])
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        ({}, 422, "invalid_request"),
+        ({"text": "a", "texts": ["b"]}, 422, "invalid_request"),
+        ({"text": 3}, 422, "invalid_request"),
+        ({"texts": "not a list"}, 422, "invalid_request"),
+        ({"texts": []}, 422, "invalid_request"),
+        ({"text": "a", "path": "/etc/passwd"}, 422, "invalid_request"),
+        ([1, 2], 422, "invalid_request"),
+        ({"texts": ["a"] * 4}, 413, "too_many_texts"),
+        ({"text": "x" * 41}, 413, "text_too_long"),
+    ],
+)
 def test_invalid_and_oversized_requests_get_json_errors(tfidf_predictor, body, status, code):
     with TestClient(create_app(tfidf_predictor, ServeSettings(max_texts=3, max_chars=40))) as client:
         response = client.post("/predict", json=body)
@@ -109,8 +114,9 @@ def test_body_size_limit_by_header_and_while_streaming(tfidf_predictor):
     with TestClient(create_app(tfidf_predictor, settings)) as client:
         declared = client.post("/predict", content=big, headers={"content-type": "application/json"})
         streamed = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
-        small = client.post("/predict", content=iter([b'{"text": ', b'"fine"}']),
-                            headers={"content-type": "application/json"})
+        small = client.post(
+            "/predict", content=iter([b'{"text": ', b'"fine"}']), headers={"content-type": "application/json"}
+        )
         not_json = client.post("/predict", content=b"{nope", headers={"content-type": "application/json"})
     assert declared.status_code == 413 and declared.json()["error"] == "body_too_large"
     assert streamed.status_code == 413
@@ -161,8 +167,10 @@ def test_concurrent_requests_are_micro_batched(tfidf_predictor):
 def test_batches_respect_max_batch_size(tfidf_predictor):
     slow = SlowRecorder(tfidf_predictor, delay_s=0.02)
     with TestClient(create_app(slow, ServeSettings(max_batch_size=4, max_wait_ms=20))) as client:
-        threads = [threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"texts": ["a", "b"]}})
-                   for _ in range(6)]
+        threads = [
+            threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"texts": ["a", "b"]}})
+            for _ in range(6)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -220,6 +228,7 @@ def test_settings_are_validated():
 
 # ---- a real uvicorn process ---------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -233,8 +242,22 @@ class LiveServer:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         self.stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sentitune", "serve", "--model", str(model), "--port", str(self.port),
-             "--max-wait-ms", "2"], stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
+            [
+                sys.executable,
+                "-m",
+                "sentitune",
+                "serve",
+                "--model",
+                str(model),
+                "--port",
+                str(self.port),
+                "--max-wait-ms",
+                "2",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+            env=env,
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -285,10 +308,13 @@ def test_page_in_headless_chromium_shows_the_prediction(live_server, tmp_path):
         browser.call("Input.insertText", {"text": "a gorgeous , witty film"}, session)
         x, y = browser.center_of(session, "#predict")
         for kind in ("mousePressed", "mouseReleased"):
-            browser.call("Input.dispatchMouseEvent",
-                         {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}, session)
-        shown = browser.wait_for(session, "(document.getElementById('result').dataset.label || '') && "
-                                          "document.getElementById('result').textContent")
+            browser.call(
+                "Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}, session
+            )
+        shown = browser.wait_for(
+            session,
+            "(document.getElementById('result').dataset.label || '') && document.getElementById('result').textContent",
+        )
         screenshot = browser.call("Page.captureScreenshot", {"format": "png"}, session)["data"]
     assert shown.startswith(expected["label"] + " (")
     assert f"{100 * expected['score']:.1f}%" in shown
@@ -304,8 +330,12 @@ def test_real_uvicorn_process_serves_and_exits_cleanly_on_sigterm(live_server):
     # Requests in flight when SIGTERM arrives still get their answers.
     with httpx.Client(base_url=server.url) as client:
         results: list[int] = []
-        threads = [threading.Thread(target=lambda: results.append(
-            client.post("/predict", json={"text": "x " * 20}).status_code)) for _ in range(4)]
+        threads = [
+            threading.Thread(
+                target=lambda: results.append(client.post("/predict", json={"text": "x " * 20}).status_code)
+            )
+            for _ in range(4)
+        ]
         for thread in threads:
             thread.start()
         time.sleep(0.05)
@@ -319,12 +349,22 @@ def test_real_uvicorn_process_serves_and_exits_cleanly_on_sigterm(live_server):
 
 # ---- a minimal DevTools-protocol client over --remote-debugging-pipe ---------------------------
 
+
 class Chromium:
     """Headless Chromium driven over its DevTools pipe (fd 3 in, fd 4 out): no port, no extra package."""
 
-    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", "--remote-debugging-pipe"]
+    FLAGS = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--remote-debugging-pipe",
+    ]
 
     def __init__(self, profile: Path):
         self.profile = profile
@@ -336,11 +376,19 @@ class Chromium:
         to_browser_r, self.to_browser = os.pipe()
         self.from_browser, from_browser_w = os.pipe()
         # bash moves the pipe ends onto the descriptors Chromium expects (3 = commands, 4 = replies).
-        command = " ".join([shutil.which("chromium") or CHROMIUM, *self.FLAGS,
-                            f"--user-data-dir={self.profile}", "about:blank"])
+        command = " ".join(
+            [shutil.which("chromium") or CHROMIUM, *self.FLAGS, f"--user-data-dir={self.profile}", "about:blank"]
+        )
         self.process = subprocess.Popen(
-            ["bash", "-c", f"exec {command} 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-"],
-            pass_fds=(to_browser_r, from_browser_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "bash",
+                "-c",
+                f"exec {command} 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-",
+            ],
+            pass_fds=(to_browser_r, from_browser_w),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         return self

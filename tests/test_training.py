@@ -7,30 +7,68 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_rows
 
 from sentitune.data import DataError
 from sentitune.models import ModelNotAvailable
 from sentitune.results import RunFolderError, load_run
 from sentitune.training import train
 
-from conftest import write_rows
 
 NEURAL_KEYS = {
-    "status", "error", "method", "model", "dataset", "seed", "learning_rate", "fingerprint",
-    "started_at", "finished_at", "wall_seconds", "provenance",
-    "test_accuracy", "test_macro_f1", "test_loss", "test_examples", "train_examples", "validation_examples",
-    "params_trainable", "params_total", "params_trainable_percent",
-    "train_runtime_seconds", "train_steps", "train_samples_per_second", "train_tokens_per_second",
-    "throughput_measured_steps", "throughput_warmup_steps_excluded",
-    "eval_samples_per_second", "eval_latency_ms_per_batch",
-    "peak_memory_mib", "eval_peak_memory_mib", "memory_weights_mib", "memory_gradients_mib",
-    "memory_optimizer_state_mib", "memory_activations_mib", "checkpoint_size_mib",
-    "precision", "truncated_examples", "max_length", "data_source", "data_notes", "label_names",
+    "status",
+    "error",
+    "method",
+    "model",
+    "dataset",
+    "seed",
+    "learning_rate",
+    "fingerprint",
+    "started_at",
+    "finished_at",
+    "wall_seconds",
+    "provenance",
+    "test_accuracy",
+    "test_macro_f1",
+    "test_loss",
+    "test_examples",
+    "train_examples",
+    "validation_examples",
+    "params_trainable",
+    "params_total",
+    "params_trainable_percent",
+    "train_runtime_seconds",
+    "train_steps",
+    "train_samples_per_second",
+    "train_tokens_per_second",
+    "throughput_measured_steps",
+    "throughput_warmup_steps_excluded",
+    "eval_samples_per_second",
+    "eval_latency_ms_per_batch",
+    "peak_memory_mib",
+    "eval_peak_memory_mib",
+    "memory_weights_mib",
+    "memory_gradients_mib",
+    "memory_optimizer_state_mib",
+    "memory_activations_mib",
+    "checkpoint_size_mib",
+    "precision",
+    "truncated_examples",
+    "max_length",
+    "data_source",
+    "data_notes",
+    "label_names",
 }
 # The classical baseline has no tokens, gradients or optimizer state to report.
-TFIDF_KEYS = NEURAL_KEYS - {"train_tokens_per_second", "eval_latency_ms_per_batch", "eval_peak_memory_mib",
-                            "memory_gradients_mib", "memory_optimizer_state_mib", "truncated_examples",
-                            "max_length"}
+TFIDF_KEYS = NEURAL_KEYS - {
+    "train_tokens_per_second",
+    "eval_latency_ms_per_batch",
+    "eval_peak_memory_mib",
+    "memory_gradients_mib",
+    "memory_optimizer_state_mib",
+    "truncated_examples",
+    "max_length",
+}
 
 
 def _metrics(run_dir):

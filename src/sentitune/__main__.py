@@ -2,4 +2,5 @@ import sys
 
 from sentitune.cli import main
 
+
 sys.exit(main())

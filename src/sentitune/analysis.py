@@ -34,9 +34,15 @@ import numpy as np
 
 from sentitune import results
 from sentitune.config import ConfigError
-from sentitune.metrics import (classification_metrics, confusion_matrix, expected_calibration_error, mcnemar,
-                               wilson_interval)
+from sentitune.metrics import (
+    classification_metrics,
+    confusion_matrix,
+    expected_calibration_error,
+    mcnemar,
+    wilson_interval,
+)
 from sentitune.results import RunFolderError
+
 
 ANALYSIS_DIR = "analysis"
 ANALYSIS_FILE = "analysis.json"
@@ -56,7 +62,11 @@ NEGATION_PATTERN = (
 )
 CONTRAST_PATTERN = r"\b(?:but|although|though|however|yet|while|whereas|despite|nevertheless|nonetheless)\b"
 LENGTH_BUCKETS: tuple[tuple[str, int, float], ...] = (
-    ("length <=10", 0, 10), ("length 11-20", 11, 20), ("length 21-30", 21, 30), ("length >30", 31, math.inf))
+    ("length <=10", 0, 10),
+    ("length 11-20", 11, 20),
+    ("length 21-30", 21, 30),
+    ("length >30", 31, math.inf),
+)
 """(slice name, min words, max words), counted as whitespace-separated tokens (SST punctuation counts)."""
 
 AMBIGUOUS_MARGIN = 0.1
@@ -64,6 +74,7 @@ AMBIGUOUS_MARGIN = 0.1
 
 
 # ---- slices -----------------------------------------------------------------------------------
+
 
 def word_count(text: str) -> int:
     """Whitespace tokens, so SST's `is n't` counts as two words, as in the treebank."""
@@ -125,8 +136,9 @@ def slice_masks(texts: Sequence[str], custom: dict[str, str] | None = None) -> d
     return out
 
 
-def slice_table(texts: Sequence[str], correct: np.ndarray, custom: dict[str, str] | None = None,
-                confidence: float = 0.95) -> list[dict]:
+def slice_table(
+    texts: Sequence[str], correct: np.ndarray, custom: dict[str, str] | None = None, confidence: float = 0.95
+) -> list[dict]:
     """Count, accuracy and Wilson interval per slice; `correct` may be 0/1 or fractional (seed-averaged).
 
     Example:
@@ -140,14 +152,23 @@ def slice_table(texts: Sequence[str], correct: np.ndarray, custom: dict[str, str
         count = int(mask.sum())
         hits = float(correct[mask].sum())
         low, high = wilson_interval(int(round(hits)), count, confidence)
-        rows.append({"slice": name, "kind": entry["kind"], "count": count,
-                     "correct": int(round(hits)) if float(hits).is_integer() else round(hits, 4),
-                     "accuracy": hits / count if count else math.nan, "ci95_low": low, "ci95_high": high,
-                     "rule": entry["rule"]})
+        rows.append(
+            {
+                "slice": name,
+                "kind": entry["kind"],
+                "count": count,
+                "correct": int(round(hits)) if float(hits).is_integer() else round(hits, 4),
+                "accuracy": hits / count if count else math.nan,
+                "ci95_low": low,
+                "ci95_high": high,
+                "rule": entry["rule"],
+            }
+        )
     return rows
 
 
 # ---- per-example views ------------------------------------------------------------------------
+
 
 def per_class_metrics(gold: np.ndarray, predicted: np.ndarray, label_names: Sequence[str]) -> list[dict]:
     """Precision, recall, F1 and support for every class (zero when a class is never predicted).
@@ -159,9 +180,12 @@ def per_class_metrics(gold: np.ndarray, predicted: np.ndarray, label_names: Sequ
     from sklearn.metrics import precision_recall_fscore_support
 
     precision, recall, f1, support = precision_recall_fscore_support(
-        gold, predicted, labels=list(range(len(label_names))), zero_division=0)
-    return [{"label": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(label_names, precision, recall, f1, support)]
+        gold, predicted, labels=list(range(len(label_names))), zero_division=0
+    )
+    return [
+        {"label": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(label_names, precision, recall, f1, support)
+    ]
 
 
 def example_losses(gold: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
@@ -201,8 +225,7 @@ def ambiguous(probabilities: np.ndarray, k: int, max_margin: float = AMBIGUOUS_M
     return order[margin[order] < max_margin][:k]
 
 
-def errors_by_class(gold: np.ndarray, probabilities: np.ndarray, label_names: Sequence[str],
-                    limit: int) -> list[dict]:
+def errors_by_class(gold: np.ndarray, probabilities: np.ndarray, label_names: Sequence[str], limit: int) -> list[dict]:
     """False positives and false negatives of every class (one-vs-rest), most confident first.
 
     With two classes the false positives of one are the false negatives of the other, so only the
@@ -220,10 +243,15 @@ def errors_by_class(gold: np.ndarray, probabilities: np.ndarray, label_names: Se
     for c in classes:
         fp = np.flatnonzero((predicted == c) & (gold != c))
         fn = np.flatnonzero((gold == c) & (predicted != c))
-        out.append({"label": label_names[c], "false_positive_count": int(fp.size),
-                    "false_negative_count": int(fn.size),
-                    "false_positives": fp[np.argsort(-confidence[fp], kind="stable")][:limit].tolist(),
-                    "false_negatives": fn[np.argsort(-confidence[fn], kind="stable")][:limit].tolist()})
+        out.append(
+            {
+                "label": label_names[c],
+                "false_positive_count": int(fp.size),
+                "false_negative_count": int(fn.size),
+                "false_positives": fp[np.argsort(-confidence[fp], kind="stable")][:limit].tolist(),
+                "false_negatives": fn[np.argsort(-confidence[fn], kind="stable")][:limit].tolist(),
+            }
+        )
     return out
 
 
@@ -243,8 +271,7 @@ def confident_learning_rule(gold: np.ndarray, probabilities: np.ndarray) -> tupl
         [1]
     """
     k = probabilities.shape[1]
-    thresholds = np.array([probabilities[gold == j, j].mean() if (gold == j).any() else np.nan
-                           for j in range(k)])
+    thresholds = np.array([probabilities[gold == j, j].mean() if (gold == j).any() else np.nan for j in range(k)])
     self_confidence = probabilities[np.arange(len(gold)), gold]
     below_own = self_confidence < thresholds[gold]
     other_above = np.zeros(len(gold), dtype=bool)
@@ -282,22 +309,31 @@ def likely_label_errors(gold: np.ndarray, probabilities: np.ndarray, method: str
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     # n_jobs=1: its multiprocessing buys nothing at test-set sizes and fights other jobs for cores.
-                    ranked = find_label_issues(gold, probabilities, return_indices_ranked_by="self_confidence",
-                                               n_jobs=1)
+                    ranked = find_label_issues(
+                        gold, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1
+                    )
                 from importlib.metadata import version
 
-                return {"method": f"cleanlab {version('cleanlab')} find_label_issues (prune_by_noise_rate)",
-                        "indices": [int(i) for i in ranked], "note": ""}
+                return {
+                    "method": f"cleanlab {version('cleanlab')} find_label_issues (prune_by_noise_rate)",
+                    "indices": [int(i) for i in ranked],
+                    "note": "",
+                }
             except (ValueError, AssertionError, IndexError) as exc:
                 if method == "cleanlab":
                     raise
                 note = f"cleanlab failed ({type(exc).__name__}: {exc}); used the confident-learning rule"
     indices, thresholds = confident_learning_rule(gold, probabilities)
-    return {"method": "confident-learning rule", "indices": indices.tolist(), "note": note,
-            "thresholds": [None if np.isnan(t) else float(t) for t in thresholds]}
+    return {
+        "method": "confident-learning rule",
+        "indices": indices.tolist(),
+        "note": note,
+        "thresholds": [None if np.isnan(t) else float(t) for t in thresholds],
+    }
 
 
 # ---- one-run analysis -------------------------------------------------------------------------
+
 
 @dataclass
 class Predictions:
@@ -332,16 +368,27 @@ def example_row(p: Predictions, i: int) -> dict:
     """One example as a flat dict: text, gold, pred, their probabilities, loss and margin."""
     probs = p.probabilities[i]
     gold, pred = int(p.gold[i]), int(probs.argmax())
-    row = {"id": p.ids[i], "text": p.texts[i], "gold": p.label_names[gold], "pred": p.label_names[pred],
-           "prob_gold": round(float(probs[gold]), 6), "prob_pred": round(float(probs[pred]), 6),
-           "loss": round(float(-math.log(max(probs[gold], 1e-12))), 6),
-           "margin": round(float(top2_margin(probs[None, :])[0]), 6)}
+    row = {
+        "id": p.ids[i],
+        "text": p.texts[i],
+        "gold": p.label_names[gold],
+        "pred": p.label_names[pred],
+        "prob_gold": round(float(probs[gold]), 6),
+        "prob_pred": round(float(probs[pred]), 6),
+        "loss": round(float(-math.log(max(probs[gold], 1e-12))), 6),
+        "margin": round(float(top2_margin(probs[None, :])[0]), 6),
+    }
     row.update({f"prob_{name}": round(float(v), 6) for name, v in zip(p.label_names, probs)})
     return row
 
 
-def analyze_predictions(p: Predictions, top_k: int = 20, custom_slices: dict[str, str] | None = None,
-                        calibration_bins: int = 10, label_error_method: str = "auto") -> dict:
+def analyze_predictions(
+    p: Predictions,
+    top_k: int = 20,
+    custom_slices: dict[str, str] | None = None,
+    calibration_bins: int = 10,
+    label_error_method: str = "auto",
+) -> dict:
     """The whole single-run analysis as one JSON-ready dict (see the module docstring).
 
     Example:
@@ -364,19 +411,26 @@ def analyze_predictions(p: Predictions, top_k: int = 20, custom_slices: dict[str
         "examples": len(gold),
         "label_names": list(names),
         "overall": {**classification_metrics(gold, probs), "ece": calibration["ece"]},
-        "confusion_matrix": {"rows_gold_columns_predicted": confusion_matrix(gold, predicted, len(names)).tolist(),
-                             "labels": list(names)},
+        "confusion_matrix": {
+            "rows_gold_columns_predicted": confusion_matrix(gold, predicted, len(names)).tolist(),
+            "labels": list(names),
+        },
         "per_class": per_class_metrics(gold, predicted, names),
         "errors_by_class": by_class,
         "highest_loss": [example_row(p, i) for i in highest_loss(gold, probs, top_k)],
-        "ambiguous": {"max_margin": AMBIGUOUS_MARGIN, "count": int(ambiguous_mask.sum()),
-                      "accuracy": float(p.correct[ambiguous_mask].mean()) if ambiguous_mask.any() else math.nan,
-                      "examples": [example_row(p, i) for i in ambiguous(probs, top_k)]},
-        "likely_label_errors": {"method": label_errors["method"], "note": label_errors["note"],
-                                "count": len(label_errors["indices"]),
-                                **({"thresholds": dict(zip(names, label_errors["thresholds"]))}
-                                   if "thresholds" in label_errors else {}),
-                                "examples": [example_row(p, i) for i in label_errors["indices"][:top_k]]},
+        "ambiguous": {
+            "max_margin": AMBIGUOUS_MARGIN,
+            "count": int(ambiguous_mask.sum()),
+            "accuracy": float(p.correct[ambiguous_mask].mean()) if ambiguous_mask.any() else math.nan,
+            "examples": [example_row(p, i) for i in ambiguous(probs, top_k)],
+        },
+        "likely_label_errors": {
+            "method": label_errors["method"],
+            "note": label_errors["note"],
+            "count": len(label_errors["indices"]),
+            **({"thresholds": dict(zip(names, label_errors["thresholds"]))} if "thresholds" in label_errors else {}),
+            "examples": [example_row(p, i) for i in label_errors["indices"][:top_k]],
+        },
         "slices": slice_table(p.texts, p.correct, custom_slices),
         "calibration": {"bins": calibration_bins, **calibration},
     }
@@ -384,19 +438,26 @@ def analyze_predictions(p: Predictions, top_k: int = 20, custom_slices: dict[str
 
 def error_rows(analysis: dict) -> list[dict]:
     """The rows of errors.csv: each top-k list of the analysis, tagged with a `reason` and rank."""
-    sections = [("highest_loss", analysis["highest_loss"]), ("ambiguous", analysis["ambiguous"]["examples"]),
-                ("likely_label_error", analysis["likely_label_errors"]["examples"])]
-    return [{"reason": reason, "rank": rank, **row}
-            for reason, rows in sections for rank, row in enumerate(rows, start=1)]
+    sections = [
+        ("highest_loss", analysis["highest_loss"]),
+        ("ambiguous", analysis["ambiguous"]["examples"]),
+        ("likely_label_error", analysis["likely_label_errors"]["examples"]),
+    ]
+    return [
+        {"reason": reason, "rank": rank, **row} for reason, rows in sections for rank, row in enumerate(rows, start=1)
+    ]
 
 
 # ---- two-run comparison -----------------------------------------------------------------------
 
+
 def check_same_examples(a: Predictions, b: Predictions) -> None:
     """Raises RunFolderError naming the first row where the two test sets differ."""
     if list(a.label_names) != list(b.label_names):
-        raise RunFolderError(f"{a.source} and {b.source}: different label sets "
-                             f"({a.label_names} vs {b.label_names}); a paired comparison needs the same labels")
+        raise RunFolderError(
+            f"{a.source} and {b.source}: different label sets "
+            f"({a.label_names} vs {b.label_names}); a paired comparison needs the same labels"
+        )
     for i in range(max(len(a.texts), len(b.texts))):
         text_a = a.texts[i] if i < len(a.texts) else None
         text_b = b.texts[i] if i < len(b.texts) else None
@@ -405,11 +466,13 @@ def check_same_examples(a: Predictions, b: Predictions) -> None:
             raise RunFolderError(
                 f"{a.source} and {b.source}: test {what} differ at row {i + 1} of predictions.csv "
                 f"({text_a!r} vs {text_b!r}; {len(a.texts)} vs {len(b.texts)} rows); a paired comparison "
-                "needs the same test examples in the same order")
+                "needs the same test examples in the same order"
+            )
 
 
-def compare_predictions(a: Predictions, b: Predictions, custom_slices: dict[str, str] | None = None,
-                        top_k: int = 20, alpha: float = 0.05) -> dict:
+def compare_predictions(
+    a: Predictions, b: Predictions, custom_slices: dict[str, str] | None = None, top_k: int = 20, alpha: float = 0.05
+) -> dict:
     """Per-slice paired comparison of two runs on the same test set, with exact McNemar tests.
 
     Example:
@@ -428,9 +491,17 @@ def compare_predictions(a: Predictions, b: Predictions, custom_slices: dict[str,
         test = mcnemar(correct_a[mask], correct_b[mask])
         acc_a = float(correct_a[mask].mean()) if count else math.nan
         acc_b = float(correct_b[mask].mean()) if count else math.nan
-        rows.append({"slice": name, "count": count, "a_accuracy": acc_a, "b_accuracy": acc_b,
-                     "difference_points": 100 * (acc_a - acc_b), **test,
-                     "significant": bool(test["p_value"] < alpha)})
+        rows.append(
+            {
+                "slice": name,
+                "count": count,
+                "a_accuracy": acc_a,
+                "b_accuracy": acc_b,
+                "difference_points": 100 * (acc_a - acc_b),
+                **test,
+                "significant": bool(test["p_value"] < alpha),
+            }
+        )
     a_only = np.flatnonzero(correct_a & ~correct_b)
     b_only = np.flatnonzero(~correct_a & correct_b)
     # Most telling disagreements first: where the losing run was most confident in its wrong answer.
@@ -438,15 +509,26 @@ def compare_predictions(a: Predictions, b: Predictions, custom_slices: dict[str,
     b_only = b_only[np.argsort(-example_losses(a.gold[b_only], a.probabilities[b_only]), kind="stable")]
 
     def pair_row(i: int) -> dict:
-        return {"id": a.ids[i], "text": a.texts[i], "gold": a.label_names[a.gold[i]],
-                "a_pred": a.label_names[a.predicted[i]], "b_pred": b.label_names[b.predicted[i]],
-                "a_prob_gold": round(float(a.probabilities[i, a.gold[i]]), 6),
-                "b_prob_gold": round(float(b.probabilities[i, b.gold[i]]), 6)}
+        return {
+            "id": a.ids[i],
+            "text": a.texts[i],
+            "gold": a.label_names[a.gold[i]],
+            "a_pred": a.label_names[a.predicted[i]],
+            "b_pred": b.label_names[b.predicted[i]],
+            "a_prob_gold": round(float(a.probabilities[i, a.gold[i]]), 6),
+            "b_prob_gold": round(float(b.probabilities[i, b.gold[i]]), 6),
+        }
 
-    return {"a": str(a.source), "b": str(b.source), "examples": len(a.texts), "alpha": alpha,
-            "test": "exact McNemar (two-sided binomial on discordant pairs)", "slices": rows,
-            "a_right_b_wrong": [pair_row(i) for i in a_only[:top_k]],
-            "b_right_a_wrong": [pair_row(i) for i in b_only[:top_k]]}
+    return {
+        "a": str(a.source),
+        "b": str(b.source),
+        "examples": len(a.texts),
+        "alpha": alpha,
+        "test": "exact McNemar (two-sided binomial on discordant pairs)",
+        "slices": rows,
+        "a_right_b_wrong": [pair_row(i) for i in a_only[:top_k]],
+        "b_right_a_wrong": [pair_row(i) for i in b_only[:top_k]],
+    }
 
 
 # ---- minimal-pair negation probe --------------------------------------------------------------
@@ -500,8 +582,11 @@ NEGATION_PAIRS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def negation_probe(predict_proba: Callable[[list[str]], np.ndarray], label_names: Sequence[str],
-                   pairs: Sequence[tuple[str, str, str]] = NEGATION_PAIRS) -> dict:
+def negation_probe(
+    predict_proba: Callable[[list[str]], np.ndarray],
+    label_names: Sequence[str],
+    pairs: Sequence[tuple[str, str, str]] = NEGATION_PAIRS,
+) -> dict:
     """How often negating a sentence flips the prediction the right way.
 
     Only for binary negative/positive label sets; anything else returns {"status": "skipped", ...}.
@@ -514,8 +599,7 @@ def negation_probe(predict_proba: Callable[[list[str]], np.ndarray], label_names
     """
     lowered = [name.lower() for name in label_names]
     if sorted(lowered) != ["negative", "positive"]:
-        return {"status": "skipped",
-                "reason": f"label set {list(label_names)} is not binary negative/positive"}
+        return {"status": "skipped", "reason": f"label set {list(label_names)} is not binary negative/positive"}
     index = {name: lowered.index(name) for name in ("negative", "positive")}
     flip = {"positive": "negative", "negative": "positive"}
     texts = [t for base, negated, _ in pairs for t in (base, negated)]
@@ -524,34 +608,53 @@ def negation_probe(predict_proba: Callable[[list[str]], np.ndarray], label_names
     rows = []
     for n, (base, negated, label) in enumerate(pairs):
         pred_base, pred_negated = predicted[2 * n], predicted[2 * n + 1]
-        rows.append({"sentence": base, "negated": negated, "label": label, "negated_label": flip[label],
-                     "pred": pred_base, "negated_pred": pred_negated,
-                     "p_positive": round(float(probs[2 * n, index["positive"]]), 6),
-                     "negated_p_positive": round(float(probs[2 * n + 1, index["positive"]]), 6),
-                     "flipped": pred_base != pred_negated,
-                     "flipped_correctly": pred_base == label and pred_negated == flip[label]})
+        rows.append(
+            {
+                "sentence": base,
+                "negated": negated,
+                "label": label,
+                "negated_label": flip[label],
+                "pred": pred_base,
+                "negated_pred": pred_negated,
+                "p_positive": round(float(probs[2 * n, index["positive"]]), 6),
+                "negated_p_positive": round(float(probs[2 * n + 1, index["positive"]]), 6),
+                "flipped": pred_base != pred_negated,
+                "flipped_correctly": pred_base == label and pred_negated == flip[label],
+            }
+        )
 
     def summary(selected: list[dict]) -> dict:
         count = len(selected)
         hits = sum(r["flipped_correctly"] for r in selected)
         low, high = wilson_interval(hits, count)
-        return {"pairs": count, "flipped_correctly": hits / count if count else math.nan,
-                "ci95_low": low, "ci95_high": high,
-                "flipped": sum(r["flipped"] for r in selected) / count if count else math.nan,
-                "sentence_accuracy": sum(r["pred"] == r["label"] for r in selected) / count if count else math.nan,
-                "negated_accuracy": (sum(r["negated_pred"] == r["negated_label"] for r in selected) / count
-                                     if count else math.nan)}
+        return {
+            "pairs": count,
+            "flipped_correctly": hits / count if count else math.nan,
+            "ci95_low": low,
+            "ci95_high": high,
+            "flipped": sum(r["flipped"] for r in selected) / count if count else math.nan,
+            "sentence_accuracy": sum(r["pred"] == r["label"] for r in selected) / count if count else math.nan,
+            "negated_accuracy": (
+                sum(r["negated_pred"] == r["negated_label"] for r in selected) / count if count else math.nan
+            ),
+        }
 
-    return {"status": "ok", **summary(rows),
-            "by_direction": {f"{label} -> {flip[label]}": summary([r for r in rows if r["label"] == label])
-                             for label in ("positive", "negative")},
-            "examples": rows}
+    return {
+        "status": "ok",
+        **summary(rows),
+        "by_direction": {
+            f"{label} -> {flip[label]}": summary([r for r in rows if r["label"] == label])
+            for label in ("positive", "negative")
+        },
+        "examples": rows,
+    }
 
 
 # ---- I/O edges: reading folders, writing files, the CLI ---------------------------------------
 
+
 def _label_names_from_columns(columns: Sequence[str]) -> list[str]:
-    return [c[len("prob_"):] for c in columns if c.startswith("prob_")]
+    return [c[len("prob_") :] for c in columns if c.startswith("prob_")]
 
 
 def load_predictions(folder: str | Path) -> Predictions:
@@ -569,17 +672,23 @@ def load_predictions(folder: str | Path) -> Predictions:
     if (folder / results.CONFIG_FILE).exists():
         run = results.load_run(folder)
         if run.status != "ok":
-            raise RunFolderError(f"{folder}: run status is {run.status!r}, not 'ok'"
-                                 + (f" ({run.metrics.get('error')})" if run.metrics.get("error") else ""))
+            raise RunFolderError(
+                f"{folder}: run status is {run.status!r}, not 'ok'"
+                + (f" ({run.metrics.get('error')})" if run.metrics.get("error") else "")
+            )
         if run.config.data.problem_type == "multi_label":
-            raise RunFolderError(f"{folder}: a multi-label run; analyze and report support single-label runs only "
-                                 "(its micro/macro F1 and subset accuracy are in metrics.json)")
+            raise RunFolderError(
+                f"{folder}: a multi-label run; analyze and report support single-label runs only "
+                "(its micro/macro F1 and subset accuracy are in metrics.json)"
+            )
         run_dir: Path | None = folder
     else:
         run_dir = _run_of_evaluation(folder)
     if not path.exists():
-        raise RunFolderError(f"{folder}: no {results.PREDICTIONS_FILE}; pass a finished run folder or the "
-                             "output folder of `sentitune evaluate`")
+        raise RunFolderError(
+            f"{folder}: no {results.PREDICTIONS_FILE}; pass a finished run folder or the "
+            "output folder of `sentitune evaluate`"
+        )
     frame = pd.read_csv(path, keep_default_na=False, dtype={"gold": str, "pred": str, "text": str})
     names = _label_names_from_columns(frame.columns)
     labels_file = folder / results.LABELS_FILE
@@ -598,8 +707,15 @@ def load_predictions(folder: str | Path) -> Predictions:
         raise RunFolderError(f"{path}: gold labels {unknown[:5]} are not among the run's labels {names}")
     probabilities = frame[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
     ids = frame["id"].tolist() if "id" in frame.columns else []
-    return Predictions(frame["text"].tolist(), frame["gold"].map(index).to_numpy(), probabilities, names,
-                       source=folder, run_dir=run_dir, ids=ids)
+    return Predictions(
+        frame["text"].tolist(),
+        frame["gold"].map(index).to_numpy(),
+        probabilities,
+        names,
+        source=folder,
+        run_dir=run_dir,
+        ids=ids,
+    )
 
 
 def _run_of_evaluation(folder: Path) -> Path | None:
@@ -648,9 +764,16 @@ def _jsonable(value):
     return value
 
 
-def write_analysis(output_dir: str | Path, p: Predictions, top_k: int = 20,
-                   custom_slices: dict[str, str] | None = None, predictor=None, probe: bool = True,
-                   against: Predictions | None = None, against_predictor=None) -> dict:
+def write_analysis(
+    output_dir: str | Path,
+    p: Predictions,
+    top_k: int = 20,
+    custom_slices: dict[str, str] | None = None,
+    predictor=None,
+    probe: bool = True,
+    against: Predictions | None = None,
+    against_predictor=None,
+) -> dict:
     """Analyses `p` (and compares it with `against`), writes the files, returns the analysis dict.
 
     Example:
@@ -664,34 +787,56 @@ def write_analysis(output_dir: str | Path, p: Predictions, top_k: int = 20,
     analysis = analyze_predictions(p, top_k, custom_slices)
     analysis["negation_probe"] = _probe_for(p, predictor) if probe else {"status": "skipped", "reason": "disabled"}
     output_dir.mkdir(parents=True, exist_ok=True)
-    figure = plots.confusion_figure(np.array(analysis["confusion_matrix"]["rows_gold_columns_predicted"]),
-                                    p.label_names, title=_short(p.source))
+    figure = plots.confusion_figure(
+        np.array(analysis["confusion_matrix"]["rows_gold_columns_predicted"]), p.label_names, title=_short(p.source)
+    )
     plots.save_png(figure, output_dir / CONFUSION_FILE)
-    figure = plots.reliability_figure(analysis["calibration"]["bins"], analysis["calibration"]["ece"],
-                                      title=_short(p.source))
+    figure = plots.reliability_figure(
+        analysis["calibration"]["bins"], analysis["calibration"]["ece"], title=_short(p.source)
+    )
     plots.save_png(figure, output_dir / RELIABILITY_FILE)
-    results.atomic_write_csv(output_dir / ERRORS_FILE, error_rows(analysis),
-                             ["reason", "rank", "id", "text", "gold", "pred", "prob_gold", "prob_pred", "loss",
-                              "margin", *(f"prob_{n}" for n in p.label_names)])
-    results.atomic_write_csv(output_dir / SLICES_FILE, analysis["slices"],
-                             ["slice", "kind", "count", "correct", "accuracy", "ci95_low", "ci95_high", "rule"])
+    results.atomic_write_csv(
+        output_dir / ERRORS_FILE,
+        error_rows(analysis),
+        [
+            "reason",
+            "rank",
+            "id",
+            "text",
+            "gold",
+            "pred",
+            "prob_gold",
+            "prob_pred",
+            "loss",
+            "margin",
+            *(f"prob_{n}" for n in p.label_names),
+        ],
+    )
+    results.atomic_write_csv(
+        output_dir / SLICES_FILE,
+        analysis["slices"],
+        ["slice", "kind", "count", "correct", "accuracy", "ci95_low", "ci95_high", "rule"],
+    )
     if against is not None:
         comparison = compare_predictions(p, against, custom_slices, top_k)
         comparison["negation_probe"] = {
             "a": analysis["negation_probe"],
-            "b": _probe_for(against, against_predictor) if probe else {"status": "skipped", "reason": "disabled"}}
+            "b": _probe_for(against, against_predictor) if probe else {"status": "skipped", "reason": "disabled"},
+        }
         results.atomic_write_json(output_dir / COMPARISON_FILE, _jsonable(comparison))
         analysis["comparison"] = comparison
     files = [ANALYSIS_FILE, ERRORS_FILE, SLICES_FILE, CONFUSION_FILE, RELIABILITY_FILE]
     analysis["files"] = files + ([COMPARISON_FILE] if against is not None else [])
-    results.atomic_write_json(output_dir / ANALYSIS_FILE,
-                              _jsonable({k: v for k, v in analysis.items() if k != "comparison"}))
+    results.atomic_write_json(
+        output_dir / ANALYSIS_FILE, _jsonable({k: v for k, v in analysis.items() if k != "comparison"})
+    )
     analysis["output_dir"] = str(output_dir)
     return analysis
 
 
-def analyze_evaluation(output_dir: str | Path, texts: Sequence[str], gold, probabilities, predictor,
-                       top_k: int = 20) -> dict:
+def analyze_evaluation(
+    output_dir: str | Path, texts: Sequence[str], gold, probabilities, predictor, top_k: int = 20
+) -> dict:
     """The `evaluate` hook: analysis files next to its predictions.csv, and a short summary to print.
 
     Example:
@@ -701,8 +846,12 @@ def analyze_evaluation(output_dir: str | Path, texts: Sequence[str], gold, proba
     p = Predictions(list(texts), gold, probabilities, list(predictor.label_names), source=Path(output_dir))
     analysis = write_analysis(output_dir, p, top_k, predictor=predictor)
     probe = analysis["negation_probe"]
-    return {"dir": str(output_dir), "files": analysis["files"], "ece": analysis["overall"]["ece"],
-            "negation_probe_flipped_correctly": probe.get("flipped_correctly") if probe["status"] == "ok" else None}
+    return {
+        "dir": str(output_dir),
+        "files": analysis["files"],
+        "ece": analysis["overall"]["ece"],
+        "negation_probe_flipped_correctly": probe.get("flipped_correctly") if probe["status"] == "ok" else None,
+    }
 
 
 def _short(path: Path | str) -> str:
@@ -717,14 +866,17 @@ def print_summary(analysis: dict, console=None) -> None:
 
     console = console or Console()
     overall = analysis["overall"]
-    console.print(f"[bold]{analysis['source']}[/bold]: {analysis['examples']} examples, accuracy "
-                  f"{overall['accuracy']:.4f}, macro F1 {overall['macro_f1']:.4f}, ECE {overall['ece']:.4f}")
+    console.print(
+        f"[bold]{analysis['source']}[/bold]: {analysis['examples']} examples, accuracy "
+        f"{overall['accuracy']:.4f}, macro F1 {overall['macro_f1']:.4f}, ECE {overall['ece']:.4f}"
+    )
     table = Table(title="per class")
     for column in ("label", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "label" else "right")
     for row in analysis["per_class"]:
-        table.add_row(row["label"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
-                      str(row["support"]))
+        table.add_row(
+            row["label"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
+        )
     console.print(table)
     matrix = analysis["confusion_matrix"]["rows_gold_columns_predicted"]
     names = analysis["confusion_matrix"]["labels"]
@@ -740,8 +892,12 @@ def print_summary(analysis: dict, console=None) -> None:
         table.add_column(column, justify="left" if column == "slice" else "right")
     for row in analysis["slices"]:
         if row["count"]:
-            table.add_row(row["slice"], str(row["count"]), f"{row['accuracy']:.3f}",
-                          f"{row['ci95_low']:.3f}-{row['ci95_high']:.3f}")
+            table.add_row(
+                row["slice"],
+                str(row["count"]),
+                f"{row['accuracy']:.3f}",
+                f"{row['ci95_low']:.3f}-{row['ci95_high']:.3f}",
+            )
         else:
             table.add_row(row["slice"], "0", "-", "-")
     console.print(table)
@@ -754,13 +910,17 @@ def print_summary(analysis: dict, console=None) -> None:
         table.add_row(row["gold"], row["pred"], f"{row['prob_pred']:.3f}", row["text"][:100])
     console.print(table)
     amb, lab = analysis["ambiguous"], analysis["likely_label_errors"]
-    console.print(f"ambiguous (top-2 margin < {amb['max_margin']}): {amb['count']}   "
-                  f"likely label errors: {lab['count']} ({lab['method']})")
+    console.print(
+        f"ambiguous (top-2 margin < {amb['max_margin']}): {amb['count']}   "
+        f"likely label errors: {lab['count']} ({lab['method']})"
+    )
     probe = analysis["negation_probe"]
     if probe["status"] == "ok":
         directions = ", ".join(f"{k}: {v['flipped_correctly']:.0%}" for k, v in probe["by_direction"].items())
-        console.print(f"negation probe: {probe['flipped_correctly']:.0%} of {probe['pairs']} minimal pairs flip "
-                      f"correctly ({directions})")
+        console.print(
+            f"negation probe: {probe['flipped_correctly']:.0%} of {probe['pairs']} minimal pairs flip "
+            f"correctly ({directions})"
+        )
     else:
         console.print(f"negation probe: skipped ({probe['reason']})")
     comparison = analysis.get("comparison")
@@ -771,9 +931,16 @@ def print_summary(analysis: dict, console=None) -> None:
         for row in comparison["slices"]:
             if not row["count"]:
                 continue
-            table.add_row(row["slice"], str(row["count"]), f"{row['a_accuracy']:.3f}", f"{row['b_accuracy']:.3f}",
-                          str(row["a_only_correct"]), str(row["b_only_correct"]), f"{row['p_value']:.3g}",
-                          "significant" if row["significant"] else "not significant")
+            table.add_row(
+                row["slice"],
+                str(row["count"]),
+                f"{row['a_accuracy']:.3f}",
+                f"{row['b_accuracy']:.3f}",
+                str(row["a_only_correct"]),
+                str(row["b_only_correct"]),
+                f"{row['p_value']:.3g}",
+                "significant" if row["significant"] else "not significant",
+            )
         console.print(table)
     console.print(f"wrote {', '.join(analysis['files'])} to {analysis['output_dir']}")
 
@@ -793,9 +960,15 @@ def analyze_cli(args) -> int:
 
 # ---- `sentitune evaluate`: score a labelled file, then analyse it -------------------------------
 
-def evaluate_file(run_dir: str | Path, data_file: str | Path, text_column: str | None = None,
-                  label_column: str | None = None, output_dir: str | Path | None = None,
-                  batch_size: int = 64) -> dict:
+
+def evaluate_file(
+    run_dir: str | Path,
+    data_file: str | Path,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    output_dir: str | Path | None = None,
+    batch_size: int = 64,
+) -> dict:
     """Scores a labelled CSV/TSV/JSONL file with a trained run; writes predictions.csv and metrics.json.
 
     Labels must belong to the run's label set (by name, or by id for 0..K-1 files).
@@ -812,23 +985,34 @@ def evaluate_file(run_dir: str | Path, data_file: str | Path, text_column: str |
         check_evaluation_dir(run_dir, output_dir)
     predictor = Predictor.load(run_dir)
     if predictor.thresholds is not None:
-        raise results.RunFolderError(f"{run_dir}: a multi-label run; evaluate scores single-label runs only "
-                                     "(the run's own test metrics are in metrics.json)")
+        raise results.RunFolderError(
+            f"{run_dir}: a multi-label run; evaluate scores single-label runs only "
+            "(the run's own test metrics are in metrics.json)"
+        )
     data_file = Path(data_file)
     text_column = text_column or ("sentence" if file_format(data_file) == "tsv" else "text")
     table = read_table(data_file, text_column, label_column or "label")
     gold = np.asarray(map_labels(table, predictor.label_names))
     probabilities = predictor.predict_proba(table.texts, batch_size)
     metrics = {f"test_{k}": v for k, v in classification_metrics(gold, probabilities).items()}
-    metrics.update({"data_file": str(data_file), "test_examples": len(gold), "run": str(run_dir),
-                    "dropped_empty_texts": table.dropped_empty, "duplicate_rows": table.duplicates})
+    metrics.update(
+        {
+            "data_file": str(data_file),
+            "test_examples": len(gold),
+            "run": str(run_dir),
+            "dropped_empty_texts": table.dropped_empty,
+            "duplicate_rows": table.duplicates,
+        }
+    )
     output_dir = Path(output_dir) if output_dir else Path(run_dir) / "evaluations" / data_file.stem
 
     with results.writing(output_dir):
         output_dir.mkdir(parents=True, exist_ok=True)
     with results.exclusive_lock(output_dir):  # one evaluation writes this folder at a time
-        results.atomic_write_csv(output_dir / results.PREDICTIONS_FILE,
-                                 results.predictions_rows(table.texts, gold, probabilities, predictor.label_names))
+        results.atomic_write_csv(
+            output_dir / results.PREDICTIONS_FILE,
+            results.predictions_rows(table.texts, gold, probabilities, predictor.label_names),
+        )
         results.atomic_write_json(output_dir / results.METRICS_FILE, {"status": "ok", **metrics})
         metrics["analysis"] = analyze_evaluation(output_dir, table.texts, gold, probabilities, predictor)
     metrics["output_dir"] = str(output_dir)
@@ -852,4 +1036,5 @@ def check_evaluation_dir(run_dir: str | Path, output_dir: str | Path) -> None:
         raise results.RunFolderError(
             f"{output_dir}: holds a run's {results.METRICS_FILE}; evaluate would replace the run's own "
             f"{results.METRICS_FILE} and {results.PREDICTIONS_FILE}, so pick another --output-dir "
-            "(default: <run>/evaluations/<file stem>)")
+            "(default: <run>/evaluations/<file stem>)"
+        )

@@ -10,6 +10,7 @@ import sys
 
 from sentitune.config import ConfigError, load_config, preset_names
 
+
 EXIT_USER_ERROR = 2
 
 
@@ -58,13 +59,17 @@ def add_config_flags(parser: argparse.ArgumentParser, with_method: bool = True) 
         group.add_argument("--method", choices=registry.names(), help="adaptation method")
     for flag, (_, kind, help_text) in RUN_FLAGS.items():
         group.add_argument(flag, type=kind, help=help_text, dest=flag.lstrip("-").replace("-", "_"))
-    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="any config field, e.g. --set train.warmup_ratio=0.1 (repeatable)")
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config field, e.g. --set train.warmup_ratio=0.1 (repeatable)",
+    )
 
 
 def config_from_args(args: argparse.Namespace):
-    overrides = {field: getattr(args, flag.lstrip("-").replace("-", "_"))
-                 for flag, (field, _, _) in RUN_FLAGS.items()}
+    overrides = {field: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (field, _, _) in RUN_FLAGS.items()}
     if getattr(args, "method", None):
         overrides["method.name"] = args.method
     for item in args.set:
@@ -82,6 +87,7 @@ def _yaml_scalar(text: str):
 
 
 # ---- handlers ---------------------------------------------------------------------------------
+
 
 def cmd_train(args) -> int:
     from sentitune.training import is_main_process, train
@@ -101,9 +107,19 @@ def _print_metrics(metrics: dict, output_dir: str) -> None:
     table = Table(title=f"{metrics['method']} on {metrics['dataset']} ({metrics['model']}) -> {output_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("test_accuracy", "test_macro_f1", "test_loss", "params_trainable", "params_trainable_percent",
-                "train_samples_per_second", "train_tokens_per_second", "train_runtime_seconds",
-                "peak_memory_mib", "eval_samples_per_second", "checkpoint_size_mib"):
+    for key in (
+        "test_accuracy",
+        "test_macro_f1",
+        "test_loss",
+        "params_trainable",
+        "params_trainable_percent",
+        "train_samples_per_second",
+        "train_tokens_per_second",
+        "train_runtime_seconds",
+        "peak_memory_mib",
+        "eval_samples_per_second",
+        "checkpoint_size_mib",
+    ):
         if key in metrics and metrics[key] is not None:
             value = metrics[key]
             table.add_row(key, f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
@@ -114,7 +130,7 @@ def cmd_evaluate(args) -> int:
     from sentitune.analysis import evaluate_file
 
     metrics = evaluate_file(args.run, args.data, args.text_column, args.label_column, args.output_dir)
-    print(json.dumps({k: v for k, v in metrics.items()}, indent=2))
+    print(json.dumps(dict(metrics.items()), indent=2))
     return 0
 
 
@@ -134,15 +150,24 @@ def cmd_data_inspect(args) -> int:
         return 0
     console = Console(width=None if sys.stdout.isatty() else 150)
     console.print(f"source: {report['source']}   labels: {report['label_names']}   notes: {report['notes']}")
-    table = Table(title=f"{cfg.data.dataset} with the {cfg.model} tokenizer (max_length {cfg.data.resolved_max_length})")
+    table = Table(
+        title=f"{cfg.data.dataset} with the {cfg.model} tokenizer (max_length {cfg.data.resolved_max_length})"
+    )
     for column in ("split", "size", "class balance", "tokens mean", "p50", "p90", "p95", "p99", "max", "> max_length"):
         table.add_column(column, justify="right" if column != "class balance" else "left")
     for name, entry in report["splits"].items():
         size = entry["size"]
         balance = ", ".join(f"{k} {v} ({100 * v / size:.1f}%)" for k, v in entry["class_counts"].items())
         tokens = entry["tokens"]
-        table.add_row(name, f"{size:,}", balance, f"{tokens['mean']:.1f}", *(f"{tokens[p]:.0f}" for p in ("p50", "p90", "p95", "p99")),
-                      str(tokens["max"]), str(tokens.get("over_max_length", "")))
+        table.add_row(
+            name,
+            f"{size:,}",
+            balance,
+            f"{tokens['mean']:.1f}",
+            *(f"{tokens[p]:.0f}" for p in ("p50", "p90", "p95", "p99")),
+            str(tokens["max"]),
+            str(tokens.get("over_max_length", "")),
+        )
     console.print(table)
     return 0
 
@@ -226,13 +251,16 @@ def cmd_shrink(args) -> int:
 
 # ---- parser -----------------------------------------------------------------------------------
 
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Where and how wide the model runs; shared by predict and serve."""
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
-    parser.add_argument("--workers", type=int,
-                        help="ONNX exports: parallel ONNX Runtime sessions (default: one per 4 CPU cores)")
-    parser.add_argument("--threads", type=int,
-                        help="threads per ONNX Runtime session (default: cores / workers), or torch CPU threads")
+    parser.add_argument(
+        "--workers", type=int, help="ONNX exports: parallel ONNX Runtime sessions (default: one per 4 CPU cores)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="threads per ONNX Runtime session (default: cores / workers), or torch CPU threads"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentitune",
         description="Fine-tune BERT for sentiment and measure what full fine-tuning buys over LoRA, other "
-                    "PEFT methods, a frozen backbone and TF-IDF; then predict, serve and export the winner.")
+        "PEFT methods, a frozen backbone and TF-IDF; then predict, serve and export the winner.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one run (one method, one seed) into a run folder")
@@ -270,29 +299,49 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(compare, with_method=False)
     compare.add_argument("--methods", help="comma-separated methods (default: full,lora,head,tfidf)")
     compare.add_argument("--seeds", help="number of seeds (3) or a list (1,2,3)")
-    compare.add_argument("--lora-r-sweep", dest="lora_r_sweep", help="extra LoRA runs at these ranks, e.g. 1,2,4,8,16,64")
-    compare.add_argument("--lora-targets-sweep", dest="lora_targets_sweep",
-                         help="extra LoRA runs per target set, separated by '|', e.g. 'query,value|all-linear'")
+    compare.add_argument(
+        "--lora-r-sweep", dest="lora_r_sweep", help="extra LoRA runs at these ranks, e.g. 1,2,4,8,16,64"
+    )
+    compare.add_argument(
+        "--lora-targets-sweep",
+        dest="lora_targets_sweep",
+        help="extra LoRA runs per target set, separated by '|', e.g. 'query,value|all-linear'",
+    )
     compare.add_argument("--learning-rates", help="extra runs per method at these learning rates, e.g. 1e-4,5e-4")
-    compare.add_argument("--gradient-checkpointing", action="store_true",
-                         help="add a <method>-gc variant per neural method to measure checkpointing's memory/speed trade")
-    compare.add_argument("--layer-lr-decays", dest="layer_lr_decays",
-                         help="extra full fine-tuning runs with layer-wise LR decay, e.g. 0.8,0.9")
-    compare.add_argument("--models", help="model sweep: comma-separated aliases/folders/hub ids; every neural "
-                         "variant runs on each, named <model>-<variant>")
+    compare.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="add a <method>-gc variant per neural method to measure checkpointing's memory/speed trade",
+    )
+    compare.add_argument(
+        "--layer-lr-decays",
+        dest="layer_lr_decays",
+        help="extra full fine-tuning runs with layer-wise LR decay, e.g. 0.8,0.9",
+    )
+    compare.add_argument(
+        "--models",
+        help="model sweep: comma-separated aliases/folders/hub ids; every neural "
+        "variant runs on each, named <model>-<variant>",
+    )
     compare.add_argument("--output-dir", help="comparison folder (default results/<dataset>)")
     compare.add_argument("--parallel", type=int, default=1, help="runs at once (default 1: timings stay honest)")
-    compare.add_argument("--allow-version-mix", action="store_true",
-                         help="accept finished runs made with other torch/transformers/peft/tokenizers/scikit-learn "
-                              "versions (refused by default; the results and report then name the mix)")
+    compare.add_argument(
+        "--allow-version-mix",
+        action="store_true",
+        help="accept finished runs made with other torch/transformers/peft/tokenizers/scikit-learn "
+        "versions (refused by default; the results and report then name the mix)",
+    )
     compare.set_defaults(handler=cmd_compare)
 
     predict = sub.add_parser("predict", help="predict labels for texts or a file")
     predict.add_argument("texts", nargs="*", help="texts to classify")
     predict.add_argument("--model", required=True, help="run folder or exported folder")
     predict.add_argument("--input", help="CSV/TSV/JSONL/TXT file, or - for stdin")
-    predict.add_argument("--input-format", choices=INPUT_FORMATS,
-                         help="format of --input (default: from the suffix; stdin: txt, one text per line)")
+    predict.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        help="format of --input (default: from the suffix; stdin: txt, one text per line)",
+    )
     predict.add_argument("--text-column", help="text column of --input (default: sentence for TSV, else text)")
     predict.add_argument("--output", help="JSONL output (default stdout)")
     predict.add_argument("--batch-size", type=int, default=64)
@@ -321,8 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-chars", type=int, default=10_000, help="max characters per text")
     serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="max request body size")
     serve.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
-    serve.add_argument("--api-key", default=os.environ.get("SENTITUNE_API_KEY"),
-                       help="require this X-API-Key header (default $SENTITUNE_API_KEY)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("SENTITUNE_API_KEY"),
+        help="require this X-API-Key header (default $SENTITUNE_API_KEY)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     analyze = sub.add_parser("analyze", help="error analysis of a run (or two)")
@@ -340,9 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain = sub.add_parser("pretrain", help="domain-adaptive masked-LM pretraining on unlabelled text")
     pretrain.add_argument("--model", required=True, help="encoder to adapt (alias, local folder or hub id)")
-    pretrain.add_argument("--texts", required=True,
-                          help="imdb or sst2 (train-split texts from the data folder), or a CSV/TSV/JSONL/TXT file")
-    pretrain.add_argument("--text-column", help="text column of a CSV/TSV/JSONL file (default: sentence for TSV, else text)")
+    pretrain.add_argument(
+        "--texts",
+        required=True,
+        help="imdb or sst2 (train-split texts from the data folder), or a CSV/TSV/JSONL/TXT file",
+    )
+    pretrain.add_argument(
+        "--text-column", help="text column of a CSV/TSV/JSONL file (default: sentence for TSV, else text)"
+    )
     pretrain.add_argument("--data-dir", help="data folder for imdb/sst2 (default: $SENTITUNE_DATA_DIR)")
     pretrain.add_argument("--output-dir", required=True, help="new model folder; then fine-tune with --model <it>")
     pretrain.add_argument("--max-steps", type=int, help="stop after N optimizer steps (default: --epochs)")
@@ -350,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--batch-size", type=int, help="examples per step (default 16)")
     pretrain.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5)")
     pretrain.add_argument("--max-length", type=int, help="tokens per example (default 256)")
-    pretrain.add_argument("--long-texts", choices=["chunk", "truncate"], help="long texts: split into windows (default) or cut")
+    pretrain.add_argument(
+        "--long-texts", choices=["chunk", "truncate"], help="long texts: split into windows (default) or cut"
+    )
     pretrain.add_argument("--mlm-probability", type=float, help="fraction of tokens masked (default 0.15)")
     pretrain.add_argument("--max-texts", type=int, help="use a seeded sample of N texts")
     pretrain.add_argument("--eval-texts", type=int, help="held-out texts for the before/after MLM loss (default 200)")

@@ -38,6 +38,7 @@ from sentitune.metrics import accuracy_interval, holm, paired_seed_test
 from sentitune.models import resolve_model
 from sentitune.runtime import COMPARED_PACKAGES, package_versions, version_differences
 
+
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 BASE_CONFIG = "comparison.yaml"
@@ -65,13 +66,20 @@ def method_knobs(cfg: RunConfig) -> dict[str, Any]:
     if m.name == "full":
         knobs["layer_lr_decay"] = m.layer_lr_decay
     if m.name in ("lora", "dora"):
-        knobs.update(lora_r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
-                     lora_target_modules=",".join(m.lora_target_modules))
+        knobs.update(
+            lora_r=m.lora_r,
+            lora_alpha=m.lora_alpha,
+            lora_dropout=m.lora_dropout,
+            lora_target_modules=",".join(m.lora_target_modules),
+        )
     if m.name == "prefix":
         knobs["prefix_tokens"] = m.prefix_tokens
     if m.name == "tfidf":
-        knobs.update(tfidf_word_ngrams=str(m.tfidf_word_ngrams), tfidf_char_ngrams=str(m.tfidf_char_ngrams),
-                     tfidf_c_grid=str(m.tfidf_c_grid))
+        knobs.update(
+            tfidf_word_ngrams=str(m.tfidf_word_ngrams),
+            tfidf_char_ngrams=str(m.tfidf_char_ngrams),
+            tfidf_c_grid=str(m.tfidf_c_grid),
+        )
     return knobs
 
 
@@ -92,8 +100,10 @@ def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
             for targets in c.lora_targets_sweep:
                 target_list = [t.strip() for t in targets.split(",") if t.strip()]
                 if target_list != base.method.lora_target_modules:
-                    variants[f"lora-{'-'.join(target_list)}"] = {"method.name": "lora",
-                                                                  "method.lora_target_modules": target_list}
+                    variants[f"lora-{'-'.join(target_list)}"] = {
+                        "method.name": "lora",
+                        "method.lora_target_modules": target_list,
+                    }
         if method == "full":
             for decay in c.layer_lr_decays:
                 if decay != base.method.layer_lr_decay:
@@ -109,10 +119,14 @@ def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
     # running it per model would only repeat one run under several names.
     out = []
     for model, short in zip(c.models, short_model_names(c.models)):
-        out += [(f"{short}-{name}", {**overrides, "model": model}) for name, overrides in variants.items()
-                if registry.get(overrides["method.name"]).neural]
-    out += [(name, overrides) for name, overrides in variants.items()
-            if not registry.get(overrides["method.name"]).neural]
+        out += [
+            (f"{short}-{name}", {**overrides, "model": model})
+            for name, overrides in variants.items()
+            if registry.get(overrides["method.name"]).neural
+        ]
+    out += [
+        (name, overrides) for name, overrides in variants.items() if not registry.get(overrides["method.name"]).neural
+    ]
     return out
 
 
@@ -132,8 +146,10 @@ def short_model_names(models: list[str]) -> list[str]:
     for i, short in enumerate(shorts):
         if short in shorts[:i]:
             other = models[shorts.index(short)]
-            raise ConfigError(f"compare.models: {other!r} and {models[i]!r} both shorten to {short!r} in variant "
-                              "names; rename one folder")
+            raise ConfigError(
+                f"compare.models: {other!r} and {models[i]!r} both shorten to {short!r} in variant "
+                "names; rename one folder"
+            )
     return shorts
 
 
@@ -188,7 +204,8 @@ def check_versions(out: Path, planned: list[PlannedRun], allow_mix: bool) -> Non
             raise ConfigError(
                 f"{run_dir} was made with {name} {theirs}, this environment has {name} {ours}; one comparison "
                 "holds library versions fixed: use another --output-dir, or --allow-version-mix (the results "
-                "and the report then say which runs differ)")
+                "and the report then say which runs differ)"
+            )
 
 
 def version_mix(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -213,6 +230,7 @@ def _check_existing(out: Path, planned: list[PlannedRun]) -> None:
 
 # ---- running ----------------------------------------------------------------------------------
 
+
 def _run_one(run: PlannedRun, out: Path) -> subprocess.Popen:
     run_dir = out / RUNS_DIR / run.name
     pending = out / LOGS_DIR / f"{run.name}.config.yaml"
@@ -233,12 +251,18 @@ def _run_one(run: PlannedRun, out: Path) -> subprocess.Popen:
                 os._exit(1)
 
     with log:  # the child has its own copy of the descriptor
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_compare,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_compare,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
 
-def run_comparison(base: RunConfig, out: str | Path, parallel: int = 1, echo=print,
-                   allow_version_mix: bool = False) -> dict[str, Any]:
+def run_comparison(
+    base: RunConfig, out: str | Path, parallel: int = 1, echo=print, allow_version_mix: bool = False
+) -> dict[str, Any]:
     """Runs every planned run not finished yet, then writes and returns the results. Finished runs
     made with other versions of the compared libraries are refused unless `allow_version_mix`."""
     out = Path(out)
@@ -264,8 +288,10 @@ def run_comparison(base: RunConfig, out: str | Path, parallel: int = 1, echo=pri
         holder = results.lock_holder(out / RUNS_DIR / run.name)
         if holder is None or holder == child:
             return False
-        in_use[run.name] = (f"{out / RUNS_DIR / run.name}: in use by another sentitune process "
-                            f"(PID {holder if holder > 0 else 'unknown'}); not started")
+        in_use[run.name] = (
+            f"{out / RUNS_DIR / run.name}: in use by another sentitune process "
+            f"(PID {holder if holder > 0 else 'unknown'}); not started"
+        )
         echo(f"    {run.name}: failed: {in_use[run.name]}")
         return True
 
@@ -329,9 +355,16 @@ def _mark_if_killed(run_dir: Path, returncode: int) -> None:
 
 def _row(out: Path, run: PlannedRun) -> dict[str, Any]:
     run_dir = out / RUNS_DIR / run.name
-    row: dict[str, Any] = {"run_name": run.name, "run_dir": f"{RUNS_DIR}/{run.name}", "variant": run.variant,
-                           "model": run.config.model, "method": run.config.method.name,
-                           "seed": run.config.train.seed, "status": "not started", **run.knobs}
+    row: dict[str, Any] = {
+        "run_name": run.name,
+        "run_dir": f"{RUNS_DIR}/{run.name}",
+        "variant": run.variant,
+        "model": run.config.model,
+        "method": run.config.method.name,
+        "seed": run.config.train.seed,
+        "status": "not started",
+        **run.knobs,
+    }
     status = results.read_status(run_dir)
     if status is None:
         return row
@@ -343,12 +376,18 @@ def _row(out: Path, run: PlannedRun) -> dict[str, Any]:
     metrics.pop("label_names", None)
     metrics.pop("data_notes", None)
     row.update({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
-    row.update({"device": provenance.get("device"), "device_name": provenance.get("device_name"),
-                "torch_threads": provenance.get("torch_threads")})
+    row.update(
+        {
+            "device": provenance.get("device"),
+            "device_name": provenance.get("device_name"),
+            "torch_threads": provenance.get("torch_threads"),
+        }
+    )
     return row
 
 
 # ---- statistics -------------------------------------------------------------------------------
+
 
 def _correctness(out: Path, row: dict[str, Any]) -> np.ndarray:
     run = results.load_run(out / row["run_dir"])
@@ -361,19 +400,35 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for variant in dict.fromkeys(r["variant"] for r in rows):
         group = [r for r in rows if r["variant"] == variant]
         ok = [r for r in group if r["status"] == "ok"]
-        entry: dict[str, Any] = {"variant": variant, "model": group[0].get("model"), "method": group[0]["method"],
-                                 "n_runs": len(group),
-                                 "n_seeds": len(ok), **{k: v for k, v in group[0].items() if k in method_knobs_keys(group[0])}}
+        entry: dict[str, Any] = {
+            "variant": variant,
+            "model": group[0].get("model"),
+            "method": group[0]["method"],
+            "n_runs": len(group),
+            "n_seeds": len(ok),
+            **{k: v for k, v in group[0].items() if k in method_knobs_keys(group[0])},
+        }
         if ok:
             accuracies = np.array([r["test_accuracy"] for r in ok])
             low, high, ci_method = accuracy_interval(accuracies, _correctness(out, ok[0]) if len(ok) == 1 else [])
-            entry.update({
-                "test_accuracy_mean": float(accuracies.mean()),
-                "test_accuracy_std": float(accuracies.std(ddof=1)) if len(ok) > 1 else math.nan,
-                "test_accuracy_ci95_low": low, "test_accuracy_ci95_high": high, "ci_method": ci_method,
-            })
-            for key in ("test_macro_f1", "peak_memory_mib", "train_samples_per_second", "train_tokens_per_second",
-                        "train_runtime_seconds", "eval_samples_per_second", "checkpoint_size_mib"):
+            entry.update(
+                {
+                    "test_accuracy_mean": float(accuracies.mean()),
+                    "test_accuracy_std": float(accuracies.std(ddof=1)) if len(ok) > 1 else math.nan,
+                    "test_accuracy_ci95_low": low,
+                    "test_accuracy_ci95_high": high,
+                    "ci_method": ci_method,
+                }
+            )
+            for key in (
+                "test_macro_f1",
+                "peak_memory_mib",
+                "train_samples_per_second",
+                "train_tokens_per_second",
+                "train_runtime_seconds",
+                "eval_samples_per_second",
+                "checkpoint_size_mib",
+            ):
                 values = [r[key] for r in ok if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
                 entry[f"{key}_mean"] = float(np.mean(values)) if values else math.nan
             for key in ("params_trainable", "params_total", "params_trainable_percent"):
@@ -383,8 +438,24 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def method_knobs_keys(row: dict[str, Any]) -> list[str]:
-    return [k for k in ("learning_rate", "gradient_checkpointing", "layer_lr_decay", "head", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                        "prefix_tokens", "tfidf_word_ngrams", "tfidf_char_ngrams", "tfidf_c_grid") if k in row]
+    return [
+        k
+        for k in (
+            "learning_rate",
+            "gradient_checkpointing",
+            "layer_lr_decay",
+            "head",
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "lora_target_modules",
+            "prefix_tokens",
+            "tfidf_word_ngrams",
+            "tfidf_char_ngrams",
+            "tfidf_c_grid",
+        )
+        if k in row
+    ]
 
 
 def reference_variant(rows: list[dict[str, Any]]) -> str | None:
@@ -428,8 +499,9 @@ def pairwise_tests(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]
     against = [i for i, t in enumerate(tests) if reference in (t["a"], t["b"])]
     vs_reference = dict(zip(against, holm([tests[i]["p_value"] for i in against])))
     for i, (test, p_holm) in enumerate(zip(tests, holm([t["p_value"] for t in tests]))):
-        test.update(p_holm=p_holm, p_holm_vs_reference=vs_reference.get(i),
-                    significant=bool(p_holm < SIGNIFICANCE_LEVEL))
+        test.update(
+            p_holm=p_holm, p_holm_vs_reference=vs_reference.get(i), significant=bool(p_holm < SIGNIFICANCE_LEVEL)
+        )
     return tests
 
 
@@ -443,8 +515,11 @@ def write_results(out: Path, planned: list[PlannedRun]) -> dict[str, Any]:
         "summary": summarize(out, rows),
         "reference": reference_variant(rows),
         "pairwise": pairwise,
-        "multiplicity": {"method": "holm", "tests": len(pairwise),
-                         "tests_vs_reference": sum(t["p_holm_vs_reference"] is not None for t in pairwise)},
+        "multiplicity": {
+            "method": "holm",
+            "tests": len(pairwise),
+            "tests_vs_reference": sum(t["p_holm_vs_reference"] is not None for t in pairwise),
+        },
         "significance_level": SIGNIFICANCE_LEVEL,
         "version_mix": version_mix(out, rows),
     }
@@ -454,6 +529,7 @@ def write_results(out: Path, planned: list[PlannedRun]) -> dict[str, Any]:
 
 
 # ---- presentation -----------------------------------------------------------------------------
+
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -467,19 +543,34 @@ def print_summary(document: dict[str, Any], console=None) -> None:
 
     console = console or Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"comparison (scaffolding {document['fingerprint']})")
-    for column in ("variant", "seeds", "test acc (mean ± std)", "95% CI", "macro-F1", "trainable params",
-                   "peak MiB", "train samples/s", "ckpt MiB", "knobs"):
+    for column in (
+        "variant",
+        "seeds",
+        "test acc (mean ± std)",
+        "95% CI",
+        "macro-F1",
+        "trainable params",
+        "peak MiB",
+        "train samples/s",
+        "ckpt MiB",
+        "knobs",
+    ):
         table.add_column(column, justify="left" if column in ("variant", "knobs", "95% CI") else "right")
     for entry in document["summary"]:
         if not entry.get("n_seeds"):
             table.add_row(entry["variant"], f"0/{entry['n_runs']}", "failed", "", "", "", "", "", "", "")
             continue
-        knobs = " ".join(f"{k.replace('lora_target_modules', 'targets')}={entry[k]}"
-                         for k in method_knobs_keys(entry) if not k.startswith("tfidf"))
+        knobs = " ".join(
+            f"{k.replace('lora_target_modules', 'targets')}={entry[k]}"
+            for k in method_knobs_keys(entry)
+            if not k.startswith("tfidf")
+        )
         table.add_row(
-            entry["variant"], f"{entry['n_seeds']}/{entry['n_runs']}",
+            entry["variant"],
+            f"{entry['n_seeds']}/{entry['n_runs']}",
             f"{100 * entry['test_accuracy_mean']:.2f} ± {_fmt(100 * entry['test_accuracy_std'], '.2f', 'n/a')}",
-            f"[{100 * entry['test_accuracy_ci95_low']:.1f}, {100 * entry['test_accuracy_ci95_high']:.1f}] {entry['ci_method']}",
+            f"[{100 * entry['test_accuracy_ci95_low']:.1f}, {100 * entry['test_accuracy_ci95_high']:.1f}] "
+            f"{entry['ci_method']}",
             _fmt(100 * entry["test_macro_f1_mean"], ".2f"),
             f"{entry['params_trainable']:,} ({entry['params_trainable_percent']:.2f}%)",
             _fmt(entry["peak_memory_mib_mean"], ",.0f"),
@@ -502,9 +593,15 @@ def print_summary(document: dict[str, Any], console=None) -> None:
             f"{t['a']} vs {t['b']}{over}: {100 * t['a_accuracy']:.2f} vs {100 * t['b_accuracy']:.2f}, "
             f"difference {100 * t['difference']:+.2f} points "
             f"[CI {100 * t['difference_ci95_low']:.1f}, {100 * t['difference_ci95_high']:.1f}], "
-            f"p = {t['p_value']:.3g}, Holm p = {t['p_holm']:.3g} ({verdict})", markup=False, highlight=False)
+            f"p = {t['p_value']:.3g}, Holm p = {t['p_holm']:.3g} ({verdict})",
+            markup=False,
+            highlight=False,
+        )
     if document["pairwise"]:
         k = document["multiplicity"]["tests"]
-        console.print(f"significance after Holm correction over {k} test{'s' if k != 1 else ''} "
-                      f"(exact McNemar on discordant counts pooled over shared seeds; level {SIGNIFICANCE_LEVEL})",
-                      markup=False, highlight=False)
+        console.print(
+            f"significance after Holm correction over {k} test{'s' if k != 1 else ''} "
+            f"(exact McNemar on discordant counts pooled over shared seeds; level {SIGNIFICANCE_LEVEL})",
+            markup=False,
+            highlight=False,
+        )

@@ -103,8 +103,9 @@ class DataConfig:
         _check_choice("data", "truncation", self.truncation, ("head", "tail", "head+tail"))
         _check_choice("data", "problem_type", self.problem_type, ("single_label", "multi_label"))
         if not self.label_separator or self.label_separator.strip() != self.label_separator:
-            raise ConfigError(f"data.label_separator: must be non-empty without surrounding spaces, "
-                              f"got {self.label_separator!r}")
+            raise ConfigError(
+                f"data.label_separator: must be non-empty without surrounding spaces, got {self.label_separator!r}"
+            )
         _check_positive("data", "validation_size", self.validation_size)
         _check_positive("data", "train_subset", self.train_subset)
         _check_positive("data", "test_subset", self.test_subset)
@@ -230,7 +231,12 @@ class TrainConfig:
             _check_positive("train", name, getattr(self, name))
         _check_positive("train", "weight_decay", self.weight_decay, allow_zero=True)
         _check_positive("train", "max_grad_norm", self.max_grad_norm, allow_zero=True)
-        _check_positive("train", "warmup_steps_excluded_from_throughput", self.warmup_steps_excluded_from_throughput, allow_zero=True)
+        _check_positive(
+            "train",
+            "warmup_steps_excluded_from_throughput",
+            self.warmup_steps_excluded_from_throughput,
+            allow_zero=True,
+        )
         _check_positive("train", "threads", self.threads)
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
@@ -244,11 +250,15 @@ class TrainConfig:
         _check_positive("train", "save_steps", self.save_steps)
         if self.save_steps is not None:
             if self.eval_strategy == "epoch":
-                raise ConfigError("train.save_steps: needs train.eval_strategy 'steps' or 'no'; with 'epoch' "
-                                  "checkpoints follow the evaluations")
+                raise ConfigError(
+                    "train.save_steps: needs train.eval_strategy 'steps' or 'no'; with 'epoch' "
+                    "checkpoints follow the evaluations"
+                )
             if self.eval_strategy == "steps" and self.save_steps % self.eval_steps:
-                raise ConfigError(f"train.save_steps: must be a multiple of train.eval_steps ({self.eval_steps}), "
-                                  f"got {self.save_steps}")
+                raise ConfigError(
+                    f"train.save_steps: must be a multiple of train.eval_steps ({self.eval_steps}), "
+                    f"got {self.save_steps}"
+                )
 
 
 @dataclass
@@ -311,8 +321,10 @@ class RunConfig:
         from sentitune.methods import registry
 
         if self.data.problem_type == "multi_label" and not registry.get(self.method.name).neural:
-            raise ConfigError(f"method.name: {self.method.name} supports data.problem_type single_label only; "
-                              "use a neural method for multi_label")
+            raise ConfigError(
+                f"method.name: {self.method.name} supports data.problem_type single_label only; "
+                "use a neural method for multi_label"
+            )
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -384,8 +396,9 @@ class RunConfig:
         return self.method.learning_rate or registry.get(self.method.name).default_learning_rate
 
 
-def load_config(config_path: str | Path | None = None, preset: str | None = None,
-                overrides: dict[str, Any] | None = None) -> RunConfig:
+def load_config(
+    config_path: str | Path | None = None, preset: str | None = None, overrides: dict[str, Any] | None = None
+) -> RunConfig:
     """Defaults <- preset or YAML file <- dotted overrides."""
     if config_path and preset:
         raise ConfigError("--config and --preset: give one or the other")
@@ -419,6 +432,7 @@ def scaffolding_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = 
 
 
 # ---- generic dict -> dataclass with type checks ---------------------------------------------------
+
 
 def _build(cls: type, raw: dict[str, Any], source: str, prefix: str):
     if not isinstance(raw, dict):

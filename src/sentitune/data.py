@@ -26,8 +26,8 @@ from typing import IO, Callable, Iterator
 
 import numpy as np
 
-from sentitune.errors import DataError
 from sentitune.config import DataConfig
+from sentitune.errors import DataError
 
 
 SENTIMENT_NAMES = ["negative", "positive"]
@@ -75,6 +75,7 @@ class RawTable:
 
 # ---- reading files ----------------------------------------------------------------------------
 
+
 def open_binary(path: str | Path):
     """Opens a data file for reading, with one-line errors for the usual ways that fails."""
     try:
@@ -96,7 +97,7 @@ def _decode(path: Path) -> str:
         line = data[: exc.start].count(b"\n") + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise DataError(
-            f"{path}: line {line}, column {column}: bytes {data[exc.start:exc.end]!r} are not UTF-8; "
+            f"{path}: line {line}, column {column}: bytes {data[exc.start : exc.end]!r} are not UTF-8; "
             "re-save the file as UTF-8"
         ) from None
 
@@ -161,7 +162,7 @@ def checked_csv_rows(name, lines, fmt: str) -> Iterator[tuple[list[str], int, li
     # csv refuses fields over 128 KiB by default; a long review is data to truncate, not an error, and
     # the file's own size bounds the field.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    reader = (csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(lines))
+    reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(lines)
     try:
         try:
             header = [column.strip() for column in next(reader)]
@@ -176,11 +177,13 @@ def checked_csv_rows(name, lines, fmt: str) -> Iterator[tuple[list[str], int, li
             if len(fields) < len(header) and any("\n" in field for field in fields):
                 # A row that swallowed later lines and still lacks columns: a quote in it never closed.
                 raise _unclosed_quote(name, reader.line_num, fields)
-            extra = [field for field in fields[len(header):] if field.strip()]
+            extra = [field for field in fields[len(header) :] if field.strip()]
             if extra:  # data that would silently vanish
-                raise DataError(f"{name}: line {reader.line_num}: {len(fields)} fields but the header names "
-                                f"{len(header)}; an unquoted {'tab' if fmt == 'tsv' else 'comma'} in a text? "
-                                f"(extra: {extra[0][:40]!r})")
+                raise DataError(
+                    f"{name}: line {reader.line_num}: {len(fields)} fields but the header names "
+                    f"{len(header)}; an unquoted {'tab' if fmt == 'tsv' else 'comma'} in a text? "
+                    f"(extra: {extra[0][:40]!r})"
+                )
             yield header, reader.line_num, fields
     except csv.Error as exc:
         raise DataError(f"{name}: line {reader.line_num}: {exc}") from None
@@ -190,8 +193,10 @@ def _refuse_duplicate_columns(path, header: list[str]) -> None:
     # A row maps names to values, so a repeated name would silently keep only its last column.
     repeated = [name for name, count in Counter(header).items() if count > 1]
     if repeated:
-        raise DataError(f"{path}: line 1: column {repeated[0]!r} appears {header.count(repeated[0])} times in the "
-                        "header; rename or drop the extra one")
+        raise DataError(
+            f"{path}: line 1: column {repeated[0]!r} appears {header.count(repeated[0])} times in the "
+            "header; rename or drop the extra one"
+        )
 
 
 def _unclosed_quote(path, last_line: int, fields: list[str]) -> DataError:
@@ -199,8 +204,10 @@ def _unclosed_quote(path, last_line: int, fields: list[str]) -> DataError:
     # line where the row starts, not the last line of the file.
     spanned = sum(field.count("\n") for field in fields)
     start = last_line - spanned + any(field.endswith("\n") for field in fields)
-    return DataError(f"{path}: line {start}: a quote opened in this row is never closed (the row runs to line "
-                     f"{last_line}); close it or escape it as \"\"")
+    return DataError(
+        f"{path}: line {start}: a quote opened in this row is never closed (the row runs to line "
+        f'{last_line}); close it or escape it as ""'
+    )
 
 
 def read_table(path: str | Path, text_column: str, label_column: str | None) -> RawTable:
@@ -257,7 +264,7 @@ def is_blank(text: str) -> bool:
     asked about it still answers, confidently, about nothing.
 
     Example:
-        >>> is_blank(" \u200b\u00a0\x00"), is_blank("ok\u200b")
+        >>> is_blank(" \\u200b\\u00a0\\x00"), is_blank("ok\\u200b")
         (True, False)
     """
     import unicodedata
@@ -285,11 +292,11 @@ def is_unicode(text: str) -> bool:
 def _check_unicode(path: Path, line: int, column: str, value: str) -> None:
     if not is_unicode(value):
         surrogate = next(ch for ch in value if "\ud800" <= ch <= "\udfff")
-        raise DataError(f"{path}: line {line}, column {column!r}: {surrogate!r} is a lone surrogate, "
-                        "not a character")
+        raise DataError(f"{path}: line {line}, column {column!r}: {surrogate!r} is a lone surrogate, not a character")
 
 
 # ---- labels -----------------------------------------------------------------------------------
+
 
 def _as_int(value: str) -> int | None:
     try:
@@ -341,16 +348,19 @@ def map_labels(table: RawTable, label_names: list[str]) -> list[int]:
             ids.append(number)  # files with 0/1 labels and declared names like negative/positive
         else:
             raise DataError(
-                f"{table.path}: line {line}, column {table.label_column!r}: label {label!r} is not one of "
-                f"{label_names}"
+                f"{table.path}: line {line}, column {table.label_column!r}: label {label!r} is not one of {label_names}"
             )
     return ids
 
 
 def _exploded(table: RawTable, separator: str) -> RawTable:
     """One row per label of each multi-label cell, so label names are inferred as for single labels."""
-    parts = [(part.strip(), line) for label, line in zip(table.labels, table.lines)
-             for part in label.split(separator) if part.strip()]
+    parts = [
+        (part.strip(), line)
+        for label, line in zip(table.labels, table.lines)
+        for part in label.split(separator)
+        if part.strip()
+    ]
     return RawTable(table.path, [], [p for p, _ in parts], [line for _, line in parts], table.label_column)
 
 
@@ -371,14 +381,17 @@ def multi_hot(table: RawTable, label_names: list[str], separator: str = "|") -> 
             raise DataError(f"{table.path}: line {line}, column {table.label_column!r}: no label in {label!r}")
         for part in parts:
             if part not in index:
-                raise DataError(f"{table.path}: line {line}, column {table.label_column!r}: label {part!r} is not "
-                                f"one of {label_names}")
+                raise DataError(
+                    f"{table.path}: line {line}, column {table.label_column!r}: label {part!r} is not "
+                    f"one of {label_names}"
+                )
             row[index[part]] = 1
         rows.append(row)
     return rows
 
 
 # ---- sources ----------------------------------------------------------------------------------
+
 
 def resolve_data_dir(cfg: DataConfig) -> Path | None:
     raw = cfg.data_dir or os.environ.get(DATA_DIR_ENV)
@@ -407,9 +420,7 @@ def _load_hub(cfg: DataConfig) -> tuple[list[RawTable], str]:
     }[cfg.dataset]
     reason = hub_offline_reason()
     if reason:
-        raise DataError(
-            f"dataset {cfg.dataset!r}: no local copy (set --data-dir or ${DATA_DIR_ENV}) and {reason}"
-        )
+        raise DataError(f"dataset {cfg.dataset!r}: no local copy (set --data-dir or ${DATA_DIR_ENV}) and {reason}")
     import datasets
 
     loaded = datasets.load_dataset(hub_id, config_name)
@@ -418,8 +429,15 @@ def _load_hub(cfg: DataConfig) -> tuple[list[RawTable], str]:
     tables = []
     for split in ("train", test_split):
         part = loaded[split]
-        tables.append(RawTable(f"{hub_id}:{split}", [t.strip() for t in part[text_column]],
-                               [str(v) for v in part[label_column]], list(range(2, len(part) + 2)), label_column))
+        tables.append(
+            RawTable(
+                f"{hub_id}:{split}",
+                [t.strip() for t in part[text_column]],
+                [str(v) for v in part[label_column]],
+                list(range(2, len(part) + 2)),
+                label_column,
+            )
+        )
     return tables, f"hub:{hub_id}" + (f"/{config_name}" if config_name else "")
 
 
@@ -468,7 +486,9 @@ def _stratified_take(labels: list[int], size: float, seed: int) -> tuple[np.ndar
     if count >= len(labels):
         raise DataError(f"cannot take {count} examples from a split of {len(labels)}")
     counts = Counter(labels)
-    stratify = labels if min(counts.values()) >= 2 and count >= len(counts) and len(labels) - count >= len(counts) else None
+    stratify = (
+        labels if min(counts.values()) >= 2 and count >= len(counts) and len(labels) - count >= len(counts) else None
+    )
     rest, taken = train_test_split(indices, test_size=count, random_state=seed, stratify=stratify)
     return np.sort(taken), np.sort(rest)
 
@@ -483,12 +503,16 @@ def load_splits(cfg: DataConfig) -> DatasetSplits:
         label_names = _default_names(cfg) or infer_label_names([train_table])
         to_ids = functools.partial(map_labels, label_names=label_names)
     if len(label_names) < 2:
-        raise DataError(f"{train_table.path}: column {train_table.label_column!r} has a single class "
-                        f"({label_names[0]!r}); a classifier needs at least two")
+        raise DataError(
+            f"{train_table.path}: column {train_table.label_column!r} has a single class "
+            f"({label_names[0]!r}); a classifier needs at least two"
+        )
     train = Split(train_table.texts, to_ids(train_table))
     if not multi and len(set(train.labels)) < 2:
-        raise DataError(f"{train_table.path}: column {train_table.label_column!r} has a single class "
-                        f"({label_names[train.labels[0]]!r}); a classifier needs at least two")
+        raise DataError(
+            f"{train_table.path}: column {train_table.label_column!r} has a single class "
+            f"({label_names[train.labels[0]]!r}); a classifier needs at least two"
+        )
     test = Split(test_table.texts, to_ids(test_table))
     if validation_table is not None:
         validation = Split(validation_table.texts, to_ids(validation_table))
@@ -511,6 +535,7 @@ def load_splits(cfg: DataConfig) -> DatasetSplits:
 
 # ---- tokenisation -----------------------------------------------------------------------------
 
+
 def truncate_ids(ids: list[int], budget: int, strategy: str) -> list[int]:
     """Keeps `budget` token ids: the start (`head`), the end (`tail`), or a quarter of the budget
     from the start and the rest from the end (`head+tail`, after Sun et al. 2019 for long reviews)."""
@@ -521,7 +546,7 @@ def truncate_ids(ids: list[int], budget: int, strategy: str) -> list[int]:
     if strategy == "tail":
         return ids[-budget:]
     head = budget // 4
-    return ids[:head] + ids[len(ids) - (budget - head):]
+    return ids[:head] + ids[len(ids) - (budget - head) :]
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int, truncation: str = "head") -> tuple[dict, int]:
@@ -533,7 +558,7 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, truncation: str =
         input_ids, truncated = [], 0
         for ids in encoded["input_ids"]:
             if len(ids) > max_length:
-                ids = ids[:max_length - 1] + ids[-1:]
+                ids = ids[: max_length - 1] + ids[-1:]
                 truncated += 1
             input_ids.append(ids)
         return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}, truncated
@@ -551,13 +576,16 @@ def tokenize_split(tokenizer, split: Split, max_length: int, truncation: str):
     import datasets
 
     encoded, truncated = encode_texts(tokenizer, split.texts, max_length, truncation)
-    dataset = datasets.Dataset.from_dict({
-        **encoded,
-        # Multi-hot rows become floats: BCEWithLogitsLoss takes float targets.
-        "labels": [[float(v) for v in row] for row in split.labels] if split.labels and np.ndim(split.labels[0])
-                  else split.labels,
-        "length": [len(ids) for ids in encoded["input_ids"]],
-    })
+    dataset = datasets.Dataset.from_dict(
+        {
+            **encoded,
+            # Multi-hot rows become floats: BCEWithLogitsLoss takes float targets.
+            "labels": [[float(v) for v in row] for row in split.labels]
+            if split.labels and np.ndim(split.labels[0])
+            else split.labels,
+            "length": [len(ids) for ids in encoded["input_ids"]],
+        }
+    )
     return dataset, truncated
 
 
@@ -626,8 +654,9 @@ def input_format(path: str, given: str | None) -> str:
     return file_format(path)
 
 
-def stream_texts(path: str, text_column: str | None = None, fmt: str | None = None,
-                 on_bytes: Callable[[int], None] | None = None) -> Iterator[str]:
+def stream_texts(
+    path: str, text_column: str | None = None, fmt: str | None = None, on_bytes: Callable[[int], None] | None = None
+) -> Iterator[str]:
     """Texts from a TXT (one per line), CSV, TSV or JSONL file, or '-' for stdin, read lazily.
 
     One text per input row, empty ones included, so line i of the output answers row i of the input.
@@ -682,5 +711,3 @@ def read_texts(path: str | Path, text_column: str | None = None) -> Iterator[str
         'I rented I AM CURIOUS-YELLOW from my video store ...'
     """
     return (text for text in stream_texts(str(path), text_column) if text.strip())
-
-

@@ -37,5 +37,12 @@ class PrecisionError(ValueError):
     """A precision this hardware cannot run well; the message says what to use instead."""
 
 
-USER_ERRORS = (ConfigError, DataError, ModelNotAvailable, RunFolderError, TrainingError, OutputNotWritable,
-               PrecisionError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    ModelNotAvailable,
+    RunFolderError,
+    TrainingError,
+    OutputNotWritable,
+    PrecisionError,
+)

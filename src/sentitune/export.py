@@ -35,6 +35,7 @@ from sentitune import results
 from sentitune.inference import EXPORT_MANIFEST, ONNX_INPUTS, Predictor
 from sentitune.runtime import package_versions
 
+
 PARITY_FILE = "parity.json"
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 INT8_MAX_DROP_POINTS = 0.5
@@ -44,13 +45,15 @@ OPSET = 17
 
 # ---- pieces -----------------------------------------------------------------------------------
 
+
 def load_for_export(run_dir: str | Path) -> Predictor:
     """The run's torch Predictor on CPU, LoRA already merged; refuses runs that have no network."""
     predictor = Predictor.load(run_dir, device="cpu", precision="fp32")  # the parity reference
     if predictor.backend != "torch":
         raise results.RunFolderError(
             f"{run_dir}: a {predictor.backend} run has no neural network to export; its run folder is "
-            "already the deployable artefact (sentitune predict/serve load it directly)")
+            "already the deployable artefact (sentitune predict/serve load it directly)"
+        )
     return predictor
 
 
@@ -84,8 +87,9 @@ def _logits_module(model):
 def sample_inputs(tokenizer) -> dict[str, np.ndarray]:
     """A two-row batch of the exported inputs (int64), rows of different lengths so that padding is part
     of it: the example the exporter traces and the fusion check compares on."""
-    sample = tokenizer(["a short one", "a somewhat longer example sentence , with more"], padding=True,
-                       return_tensors="np")
+    sample = tokenizer(
+        ["a short one", "a somewhat longer example sentence , with more"], padding=True, return_tensors="np"
+    )
     return {name: sample[name].astype(np.int64) for name in ONNX_INPUTS}
 
 
@@ -107,15 +111,16 @@ def export_onnx(model, tokenizer, path: Path, opset: int = OPSET, exporter: str 
     wrapped = _logits_module(model)
     sample = sample_inputs(tokenizer)
     args = tuple(torch.from_numpy(sample[name]) for name in ONNX_INPUTS)
-    names = dict(input_names=list(ONNX_INPUTS), output_names=["logits"], opset_version=opset)
+    names = {"input_names": list(ONNX_INPUTS), "output_names": ["logits"], "opset_version": opset}
     # torch.onnx logs a warning per torchvision operator it cannot register; torchvision is not needed here.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
     def dynamo():
         batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
         shapes = {"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}}
-        torch.onnx.export(wrapped, args, str(path), dynamo=True, dynamic_shapes=shapes, external_data=False,
-                          verbose=False, **names)
+        torch.onnx.export(
+            wrapped, args, str(path), dynamo=True, dynamic_shapes=shapes, external_data=False, verbose=False, **names
+        )
 
     def torchscript():
         axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS} | {"logits": {0: "batch"}}
@@ -132,8 +137,11 @@ def export_onnx(model, tokenizer, path: Path, opset: int = OPSET, exporter: str 
         except Exception as exc:  # exporters raise many types; the fallback is checked by parity
             if attempt == len(order) - 1:
                 raise
-            print(f"sentitune export: the {name} exporter failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                  f"trying the {order[attempt + 1]} exporter", file=sys.stderr)
+            print(
+                f"sentitune export: the {name} exporter failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                f"trying the {order[attempt + 1]} exporter",
+                file=sys.stderr,
+            )
     raise AssertionError("unreachable")
 
 
@@ -144,6 +152,7 @@ def eager_attention(model):
     transformers' default SDPA attention exports as a graph the BERT optimiser cannot match; the
     eager implementation computes the same function, and fuses into one Attention operator.
     """
+
     def switch(implementation: str) -> None:
         with warnings.catch_warnings():  # transformers 5 warns about its own deprecated properties here
             warnings.simplefilter("ignore")
@@ -166,9 +175,10 @@ def fuse_transformer_ops(path: Path, config, sample: dict[str, np.ndarray], tole
     embedding+LayerNorm): fewer, larger operators, which many-core CPUs run much faster.
 
     Measured on a 16-core Xeon (MiniLM-L6, SST-2 dev; torch 2.11's export, where attention did not
-    fuse): fp32 730 -> 794 and int8 1,059 -> 1,211 sentences/s; on 2 cores it is neutral. The fused file is kept only if its logits on `sample`
-    match the unfused graph's within `tolerance`; otherwise (or if the optimiser fails on an
-    unfamiliar architecture) the plain export stays and the returned dict says why.
+    fuse): fp32 730 -> 794 and int8 1,059 -> 1,211 sentences/s; on 2 cores it is neutral. The fused
+    file is kept only if its logits on `sample` match the unfused graph's within `tolerance`;
+    otherwise (or if the optimiser fails on an unfamiliar architecture) the plain export stays and
+    the returned dict says why.
 
     Returns:
         The count of each fused operator, or {"skipped": reason}.
@@ -179,8 +189,9 @@ def fuse_transformer_ops(path: Path, config, sample: dict[str, np.ndarray], tole
     heads, hidden = getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden,
-                                             opt_level=0)
+            fused = optimizer.optimize_model(
+                str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0
+            )
         counts = {name: count for name, count in fused.get_fused_operator_statistics().items() if count}
         candidate = path.with_suffix(".fused.onnx")
         fused.save_model_to_file(str(candidate))
@@ -227,14 +238,23 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     root.setLevel(logging.ERROR)
     try:
         # DefaultTensorType: without value_info some outputs have no inferred type; they are float.
-        quantize_dynamic(model, int8_path, weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            model,
+            int8_path,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         root.setLevel(level)
 
 
-def parity_data(run_dir: str | Path, data_file: str | Path | None = None, text_column: str | None = None,
-                label_column: str | None = None) -> tuple[list[str], np.ndarray, str]:
+def parity_data(
+    run_dir: str | Path,
+    data_file: str | Path | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+) -> tuple[list[str], np.ndarray, str]:
     """(texts, gold ids, description) for the parity report.
 
     Default: the run's test split as recorded in its predictions.csv (the split its config defines,
@@ -247,20 +267,25 @@ def parity_data(run_dir: str | Path, data_file: str | Path | None = None, text_c
         frame = run.predictions()
         if frame["gold_id"].isna().any():
             raise results.RunFolderError(f"{run.path / results.PREDICTIONS_FILE}: gold labels outside labels.json")
-        return frame["text"].astype(str).tolist(), frame["gold_id"].to_numpy(dtype=int), \
-            f"test split of {run.path} ({run.config.data.dataset})"
+        return (
+            frame["text"].astype(str).tolist(),
+            frame["gold_id"].to_numpy(dtype=int),
+            f"test split of {run.path} ({run.config.data.dataset})",
+        )
     data_file = Path(data_file)
     text_column = text_column or ("sentence" if file_format(data_file) == "tsv" else "text")
     table = read_table(data_file, text_column, label_column or "label")
     return table.texts, np.asarray(map_labels(table, run.label_names)), str(data_file)
 
 
-def parity_report(variants: dict[str, Predictor], texts: list[str], gold: np.ndarray, reference: str = "torch",
-                  batch_size: int = 64) -> dict:
+def parity_report(
+    variants: dict[str, Predictor], texts: list[str], gold: np.ndarray, reference: str = "torch", batch_size: int = 64
+) -> dict:
     """Accuracy, speed and probability differences of each variant against `reference`.
 
     Example:
-        >>> parity_report({"torch": p, "onnx-fp32": q}, ["great"], np.array([1]))["variants"]["onnx-fp32"]  # doctest: +SKIP
+        >>> report = parity_report({"torch": p, "onnx-fp32": q}, ["great"], np.array([1]))  # doctest: +SKIP
+        >>> report["variants"]["onnx-fp32"]  # doctest: +SKIP
         {'accuracy': 1.0, 'max_abs_probability_diff': 3e-07, ...}
     """
     from sentitune.metrics import classification_metrics, mcnemar
@@ -272,8 +297,11 @@ def parity_report(variants: dict[str, Predictor], texts: list[str], gold: np.nda
         probabilities[name] = predictor.predict_proba(texts, batch_size)
         seconds = time.perf_counter() - started
         metrics = classification_metrics(gold, probabilities[name])
-        rows[name] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                      "sentences_per_second": len(texts) / seconds if seconds else float("nan")}
+        rows[name] = {
+            "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"],
+            "sentences_per_second": len(texts) / seconds if seconds else float("nan"),
+        }
     base = probabilities[reference]
     for name, row in rows.items():
         diff = np.abs(probabilities[name] - base)
@@ -291,9 +319,18 @@ def parity_report(variants: dict[str, Predictor], texts: list[str], gold: np.nda
 
 # ---- the command ------------------------------------------------------------------------------
 
-def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quantize: str | None = None,
-               parity_file: str | Path | None = None, text_column: str | None = None,
-               label_column: str | None = None, overwrite: bool = False, parity: bool = True) -> dict:
+
+def export_run(
+    run_dir: str | Path,
+    output: str | Path,
+    fmt: str = "onnx",
+    quantize: str | None = None,
+    parity_file: str | Path | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    overwrite: bool = False,
+    parity: bool = True,
+) -> dict:
     """Exports a run folder to `output` and returns the parity report (also saved as parity.json).
 
     Args:
@@ -320,12 +357,19 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
     if quantize and fmt != "onnx":
         raise DataError("--quantize int8 needs --format onnx (ONNX Runtime does the quantisation)")
     output = Path(output)
-    results.check_output_dir(output, overwrite, lambda folder: (folder / EXPORT_MANIFEST).exists(),
-                             f"an earlier export (no {EXPORT_MANIFEST})", flag="--output")
+    results.check_output_dir(
+        output,
+        overwrite,
+        lambda folder: (folder / EXPORT_MANIFEST).exists(),
+        f"an earlier export (no {EXPORT_MANIFEST})",
+        flag="--output",
+    )
     run = results.load_run(run_dir, require_ok=True)
     if run.config.data.problem_type == "multi_label":  # the manifest and ONNX predictor assume one softmax
-        raise results.RunFolderError(f"{run_dir}: a multi-label run; export supports single-label runs only "
-                                     "(use the run folder with sentitune predict)")
+        raise results.RunFolderError(
+            f"{run_dir}: a multi-label run; export supports single-label runs only "
+            "(use the run folder with sentitune predict)"
+        )
     if parity:
         texts, gold, data_description = parity_data(run_dir, parity_file, text_column, label_column)
     torch_predictor = load_for_export(run_dir)
@@ -343,7 +387,9 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
             "method": run.config.method.name,
             "model": run.config.model,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": package_versions(("sentitune", "torch", "transformers", "peft", "onnx", "onnxscript", "onnxruntime")),
+            "versions": package_versions(
+                ("sentitune", "torch", "transformers", "peft", "onnx", "onnxscript", "onnxruntime")
+            ),
         }
         if fmt == "hf":
             save_hf(torch_predictor, staging)
@@ -358,14 +404,17 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
                 manifest["exporter"] = export_onnx(model, torch_predictor.tokenizer, staging / ONNX_FILES["fp32"])
             manifest["opset"] = OPSET
             manifest["fused_operators"] = fuse_transformer_ops(
-                staging / ONNX_FILES["fp32"], torch_predictor.model.config, sample_inputs(torch_predictor.tokenizer))
+                staging / ONNX_FILES["fp32"], torch_predictor.model.config, sample_inputs(torch_predictor.tokenizer)
+            )
             files = {"fp32": ONNX_FILES["fp32"]}
             if quantize:
                 quantize_int8(staging / ONNX_FILES["fp32"], staging / ONNX_FILES["int8"])
                 files["int8"] = ONNX_FILES["int8"]
-                manifest["quantization"] = ("onnxruntime quantize_dynamic: QInt8 weights per channel; every "
-                                            "operator it quantises dynamically (MatMul, Gather, and the fused "
-                                            "Attention and EmbedLayerNormalization where fusion ran)")
+                manifest["quantization"] = (
+                    "onnxruntime quantize_dynamic: QInt8 weights per channel; every "
+                    "operator it quantises dynamically (MatMul, Gather, and the fused "
+                    "Attention and EmbedLayerNormalization where fusion ran)"
+                )
             manifest["files"] = files
             manifest["default_variant"] = "int8" if quantize else "fp32"
             manifest["inputs"] = list(ONNX_INPUTS)
@@ -379,13 +428,20 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str = "onnx", quant
             results.swap_in(staging, output)
             return {"output": str(output), "manifest": manifest}
         report = parity_report(variants, texts, gold)
-        report.update({"data": data_description, "run": str(run.path), "format": fmt,
-                       "int8_max_drop_points": INT8_MAX_DROP_POINTS})
+        report.update(
+            {
+                "data": data_description,
+                "run": str(run.path),
+                "format": fmt,
+                "int8_max_drop_points": INT8_MAX_DROP_POINTS,
+            }
+        )
         for name, row in report["variants"].items():
             row["size_mib"] = _variant_size_mib(name, staging, run.path, manifest)
         if "onnx-int8" in report["variants"]:
-            report["int8_within_tolerance"] = \
+            report["int8_within_tolerance"] = (
                 report["variants"]["onnx-int8"]["accuracy_drop_points"] <= INT8_MAX_DROP_POINTS
+            )
         results.atomic_write_json(staging / PARITY_FILE, report)
         del variants  # ONNX Runtime keeps the files open on some platforms until the sessions go
         _make_readable(staging)
@@ -417,15 +473,22 @@ def _variant_size_mib(name: str, folder: Path, run_path: Path, manifest: dict) -
 
 def format_report(report: dict) -> str:
     """The parity report as an aligned text table (what the CLI prints)."""
-    header = (f"{'variant':<10} {'accuracy':>9} {'drop (pts)':>10} {'McNemar p':>9} {'max |dp|':>10} {'agree':>7} "
-              f"{'sent/s':>9} {'MiB':>8}")
-    lines = [f"parity on {report['examples']} examples of {report['data']} (reference: {report['reference']})",
-             header, "-" * len(header)]
+    header = (
+        f"{'variant':<10} {'accuracy':>9} {'drop (pts)':>10} {'McNemar p':>9} {'max |dp|':>10} {'agree':>7} "
+        f"{'sent/s':>9} {'MiB':>8}"
+    )
+    lines = [
+        f"parity on {report['examples']} examples of {report['data']} (reference: {report['reference']})",
+        header,
+        "-" * len(header),
+    ]
     for name, row in report["variants"].items():
         p_value = "-" if name == report["reference"] else f"{row['mcnemar_p_value']:.3g}"
-        lines.append(f"{name:<10} {100 * row['accuracy']:>8.2f}% {row['accuracy_drop_points']:>10.2f} {p_value:>9} "
-                     f"{row['max_abs_probability_diff']:>10.2e} {100 * row['prediction_agreement']:>6.1f}% "
-                     f"{row['sentences_per_second']:>9.1f} {row['size_mib']:>8.2f}")
+        lines.append(
+            f"{name:<10} {100 * row['accuracy']:>8.2f}% {row['accuracy_drop_points']:>10.2f} {p_value:>9} "
+            f"{row['max_abs_probability_diff']:>10.2e} {100 * row['prediction_agreement']:>6.1f}% "
+            f"{row['sentences_per_second']:>9.1f} {row['size_mib']:>8.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -437,12 +500,16 @@ def int8_warning(report: dict) -> str | None:
     bar = "!" * 78
     paired = ""
     if "mcnemar_p_value" in row:
-        paired = (f"\nint8 is wrong on {row['only_reference_correct']} examples that torch gets right and right on "
-                  f"{row['only_variant_correct']} that torch gets wrong (McNemar p = {row['mcnemar_p_value']:.3g}"
-                  f"{', not significant' if row['mcnemar_p_value'] >= 0.05 else ''}).")
-    return (f"{bar}\nWARNING: int8 accuracy is {row['accuracy_drop_points']:.2f} points below torch fp32 "
-            f"(tolerance {INT8_MAX_DROP_POINTS}).{paired}\nServe the fp32 ONNX model instead "
-            f"(Predictor.load(folder, variant='fp32')), or check the parity data is large enough to tell.\n{bar}")
+        paired = (
+            f"\nint8 is wrong on {row['only_reference_correct']} examples that torch gets right and right on "
+            f"{row['only_variant_correct']} that torch gets wrong (McNemar p = {row['mcnemar_p_value']:.3g}"
+            f"{', not significant' if row['mcnemar_p_value'] >= 0.05 else ''})."
+        )
+    return (
+        f"{bar}\nWARNING: int8 accuracy is {row['accuracy_drop_points']:.2f} points below torch fp32 "
+        f"(tolerance {INT8_MAX_DROP_POINTS}).{paired}\nServe the fp32 ONNX model instead "
+        f"(Predictor.load(folder, variant='fp32')), or check the parity data is large enough to tell.\n{bar}"
+    )
 
 
 def export_cli(args) -> int:
@@ -451,12 +518,21 @@ def export_cli(args) -> int:
     Example:
         $ sentitune export --model runs/sst2-lora --format onnx --quantize int8 --output exported/sst2-lora-int8
     """
-    report = export_run(args.model, args.output, args.format, args.quantize, args.parity_data,
-                        getattr(args, "text_column", None), getattr(args, "label_column", None),
-                        getattr(args, "overwrite", False))
+    report = export_run(
+        args.model,
+        args.output,
+        args.format,
+        args.quantize,
+        args.parity_data,
+        getattr(args, "text_column", None),
+        getattr(args, "label_column", None),
+        getattr(args, "overwrite", False),
+    )
     print(format_report(report))
-    print(f"exported {args.format}{' + int8' if args.quantize else ''} -> {report['output']} "
-          f"(parity report: {Path(report['output']) / PARITY_FILE})")
+    print(
+        f"exported {args.format}{' + int8' if args.quantize else ''} -> {report['output']} "
+        f"(parity report: {Path(report['output']) / PARITY_FILE})"
+    )
     warning = int8_warning(report)
     if warning:
         print(warning, file=sys.stderr)

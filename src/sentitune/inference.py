@@ -34,6 +34,7 @@ from sentitune.data import input_format, stream_texts  # noqa: F401 - predict re
 from sentitune.methods import registry
 from sentitune.metrics import sigmoid
 
+
 EXPORT_MANIFEST = "sentitune.json"
 """Written into every exported folder: what the Predictor needs besides the weights."""
 ONNX_VARIANTS = ("fp32", "int8")
@@ -70,8 +71,8 @@ def _pad(batch: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(batch), width), dtype=np.int64)
     for row, ids in enumerate(batch):
-        input_ids[row, :len(ids)] = ids
-        mask[row, :len(ids)] = 1
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
     return input_ids, mask
 
 
@@ -81,8 +82,9 @@ cores with MiniLM, one call per sentence ran 0.89x as fast as calls of four leng
 which puts a call's fixed cost at a few tokens; 8 leans towards fuller batches."""
 
 
-def plan_batches(lengths: np.ndarray, max_batch_size: int,
-                 overhead_tokens: float = BATCH_OVERHEAD_TOKENS) -> list[np.ndarray]:
+def plan_batches(
+    lengths: np.ndarray, max_batch_size: int, overhead_tokens: float = BATCH_OVERHEAD_TOKENS
+) -> list[np.ndarray]:
     """Cuts texts into batches that minimise padded tokens plus a fixed cost per batch.
 
     Texts are sorted by length and cut into runs of neighbours; a dynamic programme over the cut
@@ -117,7 +119,7 @@ def plan_batches(lengths: np.ndarray, max_batch_size: int,
         cost[end], start_of[end] = candidates[best], end - sizes[best]
     batches, end = [], count
     while end > 0:
-        batches.append(order[start_of[end]:end])
+        batches.append(order[start_of[end] : end])
         end = int(start_of[end])
     return batches[::-1]
 
@@ -147,11 +149,14 @@ class _TorchRunner(_Runner):
     def __call__(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         import torch
 
-        autocast = torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16,
-                                  enabled=self.precision == "bf16")
+        autocast = torch.autocast(
+            device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        )
         with torch.inference_mode(), autocast:
-            logits = self.model(input_ids=torch.from_numpy(input_ids).to(self.device),
-                                attention_mask=torch.from_numpy(mask).to(self.device)).logits
+            logits = self.model(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                attention_mask=torch.from_numpy(mask).to(self.device),
+            ).logits
         return logits.float().cpu().numpy()
 
 
@@ -194,8 +199,9 @@ are better spent on parallel sessions. Measured on a 16-core Xeon (MiniLM-L6, fu
 one session x 16 threads 1,500 sentences/s, 2 x 8 2,238, 4 x 4 3,319, 16 x 1 3,700."""
 
 
-def onnx_parallelism(cores: int | None = None, threads: int | None = None,
-                     workers: int | None = None) -> tuple[int, int]:
+def onnx_parallelism(
+    cores: int | None = None, threads: int | None = None, workers: int | None = None
+) -> tuple[int, int]:
     """(sessions, intra-op threads per session) for this machine.
 
     Example:
@@ -244,10 +250,21 @@ class Predictor:
         array([[0.97, 0.03]])
     """
 
-    def __init__(self, label_names: list[str], max_length: int, truncation: str = "head",
-                 model=None, tokenizer=None, classical=None, device: str = "cpu", source: str = "",
-                 session=None, variant: str | None = None, batch_size: int = 64,
-                 thresholds: list[float] | None = None):
+    def __init__(
+        self,
+        label_names: list[str],
+        max_length: int,
+        truncation: str = "head",
+        model=None,
+        tokenizer=None,
+        classical=None,
+        device: str = "cpu",
+        source: str = "",
+        session=None,
+        variant: str | None = None,
+        batch_size: int = 64,
+        thresholds: list[float] | None = None,
+    ):
         self.label_names = list(label_names)
         self.max_length = max_length
         self.truncation = truncation
@@ -274,8 +291,15 @@ class Predictor:
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, variant: str | None = None,
-             threads: int | None = None, workers: int | None = None, precision: str = "auto") -> "Predictor":
+    def load(
+        cls,
+        path: str | Path,
+        device: str | None = None,
+        variant: str | None = None,
+        threads: int | None = None,
+        workers: int | None = None,
+        precision: str = "auto",
+    ) -> "Predictor":
         """Loads a run folder, an exported folder or a plain HF classification folder.
 
         Args:
@@ -297,8 +321,10 @@ class Predictor:
         manifest = read_manifest(path) if (path / EXPORT_MANIFEST).exists() else None
         if manifest is None or manifest["format"] != "onnx":
             if workers not in (None, 1):
-                raise results.RunFolderError(f"{path}: parallel workers apply to ONNX exports only (a torch model "
-                                             "already uses every core it is given; set threads instead)")
+                raise results.RunFolderError(
+                    f"{path}: parallel workers apply to ONNX exports only (a torch model "
+                    "already uses every core it is given; set threads instead)"
+                )
             if threads is not None:
                 if threads < 1:
                     raise ValueError(f"threads must be >= 1, got {threads}")
@@ -346,22 +372,39 @@ class Predictor:
         method = registry.get(cfg.method.name)
         max_length = cfg.data.resolved_max_length
         if not method.neural:
-            return cls(run.label_names, max_length, classical=_load_checked(method, model_dir, None),
-                       source=str(run.path))
+            return cls(
+                run.label_names, max_length, classical=_load_checked(method, model_dir, None), source=str(run.path)
+            )
         from transformers import AutoTokenizer
 
         device = _resolve_device(device)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = _load_checked(method, model_dir, lambda: load_classifier(resolve_model(cfg.model), run.label_names))
         model.to(device).eval()
-        thresholds = (results.read_thresholds(run.path, run.label_names)
-                      if cfg.data.problem_type == "multi_label" else None)
-        return cls(run.label_names, max_length, cfg.data.truncation, model=model, tokenizer=tokenizer,
-                   device=device, source=str(run.path), thresholds=thresholds)
+        thresholds = (
+            results.read_thresholds(run.path, run.label_names) if cfg.data.problem_type == "multi_label" else None
+        )
+        return cls(
+            run.label_names,
+            max_length,
+            cfg.data.truncation,
+            model=model,
+            tokenizer=tokenizer,
+            device=device,
+            source=str(run.path),
+            thresholds=thresholds,
+        )
 
     @classmethod
-    def _load_export(cls, path: Path, manifest: dict, device: str | None, variant: str | None,
-                     threads: int | None, workers: int | None) -> "Predictor":
+    def _load_export(
+        cls,
+        path: Path,
+        manifest: dict,
+        device: str | None,
+        variant: str | None,
+        threads: int | None,
+        workers: int | None,
+    ) -> "Predictor":
         from transformers import AutoTokenizer
 
         if manifest["format"] == "hf":
@@ -374,12 +417,21 @@ class Predictor:
             raise results.RunFolderError(f"{path}: no {variant!r} model in this export (has {', '.join(files)})")
         device = _resolve_device(device)
         # On CUDA one session owns the device; parallel sessions are a CPU measure.
-        workers, threads = (1, threads) if device.startswith("cuda") else onnx_parallelism(threads=threads,
-                                                                                          workers=workers)
+        workers, threads = (
+            (1, threads) if device.startswith("cuda") else onnx_parallelism(threads=threads, workers=workers)
+        )
         session = [onnx_session(path / files[variant], device, threads) for _ in range(workers)]
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(manifest["label_names"], manifest["max_length"], manifest["truncation"], tokenizer=tokenizer,
-                   session=session, device=device, source=str(path), variant=variant)
+        return cls(
+            manifest["label_names"],
+            manifest["max_length"],
+            manifest["truncation"],
+            tokenizer=tokenizer,
+            session=session,
+            device=device,
+            source=str(path),
+            variant=variant,
+        )
 
     @classmethod
     def _load_hf_folder(cls, path: Path, device: str | None, manifest: dict | None) -> "Predictor":
@@ -387,8 +439,9 @@ class Predictor:
 
         device = _resolve_device(device)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa",
-                                                                       use_safetensors=True)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, attn_implementation="sdpa", use_safetensors=True
+            )
             tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as exc:
             raise results.RunFolderError(f"{path}: cannot load the model folder ({exc})") from None
@@ -402,8 +455,15 @@ class Predictor:
 
     def describe(self) -> dict:
         """What is loaded, for /health and logs."""
-        info = {"backend": self.backend, "variant": self.variant, "device": self.device, "source": self.source,
-                "label_names": self.label_names, "max_length": self.max_length, "truncation": self.truncation}
+        info = {
+            "backend": self.backend,
+            "variant": self.variant,
+            "device": self.device,
+            "source": self.source,
+            "label_names": self.label_names,
+            "max_length": self.max_length,
+            "truncation": self.truncation,
+        }
         if self.backend == "onnx":
             info["onnx_sessions"] = len(self._runner.sessions)
         return info
@@ -444,8 +504,9 @@ class Predictor:
         probabilities = self.predict_proba(texts, batch_size)
         return [self.row(text, p) for text, p in zip(texts, probabilities)]
 
-    def predict_stream(self, texts: Iterable[str], batch_size: int | None = None,
-                       chunk_size: int = 4096) -> Iterator[dict]:
+    def predict_stream(
+        self, texts: Iterable[str], batch_size: int | None = None, chunk_size: int = 4096
+    ) -> Iterator[dict]:
         """Like `predict`, but lazily: holds only `chunk_size` texts at a time (length-sorted within).
 
         Example:
@@ -494,8 +555,9 @@ def load_for_cli(args) -> Predictor:
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise DataError(f"--{flag} must be >= 1, got {value}")
-    return Predictor.load(args.model, device=device, workers=getattr(args, "workers", None),
-                          threads=getattr(args, "threads", None))
+    return Predictor.load(
+        args.model, device=device, workers=getattr(args, "workers", None), threads=getattr(args, "threads", None)
+    )
 
 
 def _resolve_device(device: str | None) -> str:
@@ -536,6 +598,7 @@ def read_manifest(folder: str | Path) -> dict:
 
 
 # ---- files in, JSONL out ----------------------------------------------------------------------
+
 
 def write_jsonl(rows: Iterable[dict], output: str | None) -> int:
     """Writes rows as JSON lines to `output` or stdout. A file is written atomically (results.atomic_writer:
@@ -587,8 +650,13 @@ def predict_cli(args) -> int:
         if args.input != "-" and _progress_wanted():
             from tqdm import tqdm
 
-            progress = tqdm(total=os.path.getsize(args.input), unit="B", unit_scale=True, file=sys.stderr,
-                            desc=f"predict {Path(args.input).name}")
+            progress = tqdm(
+                total=os.path.getsize(args.input),
+                unit="B",
+                unit_scale=True,
+                file=sys.stderr,
+                desc=f"predict {Path(args.input).name}",
+            )
             on_bytes = progress.update
         texts = stream_texts(args.input, args.text_column, fmt, on_bytes)
     try:
@@ -599,5 +667,3 @@ def predict_cli(args) -> int:
     if args.output:
         print(f"{count} predictions -> {args.output}", file=sys.stderr)
     return 0
-
-

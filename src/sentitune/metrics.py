@@ -41,8 +41,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def bootstrap_ci(values, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0,
-                 statistic=np.mean) -> tuple[float, float]:
+def bootstrap_ci(
+    values, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0, statistic=np.mean
+) -> tuple[float, float]:
     """Percentile bootstrap CI of `statistic` over `values` (e.g. per-seed accuracies, or 0/1 correctness).
 
     With a single value the interval collapses to that value: one seed says nothing about spread.
@@ -106,12 +107,13 @@ def _bootstrap_means(matrix: np.ndarray, resamples: int, seed: int, over_rows: b
         if over_rows and rows > 1:
             row_picks = rng.integers(0, rows, size=(size, rows))
             per_row = per_row[np.arange(size)[:, None], row_picks]
-        out[start:start + size] = per_row.mean(axis=1)
+        out[start : start + size] = per_row.mean(axis=1)
     return out
 
 
-def two_level_bootstrap_ci(correctness_matrix, confidence: float = 0.95, resamples: int = 10_000,
-                           seed: int = 0) -> tuple[float, float]:
+def two_level_bootstrap_ci(
+    correctness_matrix, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile CI of mean accuracy from a two-level bootstrap: seeds (rows) with replacement, then
     test examples (columns) with replacement, the same examples for every resampled seed.
 
@@ -141,8 +143,9 @@ def two_level_bootstrap_ci(correctness_matrix, confidence: float = 0.95, resampl
     return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
 
 
-def accuracy_interval(seed_accuracies, correctness_of_one_run=(), method: str = "t",
-                      correctness_matrix=None) -> tuple[float, float, str]:
+def accuracy_interval(
+    seed_accuracies, correctness_of_one_run=(), method: str = "t", correctness_matrix=None
+) -> tuple[float, float, str]:
     """95% CI of a variant's test accuracy, and a label saying how it was made.
 
     method="t" (default): with two or more seeds, the Student-t interval of the mean over the seed
@@ -276,20 +279,36 @@ def paired_seed_test(correct_a, correct_b, resamples: int = 10_000, seed: int = 
     pooled = mcnemar(a.ravel(), b.ravel())
     two_level = n_seeds >= 2
     out: dict[str, Any] = {
-        "b": pooled["a_only_correct"], "c": pooled["b_only_correct"], "p_value": pooled["p_value"],
-        "n_seeds": int(n_seeds), "n_examples": int(n_examples),
-        "ci_method": ("paired two-level bootstrap over seeds and test examples" if two_level
-                      else "paired bootstrap over test examples"),
+        "b": pooled["a_only_correct"],
+        "c": pooled["b_only_correct"],
+        "p_value": pooled["p_value"],
+        "n_seeds": int(n_seeds),
+        "n_examples": int(n_examples),
+        "ci_method": (
+            "paired two-level bootstrap over seeds and test examples"
+            if two_level
+            else "paired bootstrap over test examples"
+        ),
     }
     if a.size == 0:
-        return {**out, "difference": math.nan, "difference_ci95_low": math.nan, "difference_ci95_high": math.nan,
-                "a_accuracy": math.nan, "b_accuracy": math.nan}
+        return {
+            **out,
+            "difference": math.nan,
+            "difference_ci95_low": math.nan,
+            "difference_ci95_high": math.nan,
+            "a_accuracy": math.nan,
+            "b_accuracy": math.nan,
+        }
     difference = a.astype(np.float64) - b.astype(np.float64)
     means = _bootstrap_means(difference, resamples, seed, over_rows=two_level)
-    return {**out, "difference": float(difference.mean()),
-            "difference_ci95_low": float(np.quantile(means, 0.025)),
-            "difference_ci95_high": float(np.quantile(means, 0.975)),
-            "a_accuracy": float(a.mean()), "b_accuracy": float(b.mean())}
+    return {
+        **out,
+        "difference": float(difference.mean()),
+        "difference_ci95_low": float(np.quantile(means, 0.025)),
+        "difference_ci95_high": float(np.quantile(means, 0.975)),
+        "a_accuracy": float(a.mean()),
+        "b_accuracy": float(b.mean()),
+    }
 
 
 def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -323,8 +342,15 @@ def expected_calibration_error(gold, probabilities, bins: int = 10) -> dict:
             ece += count / len(gold) * abs(accuracy - mean_confidence)
         else:
             accuracy = mean_confidence = math.nan
-        table.append({"low": float(low), "high": float(high), "count": count,
-                      "accuracy": accuracy, "confidence": mean_confidence})
+        table.append(
+            {
+                "low": float(low),
+                "high": float(high),
+                "count": count,
+                "accuracy": accuracy,
+                "confidence": mean_confidence,
+            }
+        )
     return {"ece": float(ece), "bins": table}
 
 
@@ -335,6 +361,7 @@ def confusion_matrix(gold, predicted, num_labels: int) -> np.ndarray:
 
 
 # ---- multi-label ------------------------------------------------------------------------------
+
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Independent per-label probabilities for multi-label logits."""
@@ -364,8 +391,9 @@ def multilabel_metrics(gold, probabilities, thresholds=None) -> dict[str, float]
     out: dict[str, float] = {"accuracy": float((predicted == gold).all(axis=1).mean())}
     for average in ("micro", "macro"):
         precision, recall, f1, _ = precision_recall_fscore_support(gold, predicted, average=average, zero_division=0)
-        out.update({f"{average}_f1": float(f1), f"precision_{average}": float(precision),
-                    f"recall_{average}": float(recall)})
+        out.update(
+            {f"{average}_f1": float(f1), f"precision_{average}": float(precision), f"recall_{average}": float(recall)}
+        )
     clipped = np.clip(probabilities, 1e-12, 1 - 1e-12)
     out["hamming_loss"] = float((predicted != gold).mean())
     out["loss"] = float(-(gold * np.log(clipped) + (1 - gold) * np.log(1 - clipped)).mean())

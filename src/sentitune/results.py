@@ -37,6 +37,7 @@ import numpy as np
 
 from sentitune.errors import OutputInUse, OutputNotWritable, RunFolderError
 
+
 CONFIG_FILE = "config.yaml"
 LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.json"
@@ -46,9 +47,13 @@ THRESHOLDS_FILE = "thresholds.json"
 MODEL_DIR = "model"
 
 
-NOT_WRITABLE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
-                       errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                       errno.EPERM: "operation not permitted"}
+NOT_WRITABLE_ERRNOS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
 
 
 def not_writable(exc: BaseException, path: str | Path | None = None) -> OutputNotWritable | None:
@@ -63,8 +68,10 @@ def not_writable(exc: BaseException, path: str | Path | None = None) -> OutputNo
     if code not in NOT_WRITABLE_ERRNOS:
         return None
     where = getattr(exc, "filename", None) or path
-    return OutputNotWritable(f"{where}: cannot write ({NOT_WRITABLE_ERRNOS[code]}); free space, fix the "
-                             "permissions or choose another output folder")
+    return OutputNotWritable(
+        f"{where}: cannot write ({NOT_WRITABLE_ERRNOS[code]}); free space, fix the "
+        "permissions or choose another output folder"
+    )
 
 
 @contextmanager
@@ -101,8 +108,7 @@ def atomic_writer(path: str | Path, mode: str = "w", encoding: str = "utf-8", ne
         sweep_leftovers(path)
         handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
-        out = (os.fdopen(handle, "wb") if mode == "wb"
-               else os.fdopen(handle, "w", encoding=encoding, newline=newline))
+        out = os.fdopen(handle, "wb") if mode == "wb" else os.fdopen(handle, "w", encoding=encoding, newline=newline)
     except BaseException:
         os.close(handle)
         Path(temp).unlink(missing_ok=True)
@@ -186,8 +192,9 @@ def predictions_rows(texts, gold, probabilities, label_names) -> list[dict[str, 
     return rows
 
 
-def multilabel_prediction_rows(texts, gold, probabilities, label_names, thresholds,
-                               separator: str = "|") -> list[dict[str, Any]]:
+def multilabel_prediction_rows(
+    texts, gold, probabilities, label_names, thresholds, separator: str = "|"
+) -> list[dict[str, Any]]:
     """predictions.csv rows for multi-label runs: gold and pred are label sets joined by `separator`
     (pred may be empty), then prob_<label> per label; gold == pred means every label is right.
 
@@ -199,9 +206,12 @@ def multilabel_prediction_rows(texts, gold, probabilities, label_names, threshol
     predicted = probabilities >= np.asarray(thresholds)
     rows = []
     for i, text in enumerate(texts):
-        row = {"id": i, "text": text,
-               "gold": separator.join(name for name, g in zip(label_names, gold[i]) if g),
-               "pred": separator.join(name for name, p in zip(label_names, predicted[i]) if p)}
+        row = {
+            "id": i,
+            "text": text,
+            "gold": separator.join(name for name, g in zip(label_names, gold[i]) if g),
+            "pred": separator.join(name for name, p in zip(label_names, predicted[i]) if p),
+        }
         for j, name in enumerate(label_names):
             row[f"prob_{name}"] = round(float(probabilities[i, j]), 6)
         rows.append(row)
@@ -300,12 +310,16 @@ def load_run(folder: str | Path, require_ok: bool = False) -> Run:
         raise RunFolderError(f"{labels_path}: missing; the run folder is incomplete")
     recorded = metrics.get("label_names")
     if recorded is not None and label_names and recorded != label_names:
-        raise RunFolderError(f"{labels_path}: labels {label_names} differ from those the run recorded in "
-                             f"{METRICS_FILE} ({recorded}); the run folder was modified")
+        raise RunFolderError(
+            f"{labels_path}: labels {label_names} differ from those the run recorded in "
+            f"{METRICS_FILE} ({recorded}); the run folder was modified"
+        )
     run = Run(folder, config, label_names, metrics)
     if require_ok and run.status != "ok":
-        raise RunFolderError(f"{folder}: run status is {run.status!r}, not 'ok'"
-                             + (f" ({metrics.get('error')})" if metrics.get("error") else ""))
+        raise RunFolderError(
+            f"{folder}: run status is {run.status!r}, not 'ok'"
+            + (f" ({metrics.get('error')})" if metrics.get("error") else "")
+        )
     return run
 
 
@@ -329,8 +343,19 @@ CHECKPOINTS_MARKER = ".sentitune-checkpoints"
 LOCK_FILE = ".sentitune.lock"
 EVALUATIONS_DIR = "evaluations"
 ANALYSIS_DIR = "analysis"
-RUN_ENTRIES = {RUN_MARKER, LOCK_FILE, CONFIG_FILE, LABELS_FILE, METRICS_FILE, PREDICTIONS_FILE, HISTORY_FILE,
-               THRESHOLDS_FILE, MODEL_DIR, EVALUATIONS_DIR, ANALYSIS_DIR}
+RUN_ENTRIES = {
+    RUN_MARKER,
+    LOCK_FILE,
+    CONFIG_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    HISTORY_FILE,
+    THRESHOLDS_FILE,
+    MODEL_DIR,
+    EVALUATIONS_DIR,
+    ANALYSIS_DIR,
+}
 """Everything sentitune writes at the top of a run folder (checkpoints/ counts only when it is its own)."""
 
 
@@ -405,8 +430,10 @@ def check_output_dir(folder: str | Path, overwrite: bool, ours, what: str, flag:
         if not overwrite:
             raise RunFolderError(f"{folder}: not empty; pass --overwrite to replace it or pick another {flag}")
         if not folder.is_dir() or not ours(folder):
-            raise RunFolderError(f"{folder}: not empty and not {what}; sentitune never replaces a folder it did "
-                                 f"not create, so pick another {flag}")
+            raise RunFolderError(
+                f"{folder}: not empty and not {what}; sentitune never replaces a folder it did "
+                f"not create, so pick another {flag}"
+            )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -430,9 +457,9 @@ def staging_path(target: str | Path, pid: int | None = None) -> Path:
 def sweep_leftovers(target: str | Path) -> list[Path]:
     """Removes what killed writers of `target` left, and returns what it removed: temp files
     (`.<name>.<pid>.<random>.tmp`) and staging folders (`.<name>.staging-<pid>[-<random>]`) of PIDs
-    no longer alive, and its lock file when nobody holds it. A replaced folder renamed aside (`.<name>.old-<pid>`) by a writer killed before
-    it could finish the swap is renamed back when `target` is missing, else removed. Leftovers of a
-    live PID are never touched."""
+    no longer alive, and its lock file when nobody holds it. A replaced folder renamed aside
+    (`.<name>.old-<pid>`) by a writer killed before it could finish the swap is renamed back when
+    `target` is missing, else removed. Leftovers of a live PID are never touched."""
     target = Path(target)
     parent = target.parent
     prefix = f".{target.name}."
@@ -441,8 +468,10 @@ def sweep_leftovers(target: str | Path) -> list[Path]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     removed = [lock_file(target)] if _remove_stale_lock(lock_file(target)) else []
-    pattern = re.compile(re.escape(prefix) + r"(?:(?P<tmp_pid>\d+)\.[^./]+\.tmp"
-                         r"|(?P<kind>staging|old)-(?P<pid>\d+)(?:-[^/]*)?)")
+    pattern = re.compile(
+        re.escape(prefix) + r"(?:(?P<tmp_pid>\d+)\.[^./]+\.tmp"
+        r"|(?P<kind>staging|old)-(?P<pid>\d+)(?:-[^/]*)?)"
+    )
     for name in names:
         match = pattern.fullmatch(name)
         if match is None or _pid_alive(int(match["tmp_pid"] or match["pid"])):

@@ -23,8 +23,18 @@ from typing import Any
 
 from sentitune.errors import PrecisionError
 
-TRAINING_PACKAGES = ("sentitune", "torch", "transformers", "peft", "tokenizers", "accelerate", "scikit-learn",
-                     "datasets", "numpy")
+
+TRAINING_PACKAGES = (
+    "sentitune",
+    "torch",
+    "transformers",
+    "peft",
+    "tokenizers",
+    "accelerate",
+    "scikit-learn",
+    "datasets",
+    "numpy",
+)
 """Recorded in every run folder."""
 
 COMPARED_PACKAGES = ("torch", "transformers", "peft", "tokenizers", "scikit-learn")
@@ -37,8 +47,9 @@ LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 
 def _git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -65,22 +76,28 @@ def lock_digest(lock: Path = LOCK_FILE) -> str | None:
         return None
 
 
-def version_differences(a: dict[str, str], b: dict[str, str],
-                        packages: tuple[str, ...] = COMPARED_PACKAGES) -> list[tuple[str, str, str]]:
+def version_differences(
+    a: dict[str, str], b: dict[str, str], packages: tuple[str, ...] = COMPARED_PACKAGES
+) -> list[tuple[str, str, str]]:
     """(package, version in a, version in b) for each of `packages` whose versions differ; a package
     missing on one side counts as "not installed"."""
-    return [(name, a.get(name, "not installed"), b.get(name, "not installed"))
-            for name in packages if a.get(name) != b.get(name)]
+    return [
+        (name, a.get(name, "not installed"), b.get(name, "not installed"))
+        for name in packages
+        if a.get(name) != b.get(name)
+    ]
 
 
 def device_description() -> dict[str, Any]:
     import torch
 
     if torch.cuda.is_available():
-        return {"device": "cuda", "device_name": torch.cuda.get_device_name(0),
-                "device_count": torch.cuda.device_count()}
-    return {"device": "cpu", "device_name": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count()}
+        return {
+            "device": "cuda",
+            "device_name": torch.cuda.get_device_name(0),
+            "device_count": torch.cuda.device_count(),
+        }
+    return {"device": "cpu", "device_name": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
 
 
 def provenance() -> dict[str, Any]:
@@ -147,12 +164,21 @@ def cpu_has_native_bf16(info: dict[str, Any] | None = None) -> bool:
 def machine_line(info: dict[str, Any] | None = None) -> str:
     """One line for the head of every benchmark: CPU model, cores and ISA flags."""
     info = info or cpu_info()
-    return (f"machine: {info['cpu_model']}, {info['cpu_cores']} cores, ISA {' '.join(info['isa']) or 'none of interest'}"
-            f" (torch CPU capability {info.get('torch_cpu_capability', 'unknown')})")
+    return (
+        f"machine: {info['cpu_model']}, {info['cpu_cores']} cores, ISA {' '.join(info['isa']) or 'none of interest'}"
+        f" (torch CPU capability {info.get('torch_cpu_capability', 'unknown')})"
+    )
 
 
-def choose_precision(choice: str, *, cuda: bool, cuda_bf16: bool, cpu_bf16: bool,
-                     field: str = "train.precision", cpu_model: str = "this CPU") -> str:
+def choose_precision(
+    choice: str,
+    *,
+    cuda: bool,
+    cuda_bf16: bool,
+    cpu_bf16: bool,
+    field: str = "train.precision",
+    cpu_model: str = "this CPU",
+) -> str:
     """The precision a run uses: `auto` picks bf16 on GPUs that support it (fp16 on other GPUs), bf16
     autocast on CPUs with native bf16, and fp32 elsewhere. An explicit choice the hardware can't run
     well is refused rather than emulated slowly.
@@ -174,7 +200,8 @@ def choose_precision(choice: str, *, cuda: bool, cuda_bf16: bool, cpu_bf16: bool
     if not cpu_bf16:
         raise PrecisionError(
             f"{field}=bf16: {cpu_model} has no native bf16 (neither avx512_bf16 nor amx_bf16), so bf16 would run "
-            "as a slow emulation; use fp32 or auto (which picks bf16 on CPUs that have it)")
+            "as a slow emulation; use fp32 or auto (which picks bf16 on CPUs that have it)"
+        )
     return choice
 
 
@@ -184,5 +211,11 @@ def resolve_precision(choice: str, device: str | None = None, field: str = "trai
 
     cuda = torch.cuda.is_available() and device != "cpu"
     info = cpu_info()
-    return choose_precision(choice, cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
-                            cpu_bf16=cpu_has_native_bf16(info), field=field, cpu_model=info["cpu_model"])
+    return choose_precision(
+        choice,
+        cuda=cuda,
+        cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
+        cpu_bf16=cpu_has_native_bf16(info),
+        field=field,
+        cpu_model=info["cpu_model"],
+    )

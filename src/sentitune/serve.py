@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sentitune.data import is_blank, is_unicode
 
+
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -66,11 +67,14 @@ class ServeSettings:
             raise ValueError("serve settings max_wait_ms must be >= 0 and request_timeout_s > 0")
         if self.api_key is not None and not self.api_key.strip():
             # An empty key (often an empty $SENTITUNE_API_KEY) must not quietly mean "no authentication".
-            raise ValueError("serve setting api_key is empty; give a key, or unset it (and $SENTITUNE_API_KEY) "
-                             "to serve without authentication")
+            raise ValueError(
+                "serve setting api_key is empty; give a key, or unset it (and $SENTITUNE_API_KEY) "
+                "to serve without authentication"
+            )
 
 
 # ---- metrics ----------------------------------------------------------------------------------
+
 
 class ServeMetrics:
     """Prometheus metrics in the app's own registry (several apps in one process do not collide)."""
@@ -79,18 +83,37 @@ class ServeMetrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("sentitune_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("sentitune_request_latency_seconds", "HTTP request latency",
-                                 ["endpoint"], registry=self.registry,
-                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
-        self.batch_size = Histogram("sentitune_batch_size", "Texts per model call", registry=self.registry,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
-        self.batch_requests = Histogram("sentitune_batch_requests", "Requests merged into one model call",
-                                        registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-        self.model_seconds = Histogram("sentitune_model_seconds", "Time of one model call",
-                                       registry=self.registry,
-                                       buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.requests = Counter(
+            "sentitune_requests",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "sentitune_request_latency_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.batch_size = Histogram(
+            "sentitune_batch_size",
+            "Texts per model call",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        )
+        self.batch_requests = Histogram(
+            "sentitune_batch_requests",
+            "Requests merged into one model call",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+        self.model_seconds = Histogram(
+            "sentitune_model_seconds",
+            "Time of one model call",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         self.texts = Counter("sentitune_texts", "Texts predicted", registry=self.registry)
         self.queue_texts = Gauge("sentitune_queue_texts", "Texts waiting for the model", registry=self.registry)
 
@@ -101,6 +124,7 @@ class ServeMetrics:
 
 
 # ---- micro-batching ---------------------------------------------------------------------------
+
 
 @dataclass
 class _Job:
@@ -149,8 +173,9 @@ class MicroBatcher:
         if self.queue is None or self.stopping:
             raise Overloaded("server is shutting down")
         if self.pending_texts + len(texts) > self.settings.max_queue_texts:
-            raise Overloaded(f"{self.pending_texts} texts already queued (max_queue_texts "
-                             f"{self.settings.max_queue_texts})")
+            raise Overloaded(
+                f"{self.pending_texts} texts already queued (max_queue_texts {self.settings.max_queue_texts})"
+            )
         job = _Job(texts, asyncio.get_running_loop().create_future())
         self.pending_texts += len(texts)
         self.metrics.queue_texts.set(self.pending_texts)
@@ -221,7 +246,7 @@ class MicroBatcher:
             start = 0
             for job in jobs:
                 if not job.future.done():  # a client that went away cancelled its future
-                    job.future.set_result(probabilities[start:start + len(job.texts)])
+                    job.future.set_result(probabilities[start : start + len(job.texts)])
                 start += len(job.texts)
         if self._carry is not None:  # a stop arrived while a too-large job waited: still answer it
             job = self._carry
@@ -231,6 +256,7 @@ class MicroBatcher:
 
 
 # ---- the app ----------------------------------------------------------------------------------
+
 
 def _json_by_default(scope):
     """The API speaks JSON only; `curl -d '{...}'` labels its body form-urlencoded (or nothing), which
@@ -272,8 +298,9 @@ class _Guard:
             receive = await self._limited(scope, receive)
             if receive is None:
                 status = 413
-                return await _send_json(send, 413, {"error": "body_too_large",
-                                                    "detail": f"request body over {self.max_bytes} bytes"})
+                return await _send_json(
+                    send, 413, {"error": "body_too_large", "detail": f"request body over {self.max_bytes} bytes"}
+                )
             await self.app(scope, receive, tracking_send)
         finally:
             endpoint = getattr(scope.get("route"), "path", "other")
@@ -312,8 +339,13 @@ class _Guard:
 
 async def _send_json(send, status: int, body: dict) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -348,8 +380,9 @@ def create_app(predictor, settings: ServeSettings | None = None):
         from sentitune.results import RunFolderError
 
         # /predict answers one label per text; a multi-label answer needs its own response schema.
-        raise RunFolderError(f"{predictor.source}: a multi-label run; serve supports single-label runs only "
-                             "(use sentitune predict)")
+        raise RunFolderError(
+            f"{predictor.source}: a multi-label run; serve supports single-label runs only (use sentitune predict)"
+        )
     metrics = ServeMetrics()
     label_names = list(predictor.label_names)
 
@@ -365,8 +398,7 @@ def create_app(predictor, settings: ServeSettings | None = None):
         await batcher.stop()  # uvicorn has stopped accepting and waited for open requests
 
     # The schema and Swagger UI are public like /health: they describe the routes, not the model or data.
-    app = FastAPI(title="sentitune", lifespan=lifespan, docs_url="/docs", redoc_url=None,
-                  openapi_url="/openapi.json")
+    app = FastAPI(title="sentitune", lifespan=lifespan, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.batcher = batcher
@@ -387,8 +419,9 @@ def create_app(predictor, settings: ServeSettings | None = None):
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         code, detail = exc.detail if isinstance(exc.detail, tuple) else ("http_error", exc.detail)
-        return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": code, "detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     def require_key(request: Request) -> None:
         if settings.api_key is None:
@@ -408,8 +441,11 @@ def create_app(predictor, settings: ServeSettings | None = None):
             return error(413, "too_many_texts", f"{len(texts)} texts; at most {settings.max_texts} per request")
         too_long = next((i for i, t in enumerate(texts) if len(t) > settings.max_chars), None)
         if too_long is not None:
-            return error(413, "text_too_long", f"text {too_long} has {len(texts[too_long])} characters; "
-                                                f"at most {settings.max_chars}")
+            return error(
+                413,
+                "text_too_long",
+                f"text {too_long} has {len(texts[too_long])} characters; at most {settings.max_chars}",
+            )
         # JSON may escape lone surrogates ("\ud800"), which no tokenizer accepts; refused here, they
         # would fail the whole micro-batch they joined.
         broken = next((i for i, t in enumerate(texts) if not is_unicode(t)), None)
@@ -423,8 +459,9 @@ def create_app(predictor, settings: ServeSettings | None = None):
         try:
             probabilities = await asyncio.wait_for(batcher.submit(texts), settings.request_timeout_s)
         except Overloaded as exc:
-            return JSONResponse({"error": "overloaded", "detail": str(exc)}, status_code=503,
-                                headers={"Retry-After": "1"})
+            return JSONResponse(
+                {"error": "overloaded", "detail": str(exc)}, status_code=503, headers={"Retry-After": "1"}
+            )
         except asyncio.TimeoutError:
             return error(503, "timeout", f"no prediction within {settings.request_timeout_s} s")
         rows = [_prediction(label_names, p) for p in probabilities]
@@ -435,8 +472,10 @@ def create_app(predictor, settings: ServeSettings | None = None):
         info = predictor.describe() if hasattr(predictor, "describe") else {}
         info.pop("source", None)  # a filesystem path is nobody's business over HTTP
         status = "shutting_down" if batcher.stopping else "ok"
-        return JSONResponse({"status": status, "model": info, "queue_texts": batcher.pending_texts},
-                            status_code=200 if status == "ok" else 503)
+        return JSONResponse(
+            {"status": status, "model": info, "queue_texts": batcher.pending_texts},
+            status_code=200 if status == "ok" else 503,
+        )
 
     @app.get("/metrics", dependencies=[Depends(require_key)])
     async def prometheus():
@@ -446,22 +485,26 @@ def create_app(predictor, settings: ServeSettings | None = None):
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return HTMLResponse(render_page(label_names, settings.api_key is not None, settings.max_chars),
-                            headers=PAGE_HEADERS)
+        return HTMLResponse(
+            render_page(label_names, settings.api_key is not None, settings.max_chars), headers=PAGE_HEADERS
+        )
 
     return app
 
 
 def _prediction(label_names: list[str], probabilities: np.ndarray) -> dict:
     best = int(np.argmax(probabilities))
-    return {"label": label_names[best], "score": float(probabilities[best]),
-            "probabilities": {name: float(p) for name, p in zip(label_names, probabilities)}}
+    return {
+        "label": label_names[best],
+        "score": float(probabilities[best]),
+        "probabilities": {name: float(p) for name, p in zip(label_names, probabilities)},
+    }
 
 
 PAGE_HEADERS = {
     # Inline script and style only, requests only to this server: nothing else can load or run.
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                               "connect-src 'self'; base-uri 'none'; form-action 'none'",
+    "connect-src 'self'; base-uri 'none'; form-action 'none'",
     "X-Content-Type-Options": "nosniff",
 }
 
@@ -521,13 +564,20 @@ def render_page(label_names: list[str], needs_key: bool, max_chars: int) -> str:
     """The HTML page (no external resources; labels escaped)."""
     import html
 
-    key_field = ('<p><input id="key" type="password" placeholder="API key (X-API-Key)" '
-                 'autocomplete="off"></p>' if needs_key else "")
-    return (PAGE.replace("__LABELS__", html.escape(", ".join(label_names)))
-            .replace("__KEY_FIELD__", key_field).replace("__MAX_CHARS__", str(int(max_chars))))
+    key_field = (
+        '<p><input id="key" type="password" placeholder="API key (X-API-Key)" autocomplete="off"></p>'
+        if needs_key
+        else ""
+    )
+    return (
+        PAGE.replace("__LABELS__", html.escape(", ".join(label_names)))
+        .replace("__KEY_FIELD__", key_field)
+        .replace("__MAX_CHARS__", str(int(max_chars)))
+    )
 
 
 # ---- the command ------------------------------------------------------------------------------
+
 
 def serve_cli(args) -> int:
     """`sentitune serve`: load a run or exported folder and serve it with uvicorn until SIGINT/SIGTERM.
@@ -542,31 +592,47 @@ def serve_cli(args) -> int:
     from sentitune.inference import load_for_cli
 
     try:
-        settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                                 max_texts=args.max_texts, max_chars=args.max_chars,
-                                 max_body_bytes=getattr(args, "max_body_bytes", ServeSettings.max_body_bytes),
-                                 api_key=args.api_key)
+        settings = ServeSettings(
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            max_texts=args.max_texts,
+            max_chars=args.max_chars,
+            max_body_bytes=getattr(args, "max_body_bytes", ServeSettings.max_body_bytes),
+            api_key=args.api_key,
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
     predictor = load_for_cli(args)
     if args.host not in LOOPBACK and settings.api_key is None:
-        print(f"sentitune serve: WARNING: listening on {args.host} with no API key; anyone who can reach "
-              "this port can use the model (set --api-key or $SENTITUNE_API_KEY)", file=sys.stderr)
+        print(
+            f"sentitune serve: WARNING: listening on {args.host} with no API key; anyone who can reach "
+            "this port can use the model (set --api-key or $SENTITUNE_API_KEY)",
+            file=sys.stderr,
+        )
     app = create_app(predictor, settings)
     info = predictor.describe()
-    print(f"sentitune serve: {info['backend']}{'/' + info['variant'] if info['variant'] else ''} model from "
-          f"{args.model} on http://{args.host}:{args.port} (max batch {settings.max_batch_size}, "
-          f"max wait {settings.max_wait_ms} ms)", file=sys.stderr)
+    print(
+        f"sentitune serve: {info['backend']}{'/' + info['variant'] if info['variant'] else ''} model from "
+        f"{args.model} on http://{args.host}:{args.port} (max batch {settings.max_batch_size}, "
+        f"max wait {settings.max_wait_ms} ms)",
+        file=sys.stderr,
+    )
     # uvicorn handles SIGINT/SIGTERM: stop accepting, finish open requests, run the lifespan exit
     # (which drains the batch queue), then re-raise the signal. A SIGTERM is how service managers
     # ask for a stop, so after that graceful shutdown the handler below makes the exit status 0.
     terminated = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info",
-                    access_log=getattr(args, "access_log", False), timeout_graceful_shutdown=15)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            access_log=getattr(args, "access_log", False),
+            timeout_graceful_shutdown=15,
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
     if terminated:

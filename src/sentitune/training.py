@@ -21,15 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from sentitune.errors import TrainingError
 from sentitune import results, runtime
 from sentitune.config import RunConfig
 from sentitune.data import DatasetSplits, load_splits, tokenize_split
+from sentitune.errors import TrainingError
 from sentitune.methods import registry
 from sentitune.metrics import choose_thresholds, classification_metrics, multilabel_metrics, sigmoid, softmax
 from sentitune.models import count_parameters, load_classifier, load_tokenizer, resolve_model
+
 # Provenance lives in runtime.py; the names stay importable from here for existing callers.
 from sentitune.runtime import TRAINING_PACKAGES, device_description, package_versions, provenance  # noqa: F401
+
 
 CHECKPOINT_DIR = results.CHECKPOINTS_DIR
 
@@ -37,6 +39,7 @@ CHECKPOINT_DIR = results.CHECKPOINTS_DIR
 # ---- provenance -------------------------------------------------------------------------------
 
 # ---- run folder lifecycle ---------------------------------------------------------------------
+
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -65,17 +68,23 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
             f"{output_dir}: already holds a finished run; pass --overwrite to replace it or pick another --output-dir"
         )
     # Continuing an unfinished run and replacing a finished one both need sentitune's own folder.
-    results.check_output_dir(output_dir, True, results.is_run_folder, "a sentitune run folder (no "
-                             f"{results.RUN_MARKER}, or {results.CONFIG_FILE} with {results.METRICS_FILE})")
+    results.check_output_dir(
+        output_dir,
+        True,
+        results.is_run_folder,
+        f"a sentitune run folder (no {results.RUN_MARKER}, or {results.CONFIG_FILE} with {results.METRICS_FILE})",
+    )
     foreign = results.foreign_entries(output_dir) if output_dir.is_dir() else []
     if overwrite and foreign:
         raise results.RunFolderError(
             f"{output_dir}: holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which sentitune did "
-            "not write; --overwrite would delete them with the old run, so move them or pick another --output-dir")
+            "not write; --overwrite would delete them with the old run, so move them or pick another --output-dir"
+        )
     if CHECKPOINT_DIR in foreign:
         raise results.RunFolderError(
             f"{output_dir / CHECKPOINT_DIR}: not sentitune's (no {results.CHECKPOINTS_MARKER} inside); training "
-            "would write into it and sentitune never deletes it, so move it or pick another --output-dir")
+            "would write into it and sentitune never deletes it, so move it or pick another --output-dir"
+        )
     if overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
         return  # the old run stays untouched; train() builds the new one beside it
     if (output_dir / CHECKPOINT_DIR).is_dir():
@@ -123,6 +132,7 @@ def resolve_precision(choice: str) -> str:
 
 
 # ---- neural training --------------------------------------------------------------------------
+
 
 def _callbacks_and_trainer_class(cfg: RunConfig):
     import torch
@@ -196,8 +206,11 @@ def _callbacks_and_trainer_class(cfg: RunConfig):
             # logging_nan_inf_filter=False turns off.
             if not torch.isfinite(loss).all():
                 checkpoint = last_complete_checkpoint(Path(self.args.output_dir))
-                kept = (f"the last good checkpoint is kept in {checkpoint}" if checkpoint
-                        else "no checkpoint had been written yet")
+                kept = (
+                    f"the last good checkpoint is kept in {checkpoint}"
+                    if checkpoint
+                    else "no checkpoint had been written yet"
+                )
                 precision = " or use precision fp32" if self.args.fp16 or self.args.bf16 else ""
                 raise TrainingError(
                     f"loss became {loss.detach().float().mean().item()} at step {self.state.global_step + 1}; "
@@ -257,8 +270,11 @@ def training_arguments(cfg: RunConfig, checkpoint_dir: Path, precision: str):
         # bf16 on CPU is autocast; transformers asks for use_cpu to allow it (runtime.choose_precision
         # picks it only on CPUs with native bf16).
         use_cpu=precision == "bf16" and not torch.cuda.is_available(),
-        **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
-           if t.gradient_checkpointing else {}),
+        **(
+            {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+            if t.gradient_checkpointing
+            else {}
+        ),
         disable_tqdm=not sys.stderr.isatty() and os.environ.get("SENTITUNE_PROGRESS") != "1",
     )
 
@@ -282,10 +298,14 @@ def layerwise_parameter_groups(model, learning_rate: float, decay: float, weight
         match = re.search(r"encoder\.layer\.(\d+)\.", name)
         depth = int(match.group(1)) + 1 if match else (0 if "embeddings" in name else top)
         no_decay = name.endswith(".bias") or "LayerNorm" in name or "layer_norm" in name
-        group = groups.setdefault((depth, no_decay), {
-            "params": [], "lr": learning_rate * decay ** (top - depth),
-            "weight_decay": 0.0 if no_decay else weight_decay,
-        })
+        group = groups.setdefault(
+            (depth, no_decay),
+            {
+                "params": [],
+                "lr": learning_rate * decay ** (top - depth),
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            },
+        )
         group["params"].append(parameter)
     return [groups[key] for key in sorted(groups)]
 
@@ -302,8 +322,17 @@ def _compute_metrics(prediction) -> dict[str, float]:
 
 
 def _history_rows(log_history: list[dict]) -> list[dict]:
-    keep = ("step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss", "eval_accuracy", "eval_macro_f1",
-            "eval_micro_f1")
+    keep = (
+        "step",
+        "epoch",
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "eval_loss",
+        "eval_accuracy",
+        "eval_macro_f1",
+        "eval_micro_f1",
+    )
     return [{k: row[k] for k in keep if k in row} for row in log_history if "step" in row]
 
 
@@ -367,8 +396,10 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
 
     optimizer = None
     if cfg.method.layer_lr_decay != 1.0:
-        optimizer = torch.optim.AdamW(layerwise_parameter_groups(model, cfg.learning_rate, cfg.method.layer_lr_decay,
-                                                                 cfg.train.weight_decay), lr=cfg.learning_rate)
+        optimizer = torch.optim.AdamW(
+            layerwise_parameter_groups(model, cfg.learning_rate, cfg.method.layer_lr_decay, cfg.train.weight_decay),
+            lr=cfg.learning_rate,
+        )
     meter, trainer_class = _callbacks_and_trainer_class(cfg)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     if is_main_process():
@@ -401,8 +432,9 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
             f"{cfg.train.gradient_accumulation_steps * 2} (same effective batch), or gradient_checkpointing"
         ) from None
     train_seconds = time.perf_counter() - train_started
-    optimizer_mib = tensor_mib([v for state in trainer.optimizer.state.values() for v in state.values()
-                                if torch.is_tensor(v)])
+    optimizer_mib = tensor_mib(
+        [v for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    )
     train_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
 
     if cuda:
@@ -419,8 +451,9 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
     if multi_label:
         # Per-label thresholds come from the validation slice, so no decision ever looks at test labels.
         validation = trainer.predict(validation_ds, metric_key_prefix="validation")
-        validation_logits = (validation.predictions[0] if isinstance(validation.predictions, tuple)
-                             else validation.predictions)
+        validation_logits = (
+            validation.predictions[0] if isinstance(validation.predictions, tuple) else validation.predictions
+        )
         thresholds = choose_thresholds(validation.label_ids, sigmoid(validation_logits)).tolist()
 
     if is_main_process():
@@ -454,7 +487,9 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         # Each process counts its own batches; processes run in lockstep, so the total is x world size.
         "train_samples_per_second": world_size() * meter.samples / meter.seconds if meter.seconds else math.nan,
         "train_tokens_per_second": world_size() * meter.tokens / meter.seconds if meter.seconds else math.nan,
-        "train_padded_tokens_per_second": world_size() * meter.padded_tokens / meter.seconds if meter.seconds else math.nan,
+        "train_padded_tokens_per_second": world_size() * meter.padded_tokens / meter.seconds
+        if meter.seconds
+        else math.nan,
         "world_size": world_size(),
         "train_padding_fraction": 1 - meter.tokens / meter.padded_tokens if meter.padded_tokens else math.nan,
         "throughput_measured_steps": meter.steps,
@@ -472,7 +507,7 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         "memory_optimizer_state_mib": optimizer_mib,
         "memory_activations_mib": activations,
         "memory_breakdown_how": "weights, gradients and optimizer state measured from tensor sizes; activations "
-                                + activations_how,
+        + activations_how,
         "precision": precision,
         "truncated_examples": truncated_train + truncated_test,
         "max_length": max_length,
@@ -482,6 +517,7 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
 
 
 # ---- classical training -----------------------------------------------------------------------
+
 
 def _train_classical(cfg: RunConfig, splits: DatasetSplits, output_dir: Path) -> dict[str, Any]:
     method = registry.get(cfg.method.name)
@@ -494,8 +530,9 @@ def _train_classical(cfg: RunConfig, splits: DatasetSplits, output_dir: Path) ->
     eval_seconds = time.perf_counter() - started
     with results.writing(output_dir / results.MODEL_DIR):
         method.save(model, output_dir / results.MODEL_DIR)
-    results.atomic_write_csv(output_dir / results.HISTORY_FILE,
-                             [{"step": i + 1, **row} for i, row in enumerate(history)])
+    results.atomic_write_csv(
+        output_dir / results.HISTORY_FILE, [{"step": i + 1, **row} for i, row in enumerate(history)]
+    )
     peak = peak_rss_mib()
     # The fit covers every C in the grid; samples/s counts one pass per C over the training set.
     samples = len(splits.train) * len(cfg.method.tfidf_c_grid)
@@ -522,6 +559,7 @@ def _train_classical(cfg: RunConfig, splits: DatasetSplits, output_dir: Path) ->
 
 
 # ---- entry point ------------------------------------------------------------------------------
+
 
 def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Trains one run and writes its folder; returns the metrics dict (also in metrics.json).
@@ -591,16 +629,24 @@ def _train_in(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: b
         if main:
             results.atomic_write_json(output_dir / results.LABELS_FILE, splits.label_names)
         method = registry.get(cfg.method.name)
-        measured = (_train_neural(cfg, splits, output_dir, resume) if method.neural
-                    else _train_classical(cfg, splits, output_dir))
+        measured = (
+            _train_neural(cfg, splits, output_dir, resume)
+            if method.neural
+            else _train_classical(cfg, splits, output_dir)
+        )
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         if main:
             try:
-                results.atomic_write_json(output_dir / results.METRICS_FILE, {
-                    "status": status, "error": f"{type(exc).__name__}: {exc}", **base,
-                    "wall_seconds": time.perf_counter() - wall_started,
-                })
+                results.atomic_write_json(
+                    output_dir / results.METRICS_FILE,
+                    {
+                        "status": status,
+                        "error": f"{type(exc).__name__}: {exc}",
+                        **base,
+                        "wall_seconds": time.perf_counter() - wall_started,
+                    },
+                )
             except results.OutputNotWritable:
                 pass  # a full or read-only disk: the original error says more than this one would
         raise
@@ -609,8 +655,9 @@ def _train_in(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: b
     gold = np.asarray(splits.test.labels)
     if thresholds is not None:  # multi-label
         test = multilabel_metrics(gold, probabilities, thresholds)
-        rows = results.multilabel_prediction_rows(splits.test.texts, gold, probabilities, splits.label_names,
-                                                  thresholds, cfg.data.label_separator)
+        rows = results.multilabel_prediction_rows(
+            splits.test.texts, gold, probabilities, splits.label_names, thresholds, cfg.data.label_separator
+        )
         measured.update(problem_type="multi_label", label_thresholds=dict(zip(splits.label_names, thresholds)))
     else:
         test = classification_metrics(gold, probabilities)

@@ -4,5 +4,6 @@ core methods first, then the other PEFT methods."""
 
 # isort: off
 from sentitune.methods import full, lora, head, tfidf, bitfit, dora, ia3, prefix  # noqa: F401  (registration)
+
 # isort: on
 from sentitune.methods.registry import get, names, neural_names  # noqa: F401

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+
 if TYPE_CHECKING:
     # Type hints only: config names methods through the registry, so methods must not import config.
     from sentitune.config import MethodConfig
@@ -67,7 +68,9 @@ class FrozenBaseMethod(Method):
         trained = load_file(str(folder / self.weights_file))
         missing = set(trained) - set(dict(model.named_parameters()))
         if missing:
-            raise ValueError(f"{folder / self.weights_file}: tensors {sorted(missing)[:3]} do not belong to the base model")
+            raise ValueError(
+                f"{folder / self.weights_file}: tensors {sorted(missing)[:3]} do not belong to the base model"
+            )
         model.load_state_dict(trained, strict=False)
         return model
 

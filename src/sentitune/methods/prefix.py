@@ -50,7 +50,8 @@ def check_supported(model) -> None:
     if cache_argument(model) is None:
         raise ValueError(
             f"prefix tuning needs an encoder that takes cached keys/values, and {type(model).__name__} "
-            "takes neither past_key_values nor cache; use --method lora (or dora, ia3) instead")
+            "takes neither past_key_values nor cache; use --method lora (or dora, ia3) instead"
+        )
 
 
 def accept_prefix_cache(model):
@@ -90,8 +91,9 @@ class Prefix(PeftMethod):
     def peft_config(self, cfg):
         from peft import PrefixTuningConfig, TaskType
 
-        return PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.prefix_tokens,
-                                  modules_to_save=head_module_names(cfg))
+        return PrefixTuningConfig(
+            task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.prefix_tokens, modules_to_save=head_module_names(cfg)
+        )
 
     def adapt_base(self, model):
         return accept_prefix_cache(model)

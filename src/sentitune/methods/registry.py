@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sentitune.methods.base import Method
 
+
 _METHODS: dict[str, Method] = {}
 
 

@@ -47,8 +47,15 @@ class TfidfClassifier:
 def _vectorizer(analyzer: str, ngrams: list[int], max_features: int | None):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    return TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(ngrams), max_features=max_features,
-                           sublinear_tf=True, lowercase=True, min_df=1, dtype=np.float32)
+    return TfidfVectorizer(
+        analyzer=analyzer,
+        ngram_range=tuple(ngrams),
+        max_features=max_features,
+        sublinear_tf=True,
+        lowercase=True,
+        min_df=1,
+        dtype=np.float32,
+    )
 
 
 def _make_vectorizers(cfg) -> dict:
@@ -84,7 +91,9 @@ class Tfidf(Method):
             if best is None or accuracy > best[0]:
                 best = (accuracy, c, model)
         _, c, model = best
-        return TfidfClassifier(vectorizers, model.coef_.astype(np.float32), model.intercept_.astype(np.float32), c), history
+        return TfidfClassifier(
+            vectorizers, model.coef_.astype(np.float32), model.intercept_.astype(np.float32), c
+        ), history
 
     def prepare(self, model, cfg):  # pragma: no cover - not a neural method
         raise TypeError("tfidf is not a neural method")

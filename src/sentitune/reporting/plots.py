@@ -22,9 +22,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+
 DPI = 100
-MEMORY_PARTS = (("weights", "weights"), ("gradients", "gradients"), ("optimizer", "optimizer state"),
-                ("activations", "activations"), ("rest", "rest of peak (runtime, libraries, data)"))
+MEMORY_PARTS = (
+    ("weights", "weights"),
+    ("gradients", "gradients"),
+    ("optimizer", "optimizer state"),
+    ("activations", "activations"),
+    ("rest", "rest of peak (runtime, libraries, data)"),
+)
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -67,8 +73,15 @@ def confusion_figure(matrix: np.ndarray, label_names: Sequence[str], title: str 
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{matrix[i, j]:,}", ha="center", va="center", fontsize=9 if k <= 4 else 7,
-                    color="white" if share[i, j] > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:,}",
+                ha="center",
+                va="center",
+                fontsize=9 if k <= 4 else 7,
+                color="white" if share[i, j] > 0.6 else "black",
+            )
     ax.set_xticks(range(k), label_names, rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
     ax.set_yticks(range(k), label_names)
     ax.set_xlabel("predicted")
@@ -94,14 +107,21 @@ def confusion_grid_figure(panels: Sequence[tuple[str, np.ndarray]], label_names:
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, f"{matrix[i, j]:,}", ha="center", va="center", fontsize=8 if k <= 4 else 6,
-                        color="white" if share[i, j] > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{matrix[i, j]:,}",
+                    ha="center",
+                    va="center",
+                    fontsize=8 if k <= 4 else 6,
+                    color="white" if share[i, j] > 0.6 else "black",
+                )
         ax.set_xticks(range(k), label_names, fontsize=7, rotation=45 if k > 3 else 0)
         ax.set_yticks(range(k), label_names, fontsize=7)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("gold", fontsize=8)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig
 
@@ -123,10 +143,27 @@ def reliability_figure(bins: Sequence[dict], ece: float, title: str = "") -> Fig
     accuracy = np.array([b["accuracy"] if b["accuracy"] is not None else np.nan for b in bins], dtype=float)
     confidence = np.array([b["confidence"] if b["confidence"] is not None else np.nan for b in bins], dtype=float)
     filled = counts > 0
-    top.bar(lows[filled], accuracy[filled], width=widths[filled], align="edge", edgecolor="black",
-            color="tab:blue", alpha=0.8, label="accuracy")
-    top.bar(lows[filled], confidence[filled] - accuracy[filled], bottom=accuracy[filled], width=widths[filled],
-            align="edge", color="tab:red", alpha=0.25, hatch="//", label="gap to confidence")
+    top.bar(
+        lows[filled],
+        accuracy[filled],
+        width=widths[filled],
+        align="edge",
+        edgecolor="black",
+        color="tab:blue",
+        alpha=0.8,
+        label="accuracy",
+    )
+    top.bar(
+        lows[filled],
+        confidence[filled] - accuracy[filled],
+        bottom=accuracy[filled],
+        width=widths[filled],
+        align="edge",
+        color="tab:red",
+        alpha=0.25,
+        hatch="//",
+        label="gap to confidence",
+    )
     top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
@@ -149,10 +186,23 @@ def accuracy_vs_params_figure(points: Sequence[dict]) -> Figure:
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.subplots()
     for point, color in zip(points, _colors(len(points))):
-        ax.errorbar([point["params"]], [100 * point["accuracy"]], yerr=[100 * (point.get("std") or 0)],
-                    fmt="o", color=color, capsize=4, markersize=7, label=point["label"])
-        ax.annotate(point["label"], (point["params"], 100 * point["accuracy"]), textcoords="offset points",
-                    xytext=(6, 6), fontsize=8)
+        ax.errorbar(
+            [point["params"]],
+            [100 * point["accuracy"]],
+            yerr=[100 * (point.get("std") or 0)],
+            fmt="o",
+            color=color,
+            capsize=4,
+            markersize=7,
+            label=point["label"],
+        )
+        ax.annotate(
+            point["label"],
+            (point["params"], 100 * point["accuracy"]),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=8,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("test accuracy (%)")
@@ -185,12 +235,22 @@ def model_tradeoff_figure(points: Sequence[dict]) -> Figure:
             x = point.get(key)
             if not x or not math.isfinite(x):
                 continue
-            ax.errorbar([x], [100 * point["accuracy"]], yerr=[100 * (point.get("std") or 0)], fmt="o",
-                        color=color, capsize=4, markersize=7)
-            ax.annotate(point["label"], (x, 100 * point["accuracy"]), textcoords="offset points",
-                        xytext=(6, 6), fontsize=8)
-    for ax, key, label in ((left, "params_total", "total parameters"),
-                           (right, "eval_sps", "inference: test sentences/s")):
+            ax.errorbar(
+                [x],
+                [100 * point["accuracy"]],
+                yerr=[100 * (point.get("std") or 0)],
+                fmt="o",
+                color=color,
+                capsize=4,
+                markersize=7,
+            )
+            ax.annotate(
+                point["label"], (x, 100 * point["accuracy"]), textcoords="offset points", xytext=(6, 6), fontsize=8
+            )
+    for ax, key, label in (
+        (left, "params_total", "total parameters"),
+        (right, "eval_sps", "inference: test sentences/s"),
+    ):
         values = [p[key] for p in points if p.get(key) and math.isfinite(p[key])]
         # Log only across a decade or more; inside one, log ticks crowd into unreadable minor labels.
         wide = bool(values) and max(values) / min(values) >= 10
@@ -280,8 +340,9 @@ def curves_figure(curves: Sequence[dict]) -> Figure:
             # warm-up starts at a learning rate of 0, which a log axis cannot show
             keep = np.isfinite(values) & ((values > 0) if key == "learning_rate" else True)
             if keep.any():
-                ax.plot(step[keep], values[keep], color=color_of[curve["label"]], alpha=0.85, linewidth=1.2,
-                        label=legend)
+                ax.plot(
+                    step[keep], values[keep], color=color_of[curve["label"]], alpha=0.85, linewidth=1.2, label=legend
+                )
     loss_ax.set_title("training loss", fontsize=10)
     loss_ax.set_xlabel("optimizer step")
     lr_ax.set_title("learning rate", fontsize=10)
@@ -299,8 +360,7 @@ def slice_figure(rows: Sequence[dict]) -> Figure:
     """
     variants = list(dict.fromkeys(row["variant"] for row in rows))
     slices = list(dict.fromkeys(row["slice"] for row in rows))
-    fig = Figure(figsize=(max(7.0, 0.9 * len(slices) * max(1, len(variants)) * 0.5 + 3), 4.4),
-                 layout="constrained")
+    fig = Figure(figsize=(max(7.0, 0.9 * len(slices) * max(1, len(variants)) * 0.5 + 3), 4.4), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(variants))
     lookup = {(row["variant"], row["slice"]): row for row in rows}
@@ -315,8 +375,9 @@ def slice_figure(rows: Sequence[dict]) -> Figure:
             # and matplotlib refuses an error bar of -1e-17.
             low.append(max(0.0, 100 * (value - row["ci95_low"])) if row and row["count"] else 0)
             high.append(max(0.0, 100 * (row["ci95_high"] - value)) if row and row["count"] else 0)
-        ax.bar(x, acc, width=width, color=color, label=variant, yerr=[low, high], capsize=2,
-               error_kw={"linewidth": 0.8})
+        ax.bar(
+            x, acc, width=width, color=color, label=variant, yerr=[low, high], capsize=2, error_kw={"linewidth": 0.8}
+        )
     counts = {row["slice"]: row["count"] for row in rows}
     ax.set_xticks(np.arange(len(slices)), [f"{s}\n(n={counts[s]})" for s in slices], fontsize=8)
     ax.set_ylabel("accuracy (%)")
@@ -337,8 +398,7 @@ def lora_rank_figure(points: Sequence[dict]) -> Figure:
     ax = fig.subplots()
     r = [p["r"] for p in points]
     accuracy = [100 * p["accuracy"] for p in points]
-    ax.errorbar(r, accuracy, yerr=[100 * (p.get("std") or 0) for p in points], fmt="o-", capsize=4,
-                color="tab:orange")
+    ax.errorbar(r, accuracy, yerr=[100 * (p.get("std") or 0) for p in points], fmt="o-", capsize=4, color="tab:orange")
     ax.set_xscale("log", base=2)
     ax.set_xticks(r, [str(v) for v in r])
     ax.set_xlabel("LoRA rank r")

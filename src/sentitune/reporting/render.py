@@ -27,6 +27,7 @@ from sentitune.analysis import ANALYSIS_DIR, ANALYSIS_FILE, Predictions, load_pr
 from sentitune.metrics import accuracy_interval, confusion_matrix, expected_calibration_error, holm, paired_seed_test
 from sentitune.results import RunFolderError
 
+
 RESULTS_JSON = "results.json"
 RUNS_DIR = "runs"
 REPORT_MD = "report.md"
@@ -37,6 +38,7 @@ ALPHA = 0.05
 
 
 # ---- reading the folder -----------------------------------------------------------------------
+
 
 @dataclass
 class RunEntry:
@@ -86,11 +88,14 @@ def _listed_runs(folder: Path) -> tuple[list[dict], dict]:
         return document.get("runs", []), document
     run_root = folder / RUNS_DIR
     if not run_root.is_dir():
-        raise RunFolderError(f"{folder}: not a comparison folder (no {RESULTS_JSON} and no {RUNS_DIR}/); "
-                             "run `sentitune compare` first")
-    rows = [{"run_name": sub.name, "run_dir": f"{RUNS_DIR}/{sub.name}",
-             "variant": re.sub(r"-s\d+$", "", sub.name)}
-            for sub in sorted(run_root.iterdir()) if (sub / results.CONFIG_FILE).exists()]
+        raise RunFolderError(
+            f"{folder}: not a comparison folder (no {RESULTS_JSON} and no {RUNS_DIR}/); run `sentitune compare` first"
+        )
+    rows = [
+        {"run_name": sub.name, "run_dir": f"{RUNS_DIR}/{sub.name}", "variant": re.sub(r"-s\d+$", "", sub.name)}
+        for sub in sorted(run_root.iterdir())
+        if (sub / results.CONFIG_FILE).exists()
+    ]
     return rows, {}
 
 
@@ -103,8 +108,15 @@ def load_comparison(folder: str | Path) -> Comparison:
     entries = []
     for row in rows:
         path = folder / row.get("run_dir", f"{RUNS_DIR}/{row['run_name']}")
-        entry = RunEntry(row["run_name"], row.get("variant") or row["run_name"], row.get("method", "?"),
-                         row.get("seed"), row.get("status", "unknown"), path, row.get("error"))
+        entry = RunEntry(
+            row["run_name"],
+            row.get("variant") or row["run_name"],
+            row.get("method", "?"),
+            row.get("seed"),
+            row.get("status", "unknown"),
+            path,
+            row.get("error"),
+        )
         if (path / results.CONFIG_FILE).exists():
             try:
                 run = results.load_run(path)
@@ -143,6 +155,7 @@ def _check_same_test_set(runs: list[RunEntry]) -> None:
 
 # ---- numbers ----------------------------------------------------------------------------------
 
+
 def _mean(values: Sequence) -> float | None:
     finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return float(np.mean(finite)) if finite else None
@@ -173,12 +186,15 @@ def variant_summary(comparison: Comparison) -> list[dict]:
     for variant in comparison.variants():
         group = [r for r in comparison.runs if r.variant == variant]
         ok = [r for r in group if r.ok]
-        row: dict[str, Any] = {"variant": variant, "method": group[0].method,
-                               "model": next((r.config.model for r in group if r.config is not None), None),
-                               "n_runs": len(group),
-                               "n_seeds": len(ok), "seeds": [r.seed for r in ok],
-                               "failed": [f"{r.name}: {r.status}" + (f" ({r.error})" if r.error else "")
-                                          for r in group if not r.ok]}
+        row: dict[str, Any] = {
+            "variant": variant,
+            "method": group[0].method,
+            "model": next((r.config.model for r in group if r.config is not None), None),
+            "n_runs": len(group),
+            "n_seeds": len(ok),
+            "seeds": [r.seed for r in ok],
+            "failed": [f"{r.name}: {r.status}" + (f" ({r.error})" if r.error else "") for r in group if not r.ok],
+        }
         if ok:
             accuracies = [float(r.predictions.correct.mean()) for r in ok]
             n_test = len(ok[0].predictions.texts)
@@ -186,30 +202,40 @@ def variant_summary(comparison: Comparison) -> list[dict]:
             low, high, ci_method = accuracy_interval(accuracies, ok[0].predictions.correct if len(ok) == 1 else [])
             first = ok[0].metrics
             memory_how = first.get("memory_breakdown_how") or ""
-            row.update({
-                "accuracy_mean": mean, "accuracy_std": _std(accuracies), "ci95_low": low, "ci95_high": high,
-                "ci_method": ci_method,
-                "n_test": n_test,
-                "macro_f1_mean": _mean([r.metrics.get("test_macro_f1") for r in ok]),
-                "ece_mean": _mean([expected_calibration_error(r.predictions.gold, r.predictions.probabilities)["ece"]
-                                   for r in ok]),
-                "params_trainable": first.get("params_trainable"), "params_total": first.get("params_total"),
-                "params_trainable_percent": first.get("params_trainable_percent"),
-                "peak_memory_mib": _mean([r.metrics.get("peak_memory_mib") for r in ok]),
-                "peak_memory_how": first.get("peak_memory_how"),
-                "weights": _mean([r.metrics.get("memory_weights_mib") for r in ok]),
-                "gradients": _mean([r.metrics.get("memory_gradients_mib") for r in ok]),
-                "optimizer": _mean([r.metrics.get("memory_optimizer_state_mib") for r in ok]),
-                "activations": _mean([r.metrics.get("memory_activations_mib") for r in ok]),
-                "memory_estimated": "estimated" in memory_how, "memory_breakdown_how": memory_how,
-                "train_sps": _mean([r.metrics.get("train_samples_per_second") for r in ok]),
-                "train_sps_std": _std([r.metrics.get("train_samples_per_second") for r in ok]),
-                "eval_sps": _mean([r.metrics.get("eval_samples_per_second") for r in ok]),
-                "checkpoint_mib": _mean([r.metrics.get("checkpoint_size_mib") for r in ok]),
-                "neural": _is_neural(group[0].method),
-                "lora_r": ok[0].config.method.lora_r if ok[0].config is not None and group[0].method == "lora" else None,
-                "batch_size": ok[0].config.train.batch_size if ok[0].config is not None else None,
-            })
+            row.update(
+                {
+                    "accuracy_mean": mean,
+                    "accuracy_std": _std(accuracies),
+                    "ci95_low": low,
+                    "ci95_high": high,
+                    "ci_method": ci_method,
+                    "n_test": n_test,
+                    "macro_f1_mean": _mean([r.metrics.get("test_macro_f1") for r in ok]),
+                    "ece_mean": _mean(
+                        [expected_calibration_error(r.predictions.gold, r.predictions.probabilities)["ece"] for r in ok]
+                    ),
+                    "params_trainable": first.get("params_trainable"),
+                    "params_total": first.get("params_total"),
+                    "params_trainable_percent": first.get("params_trainable_percent"),
+                    "peak_memory_mib": _mean([r.metrics.get("peak_memory_mib") for r in ok]),
+                    "peak_memory_how": first.get("peak_memory_how"),
+                    "weights": _mean([r.metrics.get("memory_weights_mib") for r in ok]),
+                    "gradients": _mean([r.metrics.get("memory_gradients_mib") for r in ok]),
+                    "optimizer": _mean([r.metrics.get("memory_optimizer_state_mib") for r in ok]),
+                    "activations": _mean([r.metrics.get("memory_activations_mib") for r in ok]),
+                    "memory_estimated": "estimated" in memory_how,
+                    "memory_breakdown_how": memory_how,
+                    "train_sps": _mean([r.metrics.get("train_samples_per_second") for r in ok]),
+                    "train_sps_std": _std([r.metrics.get("train_samples_per_second") for r in ok]),
+                    "eval_sps": _mean([r.metrics.get("eval_samples_per_second") for r in ok]),
+                    "checkpoint_mib": _mean([r.metrics.get("checkpoint_size_mib") for r in ok]),
+                    "neural": _is_neural(group[0].method),
+                    "lora_r": ok[0].config.method.lora_r
+                    if ok[0].config is not None and group[0].method == "lora"
+                    else None,
+                    "batch_size": ok[0].config.train.batch_size if ok[0].config is not None else None,
+                }
+            )
         out.append(row)
     return out
 
@@ -256,8 +282,7 @@ def paired_tests(comparison: Comparison, reference: str) -> list[dict]:
     for variant in comparison.variants():
         if variant == reference:
             continue
-        seeds = sorted({s for v, s in by_key if v == variant} & {s for v, s in by_key if v == reference},
-                       key=str)
+        seeds = sorted({s for v, s in by_key if v == variant} & {s for v, s in by_key if v == reference}, key=str)
         if not seeds:
             continue
         correct_v = np.stack([by_key[(variant, seed)].predictions.correct for seed in seeds])
@@ -266,10 +291,20 @@ def paired_tests(comparison: Comparison, reference: str) -> list[dict]:
             if not mask.any():
                 continue
             test = paired_seed_test(correct_v[:, mask], correct_ref[:, mask])
-            out.append({"variant": variant, "reference": reference, "seeds": seeds, "slice": scope,
-                        "count": int(mask.sum()), "accuracy": test["a_accuracy"],
-                        "reference_accuracy": test["b_accuracy"],
-                        "a_only_correct": test.pop("b"), "b_only_correct": test.pop("c"), **test})
+            out.append(
+                {
+                    "variant": variant,
+                    "reference": reference,
+                    "seeds": seeds,
+                    "slice": scope,
+                    "count": int(mask.sum()),
+                    "accuracy": test["a_accuracy"],
+                    "reference_accuracy": test["b_accuracy"],
+                    "a_only_correct": test.pop("b"),
+                    "b_only_correct": test.pop("c"),
+                    **test,
+                }
+            )
     for scope in ("all", "negation"):
         family = [t for t in out if t["slice"] == scope]
         for test, p_holm in zip(family, holm([t["p_value"] for t in family])):
@@ -278,6 +313,7 @@ def paired_tests(comparison: Comparison, reference: str) -> list[dict]:
 
 
 # ---- tradeoff statements ----------------------------------------------------------------------
+
 
 def _p_phrase(tests: list[dict]) -> str:
     """'McNemar p = 0.011, Holm p = 0.033 over 3 tests, significant'; pooled over seeds when there are
@@ -305,21 +341,24 @@ def _times(ratio: float) -> str:
 
 
 def _parameter_phrase(row: dict, ref: dict, reference: str) -> str:
-    """"trains 0.33% of parameters" for adapters on the same backbone; counts and a ratio otherwise
+    """ "trains 0.33% of parameters" for adapters on the same backbone; counts and a ratio otherwise
     (a TF-IDF model's own 100% says nothing next to BERT's)."""
     mine, theirs = row.get("params_trainable"), ref.get("params_trainable")
     total, ref_total = row.get("params_total"), ref.get("params_total")
     same_backbone = bool(total and ref_total and abs(total - ref_total) <= 0.05 * ref_total)
     if same_backbone or total is None or ref_total is None:
-        return (f"{row['variant']} trains {row['params_trainable_percent']:.3g}% of parameters "
-                f"({mine:,} vs {theirs:,} for {reference})")
+        return (
+            f"{row['variant']} trains {row['params_trainable_percent']:.3g}% of parameters "
+            f"({mine:,} vs {theirs:,} for {reference})"
+        )
     ratio = theirs / mine if mine else math.inf
     comparison = f"{_times(ratio)} fewer than" if ratio >= 1 else f"{_times(1 / ratio)} more than"
     return f"{row['variant']} trains {mine:,} parameters ({comparison} {reference}'s {theirs:,})"
 
 
-def tradeoff_statements(summary: list[dict], tests: list[dict], reference: str,
-                        negation_rows: dict[str, dict] | None = None) -> list[str]:
+def tradeoff_statements(
+    summary: list[dict], tests: list[dict], reference: str, negation_rows: dict[str, dict] | None = None
+) -> list[str]:
     """Sentences comparing each variant with the reference, every number taken from the inputs.
 
     `summary` is variant_summary(), `tests` is paired_tests() (one test per variant and slice, with
@@ -335,8 +374,10 @@ def tradeoff_statements(summary: list[dict], tests: list[dict], reference: str,
         ...             "neural": True, "checkpoint_mib": 1.0}]
         >>> tests = [{"variant": "lora", "slice": "all", "p_value": 0.02, "p_holm": 0.06, "holm_tests": 3,
         ...           "seeds": [1]}]
-        >>> print(tradeoff_statements(summary, tests, "full")[0])
-        lora trains 0.33% of parameters (1 vs 100 for full), uses 25% less peak training memory (150 vs 200 MiB), is 2× faster in training samples/s, and is 2.0 points lower in test accuracy (88.0% vs 90.0%; McNemar p = 0.02, Holm p = 0.06 over 3 tests, not significant).
+        >>> print(tradeoff_statements(summary, tests, "full")[0])  # doctest: +NORMALIZE_WHITESPACE
+        lora trains 0.33% of parameters (1 vs 100 for full), uses 25% less peak training memory
+        (150 vs 200 MiB), is 2× faster in training samples/s, and is 2.0 points lower in test accuracy
+        (88.0% vs 90.0%; McNemar p = 0.02, Holm p = 0.06 over 3 tests, not significant).
     """
     rows = {row["variant"]: row for row in summary if row["n_seeds"]}
     ref = rows[reference]
@@ -351,25 +392,33 @@ def tradeoff_statements(summary: list[dict], tests: list[dict], reference: str,
             parts.append(f"has peak memory measured another way ({row.get('peak_memory_how')}), not compared")
         elif row.get("peak_memory_mib") and ref.get("peak_memory_mib"):
             change = 100 * (ref["peak_memory_mib"] - row["peak_memory_mib"]) / ref["peak_memory_mib"]
-            amount = ("about the same" if abs(change) < 1
-                      else f"{abs(change):.0f}% {'less' if change > 0 else 'more'}")
-            parts.append(f"uses {amount} peak training memory "
-                         f"({row['peak_memory_mib']:,.0f} vs {ref['peak_memory_mib']:,.0f} MiB)")
+            amount = "about the same" if abs(change) < 1 else f"{abs(change):.0f}% {'less' if change > 0 else 'more'}"
+            parts.append(
+                f"uses {amount} peak training memory "
+                f"({row['peak_memory_mib']:,.0f} vs {ref['peak_memory_mib']:,.0f} MiB)"
+            )
         if row.get("train_sps") and ref.get("train_sps"):
             ratio = row["train_sps"] / ref["train_sps"]
             # samples/s ratios equal per-step ratios only between step-based methods at one batch size
-            same_steps = (row.get("neural") and ref.get("neural") and row.get("batch_size") is not None
-                          and row.get("batch_size") == ref.get("batch_size"))
+            same_steps = (
+                row.get("neural")
+                and ref.get("neural")
+                and row.get("batch_size") is not None
+                and row.get("batch_size") == ref.get("batch_size")
+            )
             unit = "per training step" if same_steps else "in training samples/s"
             if 1 / 1.05 < ratio < 1.05:
                 parts.append(f"runs at about the same speed {unit} ({ratio:.2f}×)")
             else:
-                parts.append(f"is {_times(ratio)} faster {unit}" if ratio >= 1
-                             else f"is {_times(1 / ratio)} slower {unit}")
+                parts.append(
+                    f"is {_times(ratio)} faster {unit}" if ratio >= 1 else f"is {_times(1 / ratio)} slower {unit}"
+                )
         delta = 100 * (row["accuracy_mean"] - ref["accuracy_mean"])
         overall = [t for t in tests if t["variant"] == variant and t["slice"] == "all"]
-        parts.append(f"is {_points(delta)} in test accuracy ({100 * row['accuracy_mean']:.1f}% vs "
-                     f"{100 * ref['accuracy_mean']:.1f}%; {_p_phrase(overall)})")
+        parts.append(
+            f"is {_points(delta)} in test accuracy ({100 * row['accuracy_mean']:.1f}% vs "
+            f"{100 * ref['accuracy_mean']:.1f}%; {_p_phrase(overall)})"
+        )
         neg, neg_ref = negation_rows.get(variant), negation_rows.get(reference)
         if neg and neg_ref and neg["count"]:
             negation_tests = [t for t in tests if t["variant"] == variant and t["slice"] == "negation"]
@@ -378,16 +427,20 @@ def tradeoff_statements(summary: list[dict], tests: list[dict], reference: str,
         statements.append(", ".join(parts[:-1]) + ", and " + parts[-1] + ".")
     best = max(rows.values(), key=lambda r: r["accuracy_mean"])
     spread = f" ± {100 * best['accuracy_std']:.1f}" if best.get("accuracy_std") is not None else ""
-    statements.append(f"Most accurate: {best['variant']} at {100 * best['accuracy_mean']:.1f}%{spread} "
-                      f"over {best['n_seeds']} seed(s).")
+    statements.append(
+        f"Most accurate: {best['variant']} at {100 * best['accuracy_mean']:.1f}%{spread} "
+        f"over {best['n_seeds']} seed(s)."
+    )
     sized = [r for r in rows.values() if r.get("checkpoint_mib")]
     if len(sized) >= 2:
         small = min(sized, key=lambda r: r["checkpoint_mib"])
         large = max(sized, key=lambda r: r["checkpoint_mib"])
         if small is not large:
-            statements.append(f"Smallest checkpoint: {small['variant']} at {small['checkpoint_mib']:.2f} MiB, "
-                              f"{_times(large['checkpoint_mib'] / small['checkpoint_mib'])} smaller than "
-                              f"{large['variant']} ({large['checkpoint_mib']:.1f} MiB).")
+            statements.append(
+                f"Smallest checkpoint: {small['variant']} at {small['checkpoint_mib']:.2f} MiB, "
+                f"{_times(large['checkpoint_mib'] / small['checkpoint_mib'])} smaller than "
+                f"{large['variant']} ({large['checkpoint_mib']:.1f} MiB)."
+            )
     ranks = sorted((r for r in rows.values() if r.get("lora_r")), key=lambda r: r["lora_r"])
     if len({r["lora_r"] for r in ranks}) >= 2:
         top = max(ranks, key=lambda r: r["accuracy_mean"])
@@ -397,12 +450,15 @@ def tradeoff_statements(summary: list[dict], tests: list[dict], reference: str,
         if 100 * (high - low) < 0.05:
             statements.append(f"Across LoRA ranks r = {listed}, accuracy is the same ({100 * high:.1f}%).")
         else:
-            statements.append(f"Across LoRA ranks r = {listed}, accuracy spans {100 * low:.1f}-{100 * high:.1f}% "
-                              f"(best r = {top['lora_r']}, {top['variant']}).")
+            statements.append(
+                f"Across LoRA ranks r = {listed}, accuracy spans {100 * low:.1f}-{100 * high:.1f}% "
+                f"(best r = {top['lora_r']}, {top['variant']})."
+            )
     return statements
 
 
 # ---- figures ----------------------------------------------------------------------------------
+
 
 def _curves(comparison: Comparison) -> list[dict]:
     curves = []
@@ -411,10 +467,16 @@ def _curves(comparison: Comparison) -> list[dict]:
         if history is None or history.empty or "step" not in history or "loss" not in history:
             continue
         rows = history[history["loss"].notna()] if "loss" in history else history
-        curves.append({"label": run.variant, "step": rows["step"].to_numpy(),
-                       "loss": rows["loss"].to_numpy(dtype=float),
-                       "learning_rate": rows["learning_rate"].to_numpy(dtype=float)
-                       if "learning_rate" in rows else np.full(len(rows), np.nan)})
+        curves.append(
+            {
+                "label": run.variant,
+                "step": rows["step"].to_numpy(),
+                "loss": rows["loss"].to_numpy(dtype=float),
+                "learning_rate": rows["learning_rate"].to_numpy(dtype=float)
+                if "learning_rate" in rows
+                else np.full(len(rows), np.nan),
+            }
+        )
     return curves
 
 
@@ -428,53 +490,115 @@ def build_figures(comparison: Comparison, summary: list[dict], slices: list[dict
     def add(name: str, title: str, caption: str, fig) -> None:
         figures.append({"name": name, "title": title, "caption": caption, "png": plots.png_bytes(fig)})
 
-    add("accuracy_vs_params", "Accuracy vs trainable parameters",
+    add(
+        "accuracy_vs_params",
+        "Accuracy vs trainable parameters",
         "Mean test accuracy over seeds against trainable parameters (log scale); error bars are the std over seeds.",
-        plots.accuracy_vs_params_figure([{"label": r["variant"], "params": r["params_trainable"] or 1,
-                                          "accuracy": r["accuracy_mean"], "std": r["accuracy_std"]} for r in done]))
-    memory = [{"label": r["variant"], "weights": r["weights"], "gradients": r["gradients"],
-               "optimizer": r["optimizer"], "activations": r["activations"], "peak": r["peak_memory_mib"],
-               "estimated": r["memory_estimated"]} for r in done]
+        plots.accuracy_vs_params_figure(
+            [
+                {
+                    "label": r["variant"],
+                    "params": r["params_trainable"] or 1,
+                    "accuracy": r["accuracy_mean"],
+                    "std": r["accuracy_std"],
+                }
+                for r in done
+            ]
+        ),
+    )
+    memory = [
+        {
+            "label": r["variant"],
+            "weights": r["weights"],
+            "gradients": r["gradients"],
+            "optimizer": r["optimizer"],
+            "activations": r["activations"],
+            "peak": r["peak_memory_mib"],
+            "estimated": r["memory_estimated"],
+        }
+        for r in done
+    ]
     how = "; ".join(sorted({f"{r['variant']}: {r['memory_breakdown_how']}" for r in done if r["memory_breakdown_how"]}))
-    add("memory", "Peak training memory", f"Mean over seeds. How each part was obtained: {how}.",
-        plots.memory_figure(memory))
-    add("throughput", "Throughput", "Training samples/s (after warm-up steps; error bar: std over seeds) and "
-        "test-set evaluation samples/s.",
-        plots.throughput_figure([{"label": r["variant"], "train": r["train_sps"], "train_std": r["train_sps_std"],
-                                  "eval": r["eval_sps"]} for r in done]))
+    add(
+        "memory",
+        "Peak training memory",
+        f"Mean over seeds. How each part was obtained: {how}.",
+        plots.memory_figure(memory),
+    )
+    add(
+        "throughput",
+        "Throughput",
+        "Training samples/s (after warm-up steps; error bar: std over seeds) and test-set evaluation samples/s.",
+        plots.throughput_figure(
+            [
+                {"label": r["variant"], "train": r["train_sps"], "train_std": r["train_sps_std"], "eval": r["eval_sps"]}
+                for r in done
+            ]
+        ),
+    )
     curves = _curves(comparison)
     if curves:
-        add("curves", "Loss and learning-rate curves", "From each run's history.csv; seeds share a colour.",
-            plots.curves_figure(curves))
+        add(
+            "curves",
+            "Loss and learning-rate curves",
+            "From each run's history.csv; seeds share a colour.",
+            plots.curves_figure(curves),
+        )
     labels = comparison.ok_runs[0].predictions.label_names
     panels = []
     for row in done:
         runs = [r for r in comparison.ok_runs if r.variant == row["variant"]]
         matrix = sum(confusion_matrix(r.predictions.gold, r.predictions.predicted, len(labels)) for r in runs)
         panels.append((f"{row['variant']} ({len(runs)} seed{'s' if len(runs) > 1 else ''})", matrix))
-    add("confusion", "Confusion matrices", "Counts summed over seeds; colour is the share of the gold row.",
-        plots.confusion_grid_figure(panels, labels))
-    add("slices", "Accuracy per slice", "Seed-averaged correctness per slice with 95% Wilson intervals; "
+    add(
+        "confusion",
+        "Confusion matrices",
+        "Counts summed over seeds; colour is the share of the gold row.",
+        plots.confusion_grid_figure(panels, labels),
+    )
+    add(
+        "slices",
+        "Accuracy per slice",
+        "Seed-averaged correctness per slice with 95% Wilson intervals; "
         "negation and contrast are matched by word rules (see analysis.NEGATION_PATTERN).",
-        plots.slice_figure([row for row in slices if row["count"]]))
+        plots.slice_figure([row for row in slices if row["count"]]),
+    )
     if len({r["model"] for r in done if r["neural"]}) > 1:
-        add("models", "Model sweep: accuracy vs size vs inference speed",
+        add(
+            "models",
+            "Model sweep: accuracy vs size vs inference speed",
             "Mean test accuracy against total parameters and against test-set evaluation sentences/s "
             "(eval_samples_per_second of each run, mean over seeds; batch size and device as in the setup table); "
             "colour = model, grey = no encoder.",
-            plots.model_tradeoff_figure([{"label": r["variant"], "model": r["model"] if r["neural"] else None,
-                                          "accuracy": r["accuracy_mean"], "std": r["accuracy_std"],
-                                          "params_total": r["params_total"], "eval_sps": r["eval_sps"]}
-                                         for r in done]))
-    ranks = [{"r": r["lora_r"], "accuracy": r["accuracy_mean"], "std": r["accuracy_std"]}
-             for r in done if r.get("lora_r")]
+            plots.model_tradeoff_figure(
+                [
+                    {
+                        "label": r["variant"],
+                        "model": r["model"] if r["neural"] else None,
+                        "accuracy": r["accuracy_mean"],
+                        "std": r["accuracy_std"],
+                        "params_total": r["params_total"],
+                        "eval_sps": r["eval_sps"],
+                    }
+                    for r in done
+                ]
+            ),
+        )
+    ranks = [
+        {"r": r["lora_r"], "accuracy": r["accuracy_mean"], "std": r["accuracy_std"]} for r in done if r.get("lora_r")
+    ]
     if len({p["r"] for p in ranks}) >= 2:
-        add("lora_rank", "LoRA rank sweep", "Mean test accuracy against LoRA rank r (log2 scale).",
-            plots.lora_rank_figure(ranks))
+        add(
+            "lora_rank",
+            "LoRA rank sweep",
+            "Mean test accuracy against LoRA rank r (log2 scale).",
+            plots.lora_rank_figure(ranks),
+        )
     return figures
 
 
 # ---- rendering --------------------------------------------------------------------------------
+
 
 def _fmt(value, spec: str, missing: str = "–") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -486,22 +610,40 @@ def _table_rows(summary: list[dict]) -> list[dict]:
     rows = []
     for r in summary:
         if not r["n_seeds"]:
-            rows.append({"variant": r["variant"], "method": r["method"], "seeds": f"0/{r['n_runs']}",
-                         "accuracy": "failed", "ci": "", "f1": "", "ece": "", "params": "", "memory": "",
-                         "train_sps": "", "eval_sps": "", "checkpoint": ""})
+            rows.append(
+                {
+                    "variant": r["variant"],
+                    "method": r["method"],
+                    "seeds": f"0/{r['n_runs']}",
+                    "accuracy": "failed",
+                    "ci": "",
+                    "f1": "",
+                    "ece": "",
+                    "params": "",
+                    "memory": "",
+                    "train_sps": "",
+                    "eval_sps": "",
+                    "checkpoint": "",
+                }
+            )
             continue
         std = f" ± {100 * r['accuracy_std']:.2f}" if r["accuracy_std"] is not None else ""
-        rows.append({
-            "variant": r["variant"], "method": r["method"], "seeds": f"{r['n_seeds']}/{r['n_runs']}",
-            "accuracy": f"{100 * r['accuracy_mean']:.2f}{std}",
-            "ci": f"{100 * r['ci95_low']:.1f}–{100 * r['ci95_high']:.1f}; {r['ci_method']}",
-            "f1": _fmt(r["macro_f1_mean"] and 100 * r["macro_f1_mean"], ".2f"),
-            "ece": _fmt(r["ece_mean"], ".3f"),
-            "params": f"{r['params_trainable']:,} ({_fmt(r['params_trainable_percent'], '.3g')}%)",
-            "memory": _fmt(r["peak_memory_mib"], ",.0f") + (" (est. parts)" if r["memory_estimated"] else ""),
-            "train_sps": _fmt(r["train_sps"], ",.1f"), "eval_sps": _fmt(r["eval_sps"], ",.1f"),
-            "checkpoint": _fmt(r["checkpoint_mib"], ",.2f"),
-        })
+        rows.append(
+            {
+                "variant": r["variant"],
+                "method": r["method"],
+                "seeds": f"{r['n_seeds']}/{r['n_runs']}",
+                "accuracy": f"{100 * r['accuracy_mean']:.2f}{std}",
+                "ci": f"{100 * r['ci95_low']:.1f}–{100 * r['ci95_high']:.1f}; {r['ci_method']}",
+                "f1": _fmt(r["macro_f1_mean"] and 100 * r["macro_f1_mean"], ".2f"),
+                "ece": _fmt(r["ece_mean"], ".3f"),
+                "params": f"{r['params_trainable']:,} ({_fmt(r['params_trainable_percent'], '.3g')}%)",
+                "memory": _fmt(r["peak_memory_mib"], ",.0f") + (" (est. parts)" if r["memory_estimated"] else ""),
+                "train_sps": _fmt(r["train_sps"], ",.1f"),
+                "eval_sps": _fmt(r["eval_sps"], ",.1f"),
+                "checkpoint": _fmt(r["checkpoint_mib"], ",.2f"),
+            }
+        )
     return rows
 
 
@@ -532,8 +674,9 @@ def _setup(comparison: Comparison) -> dict:
     if provenance.get("torch_threads"):
         hardware.append(f"{provenance['torch_threads']} torch threads")
     shas = sorted({(r.metrics.get("provenance") or {}).get("git_sha") or "unknown" for r in comparison.ok_runs})
-    models = list(dict.fromkeys(r.config.model for r in comparison.ok_runs
-                                if r.config is not None and _is_neural(r.method)))
+    models = list(
+        dict.fromkeys(r.config.model for r in comparison.ok_runs if r.config is not None and _is_neural(r.method))
+    )
     swept = bool(scaffolding) and "model" not in scaffolding and len(models) > 1
     return {
         "model": f"{', '.join(models)} (model sweep)" if swept else scaffolding.get("model") or first.get("model"),
@@ -544,8 +687,11 @@ def _setup(comparison: Comparison) -> dict:
         "train_examples": first.get("train_examples"),
         "labels": ", ".join(comparison.ok_runs[0].predictions.label_names),
         "fingerprint": comparison.fingerprint or "unknown",
-        "training": ", ".join(f"{k} {train[k]}" for k in ("epochs", "max_steps", "batch_size", "precision",
-                                                             "lr_scheduler", "warmup_ratio") if k in train)
+        "training": ", ".join(
+            f"{k} {train[k]}"
+            for k in ("epochs", "max_steps", "batch_size", "precision", "lr_scheduler", "warmup_ratio")
+            if k in train
+        )
         + (f", max_length {data['max_length']}" if "max_length" in data else ""),
         "hardware": ", ".join(str(h) for h in hardware if h),
         "peak_memory_how": first.get("peak_memory_how", ""),
@@ -563,10 +709,17 @@ def _probe_rows(comparison: Comparison) -> list[dict]:
         probe = (run.analysis or {}).get("negation_probe") or {}
         if probe.get("status") == "ok":
             directions = probe.get("by_direction", {})
-            rows.append({"run": run.name, "variant": run.variant,
-                         "flipped": f"{100 * probe['flipped_correctly']:.0f}% of {probe['pairs']}",
-                         **{key: f"{100 * value['flipped_correctly']:.0f}%" for key, value in
-                            zip(("pos_to_neg", "neg_to_pos"), directions.values())}})
+            rows.append(
+                {
+                    "run": run.name,
+                    "variant": run.variant,
+                    "flipped": f"{100 * probe['flipped_correctly']:.0f}% of {probe['pairs']}",
+                    **{
+                        key: f"{100 * value['flipped_correctly']:.0f}%"
+                        for key, value in zip(("pos_to_neg", "neg_to_pos"), directions.values())
+                    },
+                }
+            )
     return rows
 
 
@@ -585,16 +738,26 @@ def _context(comparison: Comparison) -> dict:
         cells = []
         for variant in [r["variant"] for r in summary if r["n_seeds"]]:
             row = lookup.get((variant, name))
-            cells.append(f"{100 * row['accuracy']:.1f} ({100 * row['ci95_low']:.0f}–{100 * row['ci95_high']:.0f})"
-                         if row and row["count"] else "–")
+            cells.append(
+                f"{100 * row['accuracy']:.1f} ({100 * row['ci95_low']:.0f}–{100 * row['ci95_high']:.0f})"
+                if row and row["count"]
+                else "–"
+            )
         slice_table_rows.append({"slice": name, "count": counts[name], "cells": cells})
-    test_rows = [{**t, "p": f"{t['p_value']:.3g}", "p_holm_text": f"{t['p_holm']:.3g}",
-                  "verdict": "significant" if t["significant"] else "not significant",
-                  "seeds_text": ", ".join(str(s) for s in t["seeds"]),
-                  "difference_text": f"{100 * t['difference']:+.1f} ({100 * t['difference_ci95_low']:+.1f} to "
-                                     f"{100 * t['difference_ci95_high']:+.1f})",
-                  "acc": f"{100 * t['accuracy']:.1f}", "ref_acc": f"{100 * t['reference_accuracy']:.1f}"}
-                 for t in tests]
+    test_rows = [
+        {
+            **t,
+            "p": f"{t['p_value']:.3g}",
+            "p_holm_text": f"{t['p_holm']:.3g}",
+            "verdict": "significant" if t["significant"] else "not significant",
+            "seeds_text": ", ".join(str(s) for s in t["seeds"]),
+            "difference_text": f"{100 * t['difference']:+.1f} ({100 * t['difference_ci95_low']:+.1f} to "
+            f"{100 * t['difference_ci95_high']:+.1f})",
+            "acc": f"{100 * t['accuracy']:.1f}",
+            "ref_acc": f"{100 * t['reference_accuracy']:.1f}",
+        }
+        for t in tests
+    ]
     holm_tests = {scope: sum(t["slice"] == scope for t in tests) for scope in ("all", "negation")}
     return {
         "title": f"sentitune report: {comparison.folder.name}",
@@ -619,9 +782,14 @@ def _context(comparison: Comparison) -> dict:
 def _environment():
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
-                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
 def _md_cell(value) -> str:
@@ -632,14 +800,23 @@ def render_markdown(context: dict, figures: list[dict], figure_dir: str) -> str:
     env = _environment()
     env.filters["cell"] = _md_cell
     return env.get_template("report.md.j2").render(
-        **context, figures=[{**f, "path": f"{figure_dir}/{f['name']}.png"} for f in figures])
+        **context, figures=[{**f, "path": f"{figure_dir}/{f['name']}.png"} for f in figures]
+    )
 
 
 def render_html(context: dict, figures: list[dict]) -> str:
     """HTML with every image inline as a base64 PNG data URI, so the single file opens offline."""
-    return _environment().get_template("report.html.j2").render(
-        **context, figures=[{**f, "data_uri": "data:image/png;base64," + base64.b64encode(f["png"]).decode("ascii")}
-                            for f in figures])
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            **context,
+            figures=[
+                {**f, "data_uri": "data:image/png;base64," + base64.b64encode(f["png"]).decode("ascii")}
+                for f in figures
+            ],
+        )
+    )
 
 
 def _build(results_dir: str | Path) -> tuple[Path, Path, dict]:
