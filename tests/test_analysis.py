@@ -237,6 +237,30 @@ def test_compare_predictions_counts_disagreements_per_slice():
     assert [r["text"] for r in out["a_right_b_wrong"]] == ["not good", "not bad"]
 
 
+def test_one_meaning_of_correct_argmax_with_ties_broken_by_the_stored_pred(tmp_path):
+    from sentitune import results
+
+    probabilities = [[0.5, 0.5], [0.5, 0.5], [0.3, 0.7], [0.6, 0.4]]
+    # ties follow the stored pred column; a stored pred that is not the maximum is overruled by the argmax
+    p = Predictions(["a", "b", "c", "d"], [1, 0, 1, 0], probabilities, NAMES, stored_pred=np.array([1, 0, 0, -1]))
+    assert p.predicted.tolist() == [1, 0, 1, 0] and p.correct.all()
+    assert Predictions(["a"], [1], [[0.5, 0.5]], NAMES).predicted.tolist() == [0]  # nothing stored: first class
+    # the reader fills stored_pred from the file, and compare's correctness is the same array
+    folder = tmp_path / "evaluation"
+    folder.mkdir()
+    (folder / "predictions.csv").write_text(
+        "id,text,gold,pred,prob_negative,prob_positive\n"
+        "0,tie,positive,positive,0.5,0.5\n"
+        "1,plain,negative,negative,0.9,0.1\n"
+        "2,wrong,negative,positive,0.2,0.8\n",
+        encoding="utf-8",
+    )
+    read = results.load_predictions(folder)
+    assert read.label_names == NAMES and read.stored_pred.tolist() == [1, 0, 1]
+    assert read.correct.tolist() == [True, True, False]
+    assert analysis.load_predictions is results.load_predictions and analysis.Predictions is results.Predictions
+
+
 def test_comparison_refuses_different_test_texts_and_names_the_row():
     a = Predictions(["x", "y", "z"], [0, 1, 0], np.full((3, 2), 0.5), NAMES, source="runA")
     b = Predictions(["x", "y", "w"], [0, 1, 0], np.full((3, 2), 0.5), NAMES, source="runB")

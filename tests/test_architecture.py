@@ -26,6 +26,7 @@ LAYERS = {
     "models": 4,
     "results": 4,
     "training": 5,
+    "trainer": 5,  # MeasuredTrainer and its Meter; training imports it when a neural run starts
     "pretraining": 5,
     "reporting.plots": 6,  # figures only (matplotlib in, Figure out); analysis draws with them
     "compare": 6,
@@ -34,7 +35,7 @@ LAYERS = {
     "export": 7,
     "serve": 7,
     "reporting": 8,
-    "cli": 9,
+    "cli": 9,  # a package: cli.main (parser, dispatch), cli.options, cli.commands.<command>
     "__main__": 9,
     "__init__": 9,
 }

@@ -44,6 +44,25 @@ def test_expand_runs_covers_methods_sweeps_and_seeds(tiny_config):
     assert len({r.config.fingerprint() for r in compare.expand_runs(cfg)}) == 1
 
 
+def test_layer_lr_decay_is_recorded_and_named_for_every_neural_method_that_uses_it(tiny_config):
+    # Training applies method.layer_lr_decay to any neural method: a lora run with decay 0.8 must say so.
+    cfg = _base(tiny_config, methods=["full", "lora", "head", "tfidf"], seeds=[1], layer_lr_decays=[0.9])
+    cfg = cfg.override({"method.layer_lr_decay": 0.8})
+    runs = {r.variant: r for r in compare.expand_runs(cfg)}
+    assert list(runs) == ["full", "full-llrd0.9", "lora-llrd0.8", "head-llrd0.8", "tfidf"]
+    assert runs["full"].knobs["layer_lr_decay"] == 0.8 and runs["full-llrd0.9"].knobs["layer_lr_decay"] == 0.9
+    assert runs["lora-llrd0.8"].knobs["layer_lr_decay"] == 0.8 and runs["lora-llrd0.8"].config.method.name == "lora"
+    assert runs["head-llrd0.8"].knobs["layer_lr_decay"] == 0.8
+    assert "layer_lr_decay" not in runs["tfidf"].knobs  # not neural: no optimiser to decay
+    # Without a decay (1 = off) only full records it, and no name changes; --layer-lr-decays adds full only.
+    plain = {r.variant: r for r in compare.expand_runs(_base(tiny_config, methods=["full", "lora"], seeds=[1]))}
+    assert list(plain) == ["full", "lora"]
+    assert plain["full"].knobs["layer_lr_decay"] == 1.0 and "layer_lr_decay" not in plain["lora"].knobs
+    swept = _base(tiny_config, methods=["full", "lora"], seeds=[1], layer_lr_decays=[0.8])
+    assert [r.variant for r in compare.expand_runs(swept)] == ["full", "full-llrd0.8", "lora"]
+    assert "layer_lr_decay" in compare.method_knobs_keys(runs["lora-llrd0.8"].knobs)
+
+
 def test_mixed_scaffolding_is_refused_naming_the_field(tiny_config):
     a = tiny_config("full")
     b = tiny_config("lora", **{"train.batch_size": 4})
@@ -132,6 +151,8 @@ def test_print_summary_states_one_holm_corrected_test_per_pair():
 
     from rich.console import Console
 
+    from sentitune.cli.commands.compare import print_summary
+
     pair = {
         "a": "full",
         "b": "lora",
@@ -166,7 +187,7 @@ def test_print_summary_states_one_holm_corrected_test_per_pair():
         "multiplicity": {"method": "holm", "tests": 2, "tests_vs_reference": 2},
     }
     buffer = io.StringIO()
-    compare.print_summary(document, Console(file=buffer, width=300))
+    print_summary(document, Console(file=buffer, width=300))
     lines = buffer.getvalue().splitlines()
     assert (
         "full vs lora: 77.64 vs 78.33, difference -0.69 points [CI -2.1, 0.7], p = 0.645, Holm p = 1 (not significant)"

@@ -275,14 +275,14 @@ def test_sentitunes_own_checkpoints_are_marked_and_removed_when_done(tiny_config
     from sentitune import training
 
     seen = {}
-    real = training.last_complete_checkpoint
+    real = training.training_arguments
 
-    def spy(folder):
-        seen["marker"] = (folder / results.CHECKPOINTS_MARKER).is_file()
-        return real(folder)
+    def spy(cfg, checkpoint_dir, precision):  # called as the Trainer is built, before it writes anything
+        seen["marker"] = (checkpoint_dir / results.CHECKPOINTS_MARKER).is_file()
+        return real(cfg, checkpoint_dir, precision)
 
-    monkeypatch.setattr(training, "last_complete_checkpoint", spy)
-    training.train(tiny_config("head", **{"train.max_steps": 2}), tmp_path / "run", resume=True)
+    monkeypatch.setattr(training, "training_arguments", spy)
+    training.train(tiny_config("head", **{"train.max_steps": 2}), tmp_path / "run")
     assert seen["marker"], "the checkpoints folder carries sentitune's marker while training"
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -190,11 +190,13 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-notanumber"]
 
 
-def test_resume_without_checkpoints_starts_from_scratch(tiny_config, tmp_path):
+def test_resume_without_checkpoints_is_refused(tiny_config, tmp_path):
+    # It used to train from scratch silently; --resume now means "continue", or says there is nothing to.
     from sentitune.training import train
 
-    metrics = train(tiny_config("head"), tmp_path / "run", resume=True)
-    assert metrics["status"] == "ok" and metrics["resumed_from_step"] is None
+    with pytest.raises(results.RunFolderError, match="nothing to resume"):
+        train(tiny_config("head"), tmp_path / "run", resume=True)
+    assert not (tmp_path / "run").exists()
 
 
 # ---- kills at random points while result files are written --------------------------------------

@@ -108,6 +108,33 @@ def test_neural_throughput_skips_warmup_steps(trained_run):
     assert 0 <= metrics["train_padding_fraction"] < 1
 
 
+def test_meter_counts_only_steps_after_the_warmup_ones():
+    import torch
+
+    from sentitune.trainer import Meter
+
+    class State:
+        global_step = 0
+
+    meter, state = Meter(warmup_steps=1), State()
+    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3] * 2)
+    batch = {"input_ids": torch.ones(4, 6, dtype=torch.long), "attention_mask": mask}
+    for step in (1, 2, 3):
+        meter.on_step_begin(None, state, None)
+        meter.observe(batch)  # gradient accumulation: two micro-batches make one optimizer step
+        meter.observe(batch)
+        state.global_step = step  # the Trainer counts the step before on_step_end
+        meter.on_step_end(None, state, None)
+    # step 1 is warm-up; steps 2 and 3 count: 2 x 2 micro-batches of 4 texts, 18 real of 24 positions each
+    assert (meter.steps, meter.samples, meter.tokens, meter.padded_tokens) == (2, 16, 72, 96)
+    assert meter.seconds > 0
+    no_mask = Meter(warmup_steps=0)
+    no_mask.on_step_begin(None, state, None)
+    no_mask.observe({"input_ids": torch.ones(2, 5, dtype=torch.long)})
+    no_mask.on_step_end(None, state, None)
+    assert (no_mask.samples, no_mask.tokens, no_mask.padded_tokens) == (2, 10, 10)
+
+
 @pytest.mark.parametrize("method", ["full", "tfidf"])
 def test_predictions_csv(method, trained_run, tiny_data):
     run_dir = trained_run(method)

@@ -2,8 +2,8 @@
 likely label errors, slices with Wilson intervals, calibration, paired two-run comparison, and a
 minimal-pair negation probe.
 
-The functions above the "I/O edges" line are pure (arrays and strings in, dicts out); the writer and
-the CLI handler at the bottom read run folders, call them, and write:
+The functions above the "I/O edges" line are pure (arrays and strings in, dicts out); `write_analysis`
+and `analyze_run` at the bottom read run folders (results.load_predictions), call them, and write:
 
     <out>/analysis.json    everything below, JSON
     <out>/errors.csv       top-k highest-loss, ambiguous and likely-mislabelled examples (`reason` column)
@@ -26,7 +26,6 @@ import json
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,11 +36,12 @@ from sentitune.config import ConfigError
 from sentitune.metrics import (
     classification_metrics,
     confusion_matrix,
+    discordant_pairs,
     expected_calibration_error,
-    mcnemar,
+    paired_seed_test,
     wilson_interval,
 )
-from sentitune.results import RunFolderError
+from sentitune.results import Predictions, RunFolderError, load_predictions  # noqa: F401 - re-exported
 
 
 ANALYSIS_DIR = "analysis"
@@ -335,35 +335,6 @@ def likely_label_errors(gold: np.ndarray, probabilities: np.ndarray, method: str
 # ---- one-run analysis -------------------------------------------------------------------------
 
 
-@dataclass
-class Predictions:
-    """Test predictions of one run (or of one `evaluate` output), in file order."""
-
-    texts: list[str]
-    gold: np.ndarray
-    probabilities: np.ndarray
-    label_names: list[str]
-    source: Path = Path(".")
-    """Folder the predictions were read from."""
-    run_dir: Path | None = None
-    """Run folder holding the model, when known (needed for the negation probe)."""
-    ids: list = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.gold = np.asarray(self.gold, dtype=int)
-        self.probabilities = np.asarray(self.probabilities, dtype=np.float64)
-        if not self.ids:
-            self.ids = list(range(len(self.texts)))
-
-    @property
-    def predicted(self) -> np.ndarray:
-        return self.probabilities.argmax(axis=1)
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.predicted == self.gold
-
-
 def example_row(p: Predictions, i: int) -> dict:
     """One example as a flat dict: text, gold, pred, their probabilities, loss and margin."""
     probs = p.probabilities[i]
@@ -487,23 +458,22 @@ def compare_predictions(
     rows = []
     for name, entry in slice_masks(a.texts, custom_slices).items():
         mask = entry["mask"]
-        count = int(mask.sum())
-        test = mcnemar(correct_a[mask], correct_b[mask])
-        acc_a = float(correct_a[mask].mean()) if count else math.nan
-        acc_b = float(correct_b[mask].mean()) if count else math.nan
+        # one seed each: paired_seed_test is exact McNemar; no bootstrap CI per slice (resamples=0)
+        test = paired_seed_test(correct_a[mask], correct_b[mask], resamples=0)
         rows.append(
             {
                 "slice": name,
-                "count": count,
-                "a_accuracy": acc_a,
-                "b_accuracy": acc_b,
-                "difference_points": 100 * (acc_a - acc_b),
-                **test,
+                "count": int(mask.sum()),
+                "a_accuracy": test["a_accuracy"],
+                "b_accuracy": test["b_accuracy"],
+                "difference_points": 100 * test["difference"],
+                "a_only_correct": test["b"],
+                "b_only_correct": test["c"],
+                "p_value": test["p_value"],
                 "significant": bool(test["p_value"] < alpha),
             }
         )
-    a_only = np.flatnonzero(correct_a & ~correct_b)
-    b_only = np.flatnonzero(~correct_a & correct_b)
+    a_only, b_only = discordant_pairs(correct_a, correct_b)
     # Most telling disagreements first: where the losing run was most confident in its wrong answer.
     a_only = a_only[np.argsort(-example_losses(b.gold[a_only], b.probabilities[a_only]), kind="stable")]
     b_only = b_only[np.argsort(-example_losses(a.gold[b_only], a.probabilities[b_only]), kind="stable")]
@@ -650,90 +620,7 @@ def negation_probe(
     }
 
 
-# ---- I/O edges: reading folders, writing files, the CLI ---------------------------------------
-
-
-def _label_names_from_columns(columns: Sequence[str]) -> list[str]:
-    return [c[len("prob_") :] for c in columns if c.startswith("prob_")]
-
-
-def load_predictions(folder: str | Path) -> Predictions:
-    """Reads predictions.csv from a run folder or from an `evaluate` output folder.
-
-    Label names come from labels.json when the folder has one, else from the prob_<label> columns,
-    which predictions.csv writes in id order.
-    """
-    import pandas as pd
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise RunFolderError(f"{folder}: folder not found")
-    path = folder / results.PREDICTIONS_FILE
-    if (folder / results.CONFIG_FILE).exists():
-        run = results.load_run(folder)
-        if run.status != "ok":
-            raise RunFolderError(
-                f"{folder}: run status is {run.status!r}, not 'ok'"
-                + (f" ({run.metrics.get('error')})" if run.metrics.get("error") else "")
-            )
-        if run.config.data.problem_type == "multi_label":
-            raise RunFolderError(
-                f"{folder}: a multi-label run; analyze and report support single-label runs only "
-                "(its micro/macro F1 and subset accuracy are in metrics.json)"
-            )
-        run_dir: Path | None = folder
-    else:
-        run_dir = _run_of_evaluation(folder)
-    if not path.exists():
-        raise RunFolderError(
-            f"{folder}: no {results.PREDICTIONS_FILE}; pass a finished run folder or the "
-            "output folder of `sentitune evaluate`"
-        )
-    frame = pd.read_csv(path, keep_default_na=False, dtype={"gold": str, "pred": str, "text": str})
-    names = _label_names_from_columns(frame.columns)
-    labels_file = folder / results.LABELS_FILE
-    if labels_file.exists():
-        import json
-
-        declared = json.loads(labels_file.read_text(encoding="utf-8"))
-        if declared:
-            names = declared
-    missing = [c for c in ("text", "gold") if c not in frame.columns]
-    if missing or not names:
-        raise RunFolderError(f"{path}: not a sentitune predictions file (missing {missing or 'prob_<label> columns'})")
-    index = {name: i for i, name in enumerate(names)}
-    unknown = sorted(set(frame["gold"]) - set(index))
-    if unknown:
-        raise RunFolderError(f"{path}: gold labels {unknown[:5]} are not among the run's labels {names}")
-    probabilities = frame[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
-    ids = frame["id"].tolist() if "id" in frame.columns else []
-    return Predictions(
-        frame["text"].tolist(),
-        frame["gold"].map(index).to_numpy(),
-        probabilities,
-        names,
-        source=folder,
-        run_dir=run_dir,
-        ids=ids,
-    )
-
-
-def _run_of_evaluation(folder: Path) -> Path | None:
-    """The run an `evaluate` output belongs to: its metrics.json names it; default layout as fallback."""
-    import json
-
-    metrics_path = folder / results.METRICS_FILE
-    candidates = []
-    if metrics_path.exists():
-        try:
-            recorded = json.loads(metrics_path.read_text(encoding="utf-8")).get("run")
-        except json.JSONDecodeError:
-            recorded = None
-        if recorded:
-            candidates.append(Path(recorded))
-    if folder.parent.name == "evaluations":
-        candidates.append(folder.parent.parent)
-    return next((c for c in candidates if (c / results.CONFIG_FILE).exists()), None)
+# ---- I/O edges: reading folders, writing files -------------------------------------------------
 
 
 def _probe_for(p: Predictions, predictor=None) -> dict:
@@ -782,6 +669,7 @@ def write_analysis(
     from sentitune.reporting import plots
 
     output_dir = Path(output_dir)
+    results.check_output_path(output_dir, "--output-dir")
     if against is not None:
         check_same_examples(p, against)  # before any work or file is written
     analysis = analyze_predictions(p, top_k, custom_slices)
@@ -859,103 +747,28 @@ def _short(path: Path | str) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
-def print_summary(analysis: dict, console=None) -> None:
-    """Console summary of an analysis (rich tables); the files hold the full detail."""
-    from rich.console import Console
-    from rich.table import Table
+def analyze_run(
+    run: str | Path,
+    *,
+    against: str | Path | None = None,
+    top_k: int = 20,
+    slices: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+) -> dict:
+    """`sentitune analyze` as a function: reads the predictions of `run` (a run folder or an evaluation
+    folder) and of `against`, writes the analysis files into `output_dir` (default <run>/analysis) and
+    returns the analysis dict. `slices` are "NAME=REGEX" specs (parse_slices).
 
-    console = console or Console()
-    overall = analysis["overall"]
-    console.print(
-        f"[bold]{analysis['source']}[/bold]: {analysis['examples']} examples, accuracy "
-        f"{overall['accuracy']:.4f}, macro F1 {overall['macro_f1']:.4f}, ECE {overall['ece']:.4f}"
-    )
-    table = Table(title="per class")
-    for column in ("label", "precision", "recall", "f1", "support"):
-        table.add_column(column, justify="left" if column == "label" else "right")
-    for row in analysis["per_class"]:
-        table.add_row(
-            row["label"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
-        )
-    console.print(table)
-    matrix = analysis["confusion_matrix"]["rows_gold_columns_predicted"]
-    names = analysis["confusion_matrix"]["labels"]
-    table = Table(title="confusion matrix")
-    table.add_column("gold \\ predicted")
-    for name in names:
-        table.add_column(name, justify="right")
-    for i, (name, row) in enumerate(zip(names, matrix)):
-        table.add_row(name, *(f"[bold]{n}[/bold]" if i == j else str(n) for j, n in enumerate(row)))
-    console.print(table)
-    table = Table(title="slices (95% Wilson CI)")
-    for column in ("slice", "count", "accuracy", "95% CI"):
-        table.add_column(column, justify="left" if column == "slice" else "right")
-    for row in analysis["slices"]:
-        if row["count"]:
-            table.add_row(
-                row["slice"],
-                str(row["count"]),
-                f"{row['accuracy']:.3f}",
-                f"{row['ci95_low']:.3f}-{row['ci95_high']:.3f}",
-            )
-        else:
-            table.add_row(row["slice"], "0", "-", "-")
-    console.print(table)
-    table = Table(title="most confident mistakes")
-    for column in ("gold", "pred", "p(pred)", "text"):
-        table.add_column(column, overflow="fold")
-    # With 3+ classes a right answer at p = 0.4 can out-lose a wrong one; list only the wrong ones.
-    mistakes = [row for row in analysis["highest_loss"] if row["gold"] != row["pred"]]
-    for row in mistakes[:5]:
-        table.add_row(row["gold"], row["pred"], f"{row['prob_pred']:.3f}", row["text"][:100])
-    console.print(table)
-    amb, lab = analysis["ambiguous"], analysis["likely_label_errors"]
-    console.print(
-        f"ambiguous (top-2 margin < {amb['max_margin']}): {amb['count']}   "
-        f"likely label errors: {lab['count']} ({lab['method']})"
-    )
-    probe = analysis["negation_probe"]
-    if probe["status"] == "ok":
-        directions = ", ".join(f"{k}: {v['flipped_correctly']:.0%}" for k, v in probe["by_direction"].items())
-        console.print(
-            f"negation probe: {probe['flipped_correctly']:.0%} of {probe['pairs']} minimal pairs flip "
-            f"correctly ({directions})"
-        )
-    else:
-        console.print(f"negation probe: skipped ({probe['reason']})")
-    comparison = analysis.get("comparison")
-    if comparison:
-        table = Table(title=f"A = {comparison['a']}  vs  B = {comparison['b']} (exact McNemar)")
-        for column in ("slice", "count", "A acc", "B acc", "A only right", "B only right", "p", ""):
-            table.add_column(column, justify="left" if column == "slice" else "right")
-        for row in comparison["slices"]:
-            if not row["count"]:
-                continue
-            table.add_row(
-                row["slice"],
-                str(row["count"]),
-                f"{row['a_accuracy']:.3f}",
-                f"{row['b_accuracy']:.3f}",
-                str(row["a_only_correct"]),
-                str(row["b_only_correct"]),
-                f"{row['p_value']:.3g}",
-                "significant" if row["significant"] else "not significant",
-            )
-        console.print(table)
-    console.print(f"wrote {', '.join(analysis['files'])} to {analysis['output_dir']}")
-
-
-def analyze_cli(args) -> int:
-    """`sentitune analyze RUN [--against RUN] [--top-k K] [--slice NAME=REGEX] [--output-dir DIR]`."""
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k: must be >= 1, got {args.top_k}")
-    custom = parse_slices(args.slice)
-    p = load_predictions(args.run)
-    against = load_predictions(args.against) if args.against else None
-    output_dir = Path(args.output_dir) if args.output_dir else Path(args.run) / ANALYSIS_DIR
-    analysis = write_analysis(output_dir, p, args.top_k, custom, against=against)
-    print_summary(analysis)
-    return 0
+    Example:
+        >>> analysis = analyze_run("runs/sst2-lora", against="runs/sst2-full", top_k=10)  # doctest: +SKIP
+    """
+    if top_k < 1:
+        raise ConfigError(f"--top-k: must be >= 1, got {top_k}")
+    custom = parse_slices(slices)
+    p = load_predictions(run)
+    other = load_predictions(against) if against else None
+    output_dir = Path(output_dir) if output_dir else Path(run) / ANALYSIS_DIR
+    return write_analysis(output_dir, p, top_k, custom, against=other)
 
 
 # ---- `sentitune evaluate`: score a labelled file, then analyse it -------------------------------
@@ -983,6 +796,8 @@ def evaluate_file(
 
     if output_dir is not None:
         check_evaluation_dir(run_dir, output_dir)
+    target = Path(output_dir) if output_dir else Path(run_dir) / "evaluations" / Path(data_file).stem
+    results.check_output_path(target, "--output-dir")  # before the model loads
     predictor = Predictor.load(run_dir)
     if predictor.thresholds is not None:
         raise results.RunFolderError(

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import signal
 import subprocess
@@ -34,7 +33,7 @@ import numpy as np
 from sentitune import results
 from sentitune.config import ConfigError, RunConfig, scaffolding_differences
 from sentitune.methods import registry
-from sentitune.metrics import accuracy_interval, holm, paired_seed_test
+from sentitune.metrics import finite_mean, holm, paired_seed_test, seed_summary
 from sentitune.models import resolve_model
 from sentitune.runtime import COMPARED_PACKAGES, package_versions, version_differences
 
@@ -56,14 +55,19 @@ class PlannedRun:
 
 
 def method_knobs(cfg: RunConfig) -> dict[str, Any]:
-    """The method-specific settings of a run: what may legitimately differ inside a comparison."""
+    """The method-specific settings of a run: what may legitimately differ inside a comparison.
+
+    `layer_lr_decay`: training applies it to every neural method, so it is recorded for every neural
+    run that uses it (decay != 1), and always for `full` (its column was always there).
+    """
     m = cfg.method
-    knobs: dict[str, Any] = {"learning_rate": cfg.learning_rate} if registry.get(m.name).neural else {}
+    neural = registry.get(m.name).neural
+    knobs: dict[str, Any] = {"learning_rate": cfg.learning_rate} if neural else {}
     if cfg.train.gradient_checkpointing:
         knobs["gradient_checkpointing"] = True
-    if registry.get(m.name).neural and m.name != "full":
+    if neural and m.name != "full":
         knobs["head"] = m.head
-    if m.name == "full":
+    if m.name == "full" or (neural and m.layer_lr_decay != 1.0):
         knobs["layer_lr_decay"] = m.layer_lr_decay
     if m.name in ("lora", "dora"):
         knobs.update(
@@ -87,8 +91,27 @@ def _format_lr(lr: float) -> str:
     return f"{lr:.0e}".replace("e-0", "e-")
 
 
+def llrd_suffix(method: str, decay: float) -> str:
+    """`-llrd<decay>` for a neural method other than `full` trained with layer-wise LR decay, else "".
+
+    `full` variants keep their names (the reference is `full`; --layer-lr-decays adds `full-llrd<d>`);
+    any other method inherits a configured `method.layer_lr_decay`, and its name says so.
+
+    Example:
+        >>> llrd_suffix("lora", 0.8), llrd_suffix("lora", 1.0), llrd_suffix("full", 0.8)
+        ('-llrd0.8', '', '')
+    """
+    if method == "full" or decay == 1.0 or not registry.get(method).neural:
+        return ""
+    return f"-llrd{decay:g}"
+
+
 def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
-    """(variant name, dotted overrides) for every method and sweep point, without duplicates."""
+    """(variant name, dotted overrides) for every method and sweep point, without duplicates.
+
+    A neural variant other than `full` whose runs use layer-wise LR decay (`method.layer_lr_decay`
+    != 1) ends in `-llrd<decay>` (llrd_suffix), so a name never hides the optimiser it ran with.
+    """
     c = base.compare
     variants: dict[str, dict[str, Any]] = {}
     for method in c.methods:
@@ -113,6 +136,10 @@ def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
         if registry.get(method).neural:
             for lr in c.learning_rates:
                 variants[f"{method}-lr{_format_lr(lr)}"] = {"method.name": method, "method.learning_rate": lr}
+    variants = {
+        name + llrd_suffix(o["method.name"], o.get("method.layer_lr_decay", base.method.layer_lr_decay)): o
+        for name, o in variants.items()
+    }
     if not c.models:
         return list(variants.items())
     # Model sweep: each neural variant once per model; the classical baseline has no encoder, so
@@ -266,6 +293,7 @@ def run_comparison(
     """Runs every planned run not finished yet, then writes and returns the results. Finished runs
     made with other versions of the compared libraries are refused unless `allow_version_mix`."""
     out = Path(out)
+    results.check_output_path(out, "--output-dir")
     planned = expand_runs(base)
     # A missing model fails every run of its variants; say so once, before anything starts.
     for model in dict.fromkeys(r.config.model for r in planned if registry.get(r.config.method.name).neural):
@@ -390,9 +418,8 @@ def _row(out: Path, run: PlannedRun) -> dict[str, Any]:
 
 
 def _correctness(out: Path, row: dict[str, Any]) -> np.ndarray:
-    run = results.load_run(out / row["run_dir"])
-    frame = run.predictions()
-    return (frame["gold"] == frame["pred"]).to_numpy()
+    """Per-example correctness of a finished run, as every reader defines it (results.load_correctness)."""
+    return results.load_correctness(out / row["run_dir"])
 
 
 def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -409,15 +436,14 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             **{k: v for k, v in group[0].items() if k in method_knobs_keys(group[0])},
         }
         if ok:
-            accuracies = np.array([r["test_accuracy"] for r in ok])
-            low, high, ci_method = accuracy_interval(accuracies, _correctness(out, ok[0]) if len(ok) == 1 else [])
+            stats = seed_summary([r["test_accuracy"] for r in ok], _correctness(out, ok[0]) if len(ok) == 1 else [])
             entry.update(
                 {
-                    "test_accuracy_mean": float(accuracies.mean()),
-                    "test_accuracy_std": float(accuracies.std(ddof=1)) if len(ok) > 1 else math.nan,
-                    "test_accuracy_ci95_low": low,
-                    "test_accuracy_ci95_high": high,
-                    "ci_method": ci_method,
+                    "test_accuracy_mean": stats["mean"],
+                    "test_accuracy_std": stats["std"],
+                    "test_accuracy_ci95_low": stats["ci95_low"],
+                    "test_accuracy_ci95_high": stats["ci95_high"],
+                    "ci_method": stats["ci_method"],
                 }
             )
             for key in (
@@ -429,8 +455,7 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "eval_samples_per_second",
                 "checkpoint_size_mib",
             ):
-                values = [r[key] for r in ok if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
-                entry[f"{key}_mean"] = float(np.mean(values)) if values else math.nan
+                entry[f"{key}_mean"] = finite_mean([r.get(key) for r in ok])
             for key in ("params_trainable", "params_total", "params_trainable_percent"):
                 entry[key] = ok[0].get(key)
         summary.append(entry)
@@ -526,82 +551,3 @@ def write_results(out: Path, planned: list[PlannedRun]) -> dict[str, Any]:
     results.atomic_write_json(out / RESULTS_JSON, document)
     results.atomic_write_csv(out / RESULTS_CSV, rows)
     return document
-
-
-# ---- presentation -----------------------------------------------------------------------------
-
-
-def _fmt(value, spec: str, missing: str = "-") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return missing
-    return format(value, spec)
-
-
-def print_summary(document: dict[str, Any], console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console(width=None if sys.stdout.isatty() else 200)
-    table = Table(title=f"comparison (scaffolding {document['fingerprint']})")
-    for column in (
-        "variant",
-        "seeds",
-        "test acc (mean ± std)",
-        "95% CI",
-        "macro-F1",
-        "trainable params",
-        "peak MiB",
-        "train samples/s",
-        "ckpt MiB",
-        "knobs",
-    ):
-        table.add_column(column, justify="left" if column in ("variant", "knobs", "95% CI") else "right")
-    for entry in document["summary"]:
-        if not entry.get("n_seeds"):
-            table.add_row(entry["variant"], f"0/{entry['n_runs']}", "failed", "", "", "", "", "", "", "")
-            continue
-        knobs = " ".join(
-            f"{k.replace('lora_target_modules', 'targets')}={entry[k]}"
-            for k in method_knobs_keys(entry)
-            if not k.startswith("tfidf")
-        )
-        table.add_row(
-            entry["variant"],
-            f"{entry['n_seeds']}/{entry['n_runs']}",
-            f"{100 * entry['test_accuracy_mean']:.2f} ± {_fmt(100 * entry['test_accuracy_std'], '.2f', 'n/a')}",
-            f"[{100 * entry['test_accuracy_ci95_low']:.1f}, {100 * entry['test_accuracy_ci95_high']:.1f}] "
-            f"{entry['ci_method']}",
-            _fmt(100 * entry["test_macro_f1_mean"], ".2f"),
-            f"{entry['params_trainable']:,} ({entry['params_trainable_percent']:.2f}%)",
-            _fmt(entry["peak_memory_mib_mean"], ",.0f"),
-            _fmt(entry["train_samples_per_second_mean"], ",.1f"),
-            _fmt(entry["checkpoint_size_mib_mean"], ",.2f"),
-            knobs,
-        )
-    console.print(table)
-    for mix in document.get("version_mix") or []:
-        spread = "; ".join(f"{version}: {', '.join(runs)}" for version, runs in mix["versions"].items())
-        console.print(f"[yellow]warning: runs made with different {mix['package']} versions ({spread})[/yellow]")
-    failed = [r for r in document["runs"] if r["status"] not in ("ok",)]
-    for row in failed:
-        console.print(f"[red]{row['run_name']}: {row['status']}[/red] {row.get('error') or ''}")
-    for t in document["pairwise"]:
-        seeds = t["seeds"]
-        over = f" ({len(seeds)} seeds: {', '.join(str(s) for s in seeds)})" if len(seeds) > 1 else ""
-        verdict = "significant" if t["significant"] else "not significant"
-        console.print(
-            f"{t['a']} vs {t['b']}{over}: {100 * t['a_accuracy']:.2f} vs {100 * t['b_accuracy']:.2f}, "
-            f"difference {100 * t['difference']:+.2f} points "
-            f"[CI {100 * t['difference_ci95_low']:.1f}, {100 * t['difference_ci95_high']:.1f}], "
-            f"p = {t['p_value']:.3g}, Holm p = {t['p_holm']:.3g} ({verdict})",
-            markup=False,
-            highlight=False,
-        )
-    if document["pairwise"]:
-        k = document["multiplicity"]["tests"]
-        console.print(
-            f"significance after Holm correction over {k} test{'s' if k != 1 else ''} "
-            f"(exact McNemar on discordant counts pooled over shared seeds; level {SIGNIFICANCE_LEVEL})",
-            markup=False,
-            highlight=False,
-        )

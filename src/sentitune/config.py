@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -24,15 +25,79 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from sentitune.errors import ConfigError
+from sentitune.errors import ConfigError, quote, read_text
 
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
+MAX_YAML_VALUES = 10_000
+"""Most values a YAML document may hold once its aliases are expanded. A config holds under a hundred;
+a few hundred bytes of nested aliases ("billion laughs") expand to billions, which any code walking
+the result (copying, comparing, quoting it in an error) would try to build."""
+
+
 class _Yaml12Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans (true/false only). YAML 1.1 also reads yes/no/on/off as
-    booleans, which would turn `eval_strategy: no` into False."""
+    booleans, which would turn `eval_strategy: no` into False.
+
+    Also refuses a key given twice in one mapping (YAML says keys are unique; PyYAML keeps the last
+    one silently) and documents whose aliases expand to more than MAX_YAML_VALUES values."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        if node is not None:
+            expanded = _expanded_size(node, {})
+            if expanded > MAX_YAML_VALUES:
+                endless = expanded == float("inf")
+                size = "without end (an alias inside its own anchor)" if endless else f"to {expanded:,} values"
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"aliases expand this document {size}, over the limit of {MAX_YAML_VALUES:,} values; "
+                    "write the values out instead of nesting aliases",
+                    node.start_mark,
+                )
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` overrides keys on purpose
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # unhashable: SafeConstructor refuses it with its own message
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {quote(key)} (first on line {first}); give each key once",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, memo: dict) -> float:
+    """Values in `node` with every alias expanded (aliases share nodes, so memo keeps this linear);
+    infinite for a node that contains itself."""
+    key = id(node)
+    if key in memo:
+        return float("inf") if memo[key] is None else memo[key]
+    memo[key] = None
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    else:
+        children = []
+    total = 1 + sum(_expanded_size(child, memo) for child in children)
+    memo[key] = total
+    return total
 
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"
@@ -43,21 +108,72 @@ _Yaml12Loader.yaml_implicit_resolvers = {
 _Yaml12Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
-def parse_yaml(text: str) -> Any:
-    """`yaml.safe_load` with YAML 1.2 booleans, for config files and `--set KEY=VALUE` values."""
-    return yaml.load(text, Loader=_Yaml12Loader)
+def parse_yaml(text: str, source: str | None = None) -> Any:
+    """`yaml.safe_load` with YAML 1.2 booleans, duplicate keys refused and alias expansion bounded, for
+    config files and `--set KEY=VALUE` values. With `source` (a file name or flag), a YAML error
+    becomes one ConfigError line naming it, the line and the column; without, it propagates."""
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)
+    except yaml.YAMLError as exc:
+        if source is None:
+            raise
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).split("\n")[0]
+        raise ConfigError(f"{source}:{where} invalid YAML: {problem}") from None
+    except RecursionError:
+        if source is None:
+            raise
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise ConfigError(f"{section}.{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+        raise ConfigError(f"{section}.{name}: {quote(value)} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_finite(section: str, name: str, value: Any) -> None:
+    # NaN compares false with everything, so `value <= 0` lets it through; inf passes every lower bound.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{section}.{name}: must be a finite number, got {value!r}")
 
 
 def _check_positive(section: str, name: str, value: Any, allow_zero: bool = False) -> None:
     if value is None:
         return
+    _check_finite(section, name, value)
     if (value < 0) if allow_zero else (value <= 0):
-        raise ConfigError(f"{section}.{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise ConfigError(f"{section}.{name}: must be {'>= 0' if allow_zero else '> 0'}, got {quote(value)}")
+
+
+SEED_MAX = 2**32 - 1
+"""numpy's RandomState (scikit-learn's splits, the tf-idf fit) takes seeds in 0..2**32 - 1."""
+
+
+def _check_seed(section: str, name: str, value: int, spare: int = 0) -> None:
+    """`spare`: derived seeds (value + 1, value + 2) must stay in range too."""
+    if not 0 <= value <= SEED_MAX - spare:
+        raise ConfigError(f"{section}.{name}: must be between 0 and {SEED_MAX - spare}, got {quote(value)}")
+
+
+def _check_label_names(section: str, name: str, names: list[str] | None) -> None:
+    """Declared label names: at least two, none empty, none twice (also not in another case)."""
+    if names is None:
+        return
+    if len(names) < 2:
+        raise ConfigError(f"{section}.{name}: give at least two label names, got {quote(names)}")
+    seen: dict[str, str] = {}
+    for label in names:
+        if not label.strip():
+            raise ConfigError(f"{section}.{name}: empty label name in {quote(names)}")
+        folded = label.strip().casefold()
+        if folded in seen:
+            same = "twice" if seen[folded] == label else f"as {quote(seen[folded])} and {quote(label)}"
+            raise ConfigError(
+                f"{section}.{name}: {quote(label)} is given {same}; each class needs one distinct name "
+                "(names differing only in case would be separate classes)"
+            )
+        seen[folded] = label
 
 
 @dataclass
@@ -104,7 +220,7 @@ class DataConfig:
         _check_choice("data", "problem_type", self.problem_type, ("single_label", "multi_label"))
         if not self.label_separator or self.label_separator.strip() != self.label_separator:
             raise ConfigError(
-                f"data.label_separator: must be non-empty without surrounding spaces, got {self.label_separator!r}"
+                f"data.label_separator: must be non-empty without surrounding spaces, got {quote(self.label_separator)}"
             )
         _check_positive("data", "validation_size", self.validation_size)
         _check_positive("data", "train_subset", self.train_subset)
@@ -113,6 +229,16 @@ class DataConfig:
             raise ConfigError(f"data.max_length: must be between 8 and 512 (BERT positions), got {self.max_length}")
         if self.dataset == "files" and not (self.train_file and self.test_file):
             raise ConfigError("data.train_file and data.test_file: both are required when data.dataset is 'files'")
+        # Files given for another dataset used to be ignored (the run trained on SST-2); refused, not
+        # implied, so that a preset or config naming its dataset cannot be switched by a stray flag.
+        given = [name for name in ("train_file", "test_file", "validation_file") if getattr(self, name)]
+        if self.dataset != "files" and given:
+            raise ConfigError(
+                f"data.{given[0]}: read only when data.dataset is 'files', but it is {self.dataset!r}; "
+                "add --dataset files (with --train-file and --test-file) or drop the file"
+            )
+        _check_label_names("data", "label_names", self.label_names)
+        _check_seed("data", "split_seed", self.split_seed, spare=2)
         if self.validation_size >= 1 and self.validation_size != int(self.validation_size):
             raise ConfigError(f"data.validation_size: a count must be a whole number, got {self.validation_size}")
 
@@ -176,6 +302,14 @@ class MethodConfig:
                 raise ConfigError(f"method.{name}: must be [] or [min, max] with 1 <= min <= max, got {value}")
         if not self.tfidf_word_ngrams and not self.tfidf_char_ngrams:
             raise ConfigError("method.tfidf_word_ngrams/tfidf_char_ngrams: at least one must be enabled")
+        if not self.tfidf_c_grid:
+            raise ConfigError("method.tfidf_c_grid: give at least one regularisation strength C")
+        for c in self.tfidf_c_grid:
+            _check_positive("method", "tfidf_c_grid", c)
+        if self.tfidf_max_features is not None and self.tfidf_max_features < 1:
+            raise ConfigError(
+                f"method.tfidf_max_features: must be >= 1 (or null for no cap), got {quote(self.tfidf_max_features)}"
+            )
 
 
 @dataclass
@@ -238,6 +372,8 @@ class TrainConfig:
             allow_zero=True,
         )
         _check_positive("train", "threads", self.threads)
+        _check_finite("train", "warmup_ratio", self.warmup_ratio)
+        _check_seed("train", "seed", self.seed)
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.max_steps == 0 or self.max_steps < -1:
@@ -297,7 +433,9 @@ class CompareConfig:
         if not self.seeds:
             raise ConfigError("compare.seeds: give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"compare.seeds: duplicates in {self.seeds}")
+            raise ConfigError(f"compare.seeds: duplicates in {quote(self.seeds)}")
+        for seed in self.seeds:
+            _check_seed("compare", "seeds", seed)
         for r in self.lora_r_sweep:
             _check_positive("compare", "lora_r_sweep", r)
         for lr in self.learning_rates:
@@ -334,14 +472,8 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
-        try:
-            raw = parse_yaml(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        # Not UTF-8, a folder, unreadable: one line naming the path (and line, column, bytes).
+        raw = parse_yaml(read_text(path, ConfigError, "config file"), str(path))
         if raw is not None and not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
         return _build(cls, raw or {}, str(path), "")
@@ -357,7 +489,7 @@ class RunConfig:
             *parents, leaf = key.split(".")
             for part in parents:
                 if part not in node or not isinstance(node[part], dict):
-                    raise ConfigError(f"{key}: unknown config section {part!r}")
+                    raise ConfigError(f"{key}: unknown config section {quote(part)}")
                 node = node[part]
             if leaf not in node:
                 raise ConfigError(f"{key}: unknown config field")
@@ -405,7 +537,7 @@ def load_config(
     if preset:
         path = PRESET_DIR / f"{preset}.yaml"
         if not path.exists():
-            raise ConfigError(f"--preset: unknown preset {preset!r}; available: {', '.join(preset_names())}")
+            raise ConfigError(f"--preset: unknown preset {quote(preset)}; available: {', '.join(preset_names())}")
         cfg = RunConfig.from_yaml(path)
     elif config_path:
         cfg = RunConfig.from_yaml(config_path)
@@ -427,7 +559,7 @@ def scaffolding_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = 
         if isinstance(va, dict) and isinstance(vb, dict):
             out += scaffolding_differences(va, vb, name + ".")
         elif va != vb:
-            out.append(f"{name} ({va!r} vs {vb!r})")
+            out.append(f"{name} ({quote(va)} vs {quote(vb)})")
     return out
 
 
@@ -436,7 +568,7 @@ def scaffolding_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = 
 
 def _build(cls: type, raw: dict[str, Any], source: str, prefix: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {raw!r}")
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {quote(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
@@ -474,22 +606,22 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, str):  # CLI: "query,value" -> ["query", "value"]
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {quote(value)}")
         (item,) = get_args(hint)
         return [_coerce(v, item, where) for v in value]
     if origin is Literal:
         if value not in get_args(hint):
-            raise ConfigError(f"{where}: {value!r} is not one of {get_args(hint)}")
+            raise ConfigError(f"{where}: {quote(value)} is not one of {get_args(hint)}")
         return value
     if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        raise ConfigError(f"{where}: expected true/false, got {quote(value)}")
     if hint is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {quote(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -499,10 +631,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {quote(value)}")
     if hint is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {quote(value)}")
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
@@ -510,9 +642,48 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {quote(value)}")
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {quote(value)}")
     return value
+
+
+# ---- serving ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ServeSettings:
+    """Limits and batching knobs of one server (`sentitune serve`, `serve.create_app`). Here rather than
+    in serve.py so the CLI quotes these defaults in its help without loading the web stack."""
+
+    max_batch_size: int = 64
+    """Most texts in one model call (a single larger request still runs as one call)."""
+    max_wait_ms: float = 5.0
+    """How long the worker waits for more requests once one is queued and the queue is empty."""
+    max_texts: int = 256
+    """Most texts in one request (413 above)."""
+    max_chars: int = 10_000
+    """Most characters in one text (413 above)."""
+    max_body_bytes: int = 4 * 2**20
+    """Largest request body (413 above), checked before the body is parsed."""
+    max_queue_texts: int = 8192
+    """Texts waiting at most; beyond it requests get 503 so overload cannot grow memory without bound."""
+    request_timeout_s: float = 30.0
+    """A request waiting longer than this for its prediction gets 503."""
+    api_key: str | None = None
+    """If set, POST /predict and GET /metrics need the header `X-API-Key` with this value."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_texts", "max_chars", "max_body_bytes", "max_queue_texts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"serve setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
+            raise ValueError("serve settings max_wait_ms must be >= 0 and request_timeout_s > 0")
+        if self.api_key is not None and not self.api_key.strip():
+            # An empty key (often an empty $SENTITUNE_API_KEY) must not quietly mean "no authentication".
+            raise ValueError(
+                "serve setting api_key is empty; give a key, or unset it (and $SENTITUNE_API_KEY) "
+                "to serve without authentication"
+            )

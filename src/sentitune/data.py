@@ -22,12 +22,12 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 import numpy as np
 
 from sentitune.config import DataConfig
-from sentitune.errors import DataError
+from sentitune.errors import DataError, quote
 
 
 SENTIMENT_NAMES = ["negative", "positive"]
@@ -117,6 +117,48 @@ def parse_jsonl_line(path, number: int, line: str) -> dict | None:
     return record
 
 
+def json_array_records(path, content: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each element of a file holding one JSON array of objects
+    (`[{"text": ..., "label": ...}, ...]`), as `.json` exports usually are; JSON Lines files hold one
+    object per line instead. Errors name the line and column."""
+    decoder = json.JSONDecoder()
+    size = len(content)
+
+    def skip(i: int) -> int:
+        while i < size and content[i] in " \t\r\n\ufeff":
+            i += 1
+        return i
+
+    def where(i: int) -> str:
+        return f"line {content.count(chr(10), 0, i) + 1}, column {i - (content.rfind(chr(10), 0, i) + 1) + 1}"
+
+    i = skip(content.index("[") + 1)
+    if i < size and content[i] == "]":
+        raise DataError(f"{path}: the JSON array is empty")
+    line, counted = 1, 0
+    while True:
+        line += content.count("\n", counted, i)
+        counted = i
+        try:
+            record, end = decoder.raw_decode(content, i)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})") from None
+        except (RecursionError, ValueError) as exc:  # nesting too deep, integers over 4300 digits
+            raise DataError(f"{path}: line {line}: unreadable JSON ({str(exc).split(';')[0]})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {line}: expected a JSON object in the array, got {type(record).__name__}")
+        yield line, record
+        i = skip(end)
+        if i < size and content[i] == ",":
+            i = skip(i + 1)
+            continue
+        if i < size and content[i] == "]":
+            if content[i + 1 :].strip():
+                raise DataError(f"{path}: {where(skip(i + 1))}: text after the end of the JSON array")
+            return
+        raise DataError(f"{path}: {where(i)}: expected ',' or ']' in the JSON array")
+
+
 def file_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in (".tsv", ".tab"):
@@ -140,6 +182,9 @@ def iter_records(path: str | Path, text: str | None = None):
     if not content.strip():
         raise DataError(f"{path}: file is empty")
     if fmt == "jsonl":
+        if content.lstrip("\ufeff \t\r\n").startswith("["):  # one JSON array of objects, not JSON Lines
+            yield from json_array_records(path, content)
+            return
         # Not splitlines(): it also breaks at U+2028, U+0085 and friends, which JSON strings may hold raw.
         for number, line in enumerate(content.split("\n"), start=1):
             record = parse_jsonl_line(path, number, line)
@@ -194,7 +239,7 @@ def _refuse_duplicate_columns(path, header: list[str]) -> None:
     repeated = [name for name, count in Counter(header).items() if count > 1]
     if repeated:
         raise DataError(
-            f"{path}: line 1: column {repeated[0]!r} appears {header.count(repeated[0])} times in the "
+            f"{path}: line 1: column {quote(repeated[0])} appears {header.count(repeated[0])} times in the "
             "header; rename or drop the extra one"
         )
 
@@ -225,7 +270,7 @@ def read_table(path: str | Path, text_column: str, label_column: str | None) -> 
             columns = list(record)
             for wanted in [text_column] + ([label_column] if label_column else []):
                 if wanted not in record:
-                    raise DataError(f"{path}: line 1: no column {wanted!r}; columns are {columns}")
+                    raise DataError(f"{path}: line 1: no column {quote(wanted)}; columns are {quote(columns, 200)}")
             header_checked = True
         text = record.get(text_column)
         if text is None:
@@ -241,7 +286,9 @@ def read_table(path: str | Path, text_column: str, label_column: str | None) -> 
             if raw is None or (isinstance(raw, str) and not raw.strip()):
                 raise DataError(f"{path}: line {line}, column {label_column!r}: empty label")
             if isinstance(raw, (list, dict)):
-                raise DataError(f"{path}: line {line}, column {label_column!r}: label {raw!r} is not a single value")
+                raise DataError(
+                    f"{path}: line {line}, column {label_column!r}: label {quote(raw)} is not a single value"
+                )
             label = str(raw).strip()
             _check_unicode(path, line, label_column, label)
         key = (text, label)
@@ -306,29 +353,63 @@ def _as_int(value: str) -> int | None:
     return int(number) if number.is_integer() else None
 
 
+MISSING_VALUE_LABELS = {"none", "null", "nan"}
+"""Labels that are a missing value written out as text (Python None, JSON null, pandas NaN); they are
+refused as inferred classes. Declared in data.label_names, such a name is a class like any other."""
+
+
 def infer_label_names(tables: list[RawTable]) -> list[str]:
-    """Label names in id order: numbers sorted numerically, otherwise strings sorted."""
-    values = sorted({label for table in tables for label in table.labels})
+    """Label names in id order: numbers sorted numerically, otherwise strings sorted.
+
+    Refused, naming the file and line of the culprit: a missing value written as a label ('None',
+    'null', 'NaN'), labels that differ only in case ('Positive' and 'positive' would be two
+    classes), and a mix of numbers and text (the culprit is the kind fewer rows use).
+    """
+    first: dict[str, tuple[RawTable, int]] = {}
+    counts: Counter = Counter()
+    for table in tables:
+        for label, line in zip(table.labels, table.lines):
+            first.setdefault(label, (table, line))
+            counts[label] += 1
+    for label, (table, line) in first.items():
+        if label.casefold() in MISSING_VALUE_LABELS:
+            raise DataError(
+                f"{table.path}: line {line}, column {table.label_column!r}: label {quote(label)} is a missing "
+                "value written as text, not a class; fix the row, or list it in data.label_names if it is one"
+            )
+    folded: dict[str, str] = {}
+    for label, (table, line) in first.items():  # file order: the later spelling is the odd one
+        other = folded.setdefault(label.casefold(), label)
+        if other != label:
+            other_table, other_line = first[other]
+            raise DataError(
+                f"{table.path}: line {line}, column {table.label_column!r}: label {quote(label)} differs only "
+                f"in case from {quote(other)} ({other_table.path}, line {other_line}); they would be two classes. "
+                "Use one spelling, or set data.label_names"
+            )
+    values = sorted(first)
     numeric = [_as_int(v) for v in values]
     if all(n is not None for n in numeric):
         return [str(n) for n in sorted(set(numeric))]
     if any(n is not None for n in numeric):
-        first_text = next(v for v, n in zip(values, numeric) if n is None)
-        first_number = next(v for v, n in zip(values, numeric) if n is not None)
-        table, line = _locate(tables, first_number)
+        numbers = [v for v, n in zip(values, numeric) if n is not None]
+        texts = [v for v, n in zip(values, numeric) if n is None]
+        order = list(first)  # labels by first appearance
+        rows = {kind: sum(counts[v] for v in group) for kind, group in (("number", numbers), ("text", texts))}
+        # The kind fewer rows use is the odd one; on a tie, the kind that appears later.
+        later = "text" if order.index(texts[0]) > order.index(numbers[0]) else "number"
+        odd = min(rows, key=lambda kind: (rows[kind], kind != later))
+        culprit = min(numbers if odd == "number" else texts, key=order.index)
+        example = min(texts if odd == "number" else numbers, key=order.index)
+        table, line = first[culprit]
+        example_table, example_line = first[example]
         raise DataError(
-            f"{table.path}: line {line}, column {table.label_column!r}: label {first_number!r} is a number "
-            f"but other labels are text (e.g. {first_text!r}); use one kind, or set data.label_names"
+            f"{table.path}: line {line}, column {table.label_column!r}: label {quote(culprit)} is "
+            f"{'a number' if odd == 'number' else 'text'} but other labels are "
+            f"{'text' if odd == 'number' else 'numbers'} (e.g. {quote(example)} on line {example_line}"
+            f"{'' if example_table is table else f' of {example_table.path}'}); use one kind, or set data.label_names"
         )
     return values
-
-
-def _locate(tables: list[RawTable], value: str) -> tuple[RawTable, int]:
-    for table in tables:
-        for label, line in zip(table.labels, table.lines):
-            if label == value:
-                return table, line
-    raise KeyError(value)
 
 
 def map_labels(table: RawTable, label_names: list[str]) -> list[int]:
@@ -347,8 +428,11 @@ def map_labels(table: RawTable, label_names: list[str]) -> list[int]:
         elif number is not None and not names_are_numbers and 0 <= number < len(label_names):
             ids.append(number)  # files with 0/1 labels and declared names like negative/positive
         else:
+            same = next((name for name in label_names if name.casefold() == label.casefold()), None)
+            hint = f" (differs only in case from {quote(same)})" if same is not None else ""
             raise DataError(
-                f"{table.path}: line {line}, column {table.label_column!r}: label {label!r} is not one of {label_names}"
+                f"{table.path}: line {line}, column {table.label_column!r}: label {quote(label)} is not one of "
+                f"{quote(label_names, 200)}{hint}"
             )
     return ids
 
@@ -378,12 +462,12 @@ def multi_hot(table: RawTable, label_names: list[str], separator: str = "|") -> 
         row = [0] * len(label_names)
         parts = [part.strip() for part in label.split(separator) if part.strip()]
         if not parts:
-            raise DataError(f"{table.path}: line {line}, column {table.label_column!r}: no label in {label!r}")
+            raise DataError(f"{table.path}: line {line}, column {table.label_column!r}: no label in {quote(label)}")
         for part in parts:
             if part not in index:
                 raise DataError(
-                    f"{table.path}: line {line}, column {table.label_column!r}: label {part!r} is not "
-                    f"one of {label_names}"
+                    f"{table.path}: line {line}, column {table.label_column!r}: label {quote(part)} is not "
+                    f"one of {quote(label_names, 200)}"
                 )
             row[index[part]] = 1
         rows.append(row)
@@ -505,13 +589,13 @@ def load_splits(cfg: DataConfig) -> DatasetSplits:
     if len(label_names) < 2:
         raise DataError(
             f"{train_table.path}: column {train_table.label_column!r} has a single class "
-            f"({label_names[0]!r}); a classifier needs at least two"
+            f"({quote(label_names[0])}); a classifier needs at least two"
         )
     train = Split(train_table.texts, to_ids(train_table))
     if not multi and len(set(train.labels)) < 2:
         raise DataError(
             f"{train_table.path}: column {train_table.label_column!r} has a single class "
-            f"({label_names[train.labels[0]]!r}); a classifier needs at least two"
+            f"({quote(label_names[train.labels[0]])}); a classifier needs at least two"
         )
     test = Split(test_table.texts, to_ids(test_table))
     if validation_table is not None:
@@ -677,10 +761,7 @@ def stream_texts(
             return
         column = text_column or ("sentence" if fmt == "tsv" else "text")
         if fmt == "jsonl":
-            for number, line in enumerate(lines, start=1):
-                record = parse_jsonl_line(name, number, line)
-                if record is None:
-                    continue
+            for number, record in _jsonl_records(name, lines):
                 if column not in record:
                     raise DataError(f"{name}: line {number}: expected a JSON object with key {column!r}")
                 text = str(record[column] if record[column] is not None else "")
@@ -691,7 +772,7 @@ def stream_texts(
         for header, line, fields in checked_csv_rows(name, lines, fmt):
             if index is None:
                 if column not in header:
-                    raise DataError(f"{name}: line 1: no column {column!r}; columns are {header}")
+                    raise DataError(f"{name}: line 1: no column {quote(column)}; columns are {quote(header, 200)}")
                 index = header.index(column)
             if index >= len(fields):
                 raise DataError(f"{name}: line {line}: {len(fields)} fields, no {column!r} value")
@@ -701,6 +782,23 @@ def stream_texts(
     finally:
         if raw is not sys.stdin.buffer:
             raw.close()
+
+
+def _jsonl_records(name, lines: Iterable[str]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) from JSON Lines, or from one JSON array of objects when the first
+    non-blank line opens one (the array is then read whole: JSON has no way to stream it)."""
+    lines = iter(lines)
+    number, started = 0, False
+    for line in lines:
+        number += 1
+        if not started and line.strip():
+            started = True
+            if line.lstrip().startswith("["):
+                yield from json_array_records(name, "\n" * (number - 1) + line + "".join(lines))
+                return
+        record = parse_jsonl_line(name, number, line)
+        if record is not None:
+            yield number, record
 
 
 def read_texts(path: str | Path, text_column: str | None = None) -> Iterator[str]:

@@ -317,7 +317,7 @@ def parity_report(
     return {"reference": reference, "examples": len(texts), "variants": rows}
 
 
-# ---- the command ------------------------------------------------------------------------------
+# ---- exporting a run ---------------------------------------------------------------------------
 
 
 def export_run(
@@ -510,30 +510,3 @@ def int8_warning(report: dict) -> str | None:
         f"(tolerance {INT8_MAX_DROP_POINTS}).{paired}\nServe the fp32 ONNX model instead "
         f"(Predictor.load(folder, variant='fp32')), or check the parity data is large enough to tell.\n{bar}"
     )
-
-
-def export_cli(args) -> int:
-    """`sentitune export`: export a run, print and save the parity report.
-
-    Example:
-        $ sentitune export --model runs/sst2-lora --format onnx --quantize int8 --output exported/sst2-lora-int8
-    """
-    report = export_run(
-        args.model,
-        args.output,
-        args.format,
-        args.quantize,
-        args.parity_data,
-        getattr(args, "text_column", None),
-        getattr(args, "label_column", None),
-        getattr(args, "overwrite", False),
-    )
-    print(format_report(report))
-    print(
-        f"exported {args.format}{' + int8' if args.quantize else ''} -> {report['output']} "
-        f"(parity report: {Path(report['output']) / PARITY_FILE})"
-    )
-    warning = int8_warning(report)
-    if warning:
-        print(warning, file=sys.stderr)
-    return 0

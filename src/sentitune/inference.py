@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,9 +31,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from sentitune import results
-from sentitune.data import input_format, stream_texts  # noqa: F401 - predict reads with these
+from sentitune.data import input_format, stream_texts  # noqa: F401 - re-exported for callers of predict
 from sentitune.methods import registry
-from sentitune.metrics import sigmoid
+from sentitune.metrics import sigmoid, softmax
 
 
 EXPORT_MANIFEST = "sentitune.json"
@@ -55,14 +56,6 @@ def available_cores() -> int:
         physical = usable
     # Hyper-threads share one core's matrix units, so more threads than physical cores only contend.
     return max(1, min(usable, physical))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    # float64 like training's predictions.csv, so round trips compare to ~1e-7, not float32's 1e-4.
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _pad(batch: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -241,6 +234,28 @@ def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = No
         raise results.RunFolderError(f"{path}: cannot load the ONNX model ({exc})") from None
 
 
+def prediction_row(label_names, probabilities, thresholds=None, text: str | None = None) -> dict:
+    """One prediction as `predict`, `sentitune predict` and `POST /predict` return it: `text` (when
+    given), the top `label`, its probability as `score`, and every class probability; with per-label
+    `thresholds` (multi-label runs) also `labels`, every label at or above its threshold.
+
+    Example:
+        >>> prediction_row(["negative", "positive"], np.array([0.25, 0.75]))
+        {'label': 'positive', 'score': 0.75, 'probabilities': {'negative': 0.25, 'positive': 0.75}}
+    """
+    probabilities = np.asarray(probabilities)
+    best = int(probabilities.argmax())
+    row = {} if text is None else {"text": text}
+    row.update(
+        label=label_names[best],
+        score=float(probabilities[best]),
+        probabilities={name: float(p) for name, p in zip(label_names, probabilities)},
+    )
+    if thresholds is not None:
+        row["labels"] = [name for name, p, t in zip(label_names, probabilities, thresholds) if p >= t]
+    return row
+
+
 class Predictor:
     """Batched, length-sorted inference over a run folder or an exported folder.
 
@@ -317,7 +332,13 @@ class Predictor:
             >>> Predictor.load("runs/sst2-full", device="cpu").backend  # doctest: +SKIP
             'torch'
         """
+        from sentitune.models import refuse_remote_code
+
         path = Path(path)
+        # The rule train applies to base models, for every folder predict and serve load.
+        for folder in (path, path / results.MODEL_DIR):
+            if folder.is_dir():
+                refuse_remote_code(folder, results.RunFolderError)
         manifest = read_manifest(path) if (path / EXPORT_MANIFEST).exists() else None
         if manifest is None or manifest["format"] != "onnx":
             if workers not in (None, 1):
@@ -362,7 +383,7 @@ class Predictor:
 
     @classmethod
     def _load_run(cls, path: Path, device: str | None) -> "Predictor":
-        from sentitune.models import load_classifier, resolve_model
+        from sentitune.models import load_classifier, progress_bars_on_terminals_only, quiet_transformers, resolve_model
 
         run = results.load_run(path, require_ok=True)
         model_dir = run.path / results.MODEL_DIR
@@ -371,15 +392,20 @@ class Predictor:
         cfg = run.config
         method = registry.get(cfg.method.name)
         max_length = cfg.data.resolved_max_length
+        check_head_width(run.path / results.LABELS_FILE, run.label_names, model_dir)
         if not method.neural:
             return cls(
                 run.label_names, max_length, classical=_load_checked(method, model_dir, None), source=str(run.path)
             )
-        from transformers import AutoTokenizer
+        from sentitune.models import load_tokenizer_from
 
         device = _resolve_device(device)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = _load_checked(method, model_dir, lambda: load_classifier(resolve_model(cfg.model), run.label_names))
+        tokenizer = load_tokenizer_from(model_dir, results.RunFolderError)
+        # transformers' load report is a multi-line table on stderr; what it reports is refused in one
+        # line instead (methods.base.check_loading_info, size mismatches in _load_checked).
+        with progress_bars_on_terminals_only(), quiet_transformers():
+            model = _load_checked(method, model_dir, lambda: load_classifier(resolve_model(cfg.model), run.label_names))
+        check_model_fits(model_dir, model, tokenizer, run.label_names)
         model.to(device).eval()
         thresholds = (
             results.read_thresholds(run.path, run.label_names) if cfg.data.problem_type == "multi_label" else None
@@ -405,7 +431,7 @@ class Predictor:
         threads: int | None,
         workers: int | None,
     ) -> "Predictor":
-        from transformers import AutoTokenizer
+        from sentitune.models import load_tokenizer_from
 
         if manifest["format"] == "hf":
             if variant is not None:
@@ -421,7 +447,14 @@ class Predictor:
             (1, threads) if device.startswith("cuda") else onnx_parallelism(threads=threads, workers=workers)
         )
         session = [onnx_session(path / files[variant], device, threads) for _ in range(workers)]
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        outputs = session[0].get_outputs()[0].shape if hasattr(session[0], "get_outputs") else []
+        width = outputs[-1] if outputs else None
+        if isinstance(width, int) and width != len(manifest["label_names"]):
+            raise results.RunFolderError(
+                f"{path / EXPORT_MANIFEST}: lists {len(manifest['label_names'])} labels but "
+                f"{files[variant]} gives {width} outputs per text; the export was modified"
+            )
+        tokenizer = load_tokenizer_from(path, results.RunFolderError)
         return cls(
             manifest["label_names"],
             manifest["max_length"],
@@ -435,21 +468,34 @@ class Predictor:
 
     @classmethod
     def _load_hf_folder(cls, path: Path, device: str | None, manifest: dict | None) -> "Predictor":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
+
+        from sentitune.methods.base import check_loading_info
+        from sentitune.models import load_tokenizer_from, progress_bars_on_terminals_only, quiet_transformers
 
         device = _resolve_device(device)
+        if manifest:
+            check_head_width(path / EXPORT_MANIFEST, manifest["label_names"], path)
+        tokenizer = load_tokenizer_from(path, results.RunFolderError)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, attn_implementation="sdpa", use_safetensors=True
-            )
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise results.RunFolderError(f"{path}: cannot load the model folder ({exc})") from None
+            with progress_bars_on_terminals_only(), quiet_transformers():
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    path,
+                    attn_implementation="sdpa",
+                    use_safetensors=True,
+                    ignore_mismatched_sizes=True,
+                    output_loading_info=True,
+                )
+            check_loading_info(path, info)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise results.RunFolderError(f"{path}: cannot load the model folder ({weights_error(exc)})") from None
         if manifest:
             labels, max_length, truncation = manifest["label_names"], manifest["max_length"], manifest["truncation"]
         else:
-            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+            results.check_label_names(path / "config.json", labels)  # id2label may repeat a name
             max_length, truncation = min(int(tokenizer.model_max_length), 512), "head"
+        check_model_fits(path, model, tokenizer, labels)
         model.to(device).eval()
         return cls(labels, max_length, truncation, model=model, tokenizer=tokenizer, device=device, source=str(path))
 
@@ -479,6 +525,7 @@ class Predictor:
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(self.label_names)))
+        check_texts(texts)
         if self.classical is not None:
             return np.asarray(self.classical.predict_proba(texts), dtype=np.float64)
         from sentitune.data import encode_texts
@@ -490,7 +537,7 @@ class Predictor:
         batches = plan_batches(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), batch_size)
         padded = ((chunk, *_pad([ids[i] for i in chunk], pad_id)) for chunk in batches)
         for chunk, logits in self._runner.map(padded):
-            out[chunk] = _softmax(logits) if self.thresholds is None else sigmoid(logits)
+            out[chunk] = softmax(logits) if self.thresholds is None else sigmoid(logits)
         return out
 
     def predict(self, texts: Iterable[str], batch_size: int | None = None) -> list[dict]:
@@ -522,42 +569,10 @@ class Predictor:
             yield from self.predict(chunk, batch_size)
 
     def row(self, text: str, probabilities: np.ndarray) -> dict:
-        """One prediction; multi-label runs add `labels`, every label at or above its threshold."""
-        best = int(probabilities.argmax())
-        row = {
-            "text": text,
-            "label": self.label_names[best],
-            "score": float(probabilities[best]),
-            "probabilities": {name: float(p) for name, p in zip(self.label_names, probabilities)},
-        }
-        if self.thresholds is not None:
-            row["labels"] = [name for name, p, t in zip(self.label_names, probabilities, self.thresholds) if p >= t]
-        return row
+        """One prediction (`prediction_row` with this predictor's labels and thresholds)."""
+        return prediction_row(self.label_names, probabilities, self.thresholds, text=text)
 
     _row = row  # the earlier private name
-
-
-def load_for_cli(args) -> Predictor:
-    """`Predictor.load` with the runtime flags shared by predict and serve (--device, --workers,
-    --threads), each checked with a one-line error before anything loads."""
-    from sentitune.data import DataError
-
-    device = getattr(args, "device", None)
-    if device is not None:
-        if device != "cpu" and not device.startswith("cuda"):
-            raise DataError(f"--device {device!r}: expected cpu, cuda or cuda:N")
-        if device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise DataError(f"--device {device}: no CUDA device is visible to this process")
-    for flag in ("workers", "threads"):
-        value = getattr(args, flag, None)
-        if value is not None and value < 1:
-            raise DataError(f"--{flag} must be >= 1, got {value}")
-    return Predictor.load(
-        args.model, device=device, workers=getattr(args, "workers", None), threads=getattr(args, "threads", None)
-    )
 
 
 def _resolve_device(device: str | None) -> str:
@@ -574,18 +589,113 @@ def _load_checked(method, model_dir: Path, load_base):
     try:
         return method.load(model_dir, load_base)
     except (SafetensorError, FileNotFoundError, OSError, ValueError, KeyError) as exc:
-        raise results.RunFolderError(f"{model_dir}: cannot load the {method.name} weights ({exc})") from None
+        raise results.RunFolderError(
+            f"{model_dir}: cannot load the {method.name} weights ({weights_error(exc)})"
+        ) from None
+    except RuntimeError as exc:  # torch's load_state_dict: tensors whose shapes do not fit the model
+        if "size mismatch" not in str(exc) and "shape" not in str(exc):
+            raise
+        raise results.RunFolderError(
+            f"{model_dir}: cannot load the {method.name} weights: they do not fit the model ({weights_error(exc)})"
+        ) from None
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (?P<name>[\w.]+): copying a param with shape (?P<saved>[^\n]*?) from checkpoint, "
+    r"the shape in current model is (?P<model>[^\n]*?)\.?(?:\n|$)"
+)
+
+
+def weights_error(exc: BaseException) -> str:
+    """A weight-loading error as one short line: torch's multi-line size-mismatch report becomes
+    `tensor: saved shape ... vs model shape ...` for its first tensor."""
+    from sentitune.errors import quote
+
+    text = str(exc)
+    match = _SIZE_MISMATCH.search(text)
+    if match:
+        count = len(_SIZE_MISMATCH.findall(text))
+        more = f" (and {count - 1} more tensors)" if count > 1 else ""
+        return f"{match['name']}: saved shape {match['saved']} vs model shape {match['model']}{more}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return quote(lines[0] if lines else type(exc).__name__, 240).strip("'\"")
+
+
+_HEAD = re.compile(r"(?:^|\.)(?:classifier(?:\.modules_to_save\.[^.]+)?(?:\.out_proj)?\.weight|coef)$")
+
+
+def _head_width(folder: Path) -> tuple[int, str] | None:
+    """(outputs, where) of the classification head saved in `folder`'s safetensors files, read from
+    the file headers without loading the weights; None when no head tensor is found."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "numpy") as handle:
+                for key in handle.keys():
+                    if _HEAD.search(key):
+                        shape = handle.get_slice(key).get_shape()
+                        # A binary logistic regression keeps one row of weights for two classes.
+                        width = 2 if key == "coef" and shape[0] == 1 else shape[0]
+                        return int(width), f"{key} in {file.name}"
+        except Exception:  # unreadable: the load itself reports it, naming the file
+            return None
+    return None
+
+
+def check_head_width(labels_path: Path, label_names: list[str], model_dir: Path) -> None:
+    """Refuses a label list whose length is not the saved head's width: extra names would never be
+    predicted (or be read from the wrong output), missing ones would leave outputs unnamed."""
+    found = _head_width(model_dir)
+    if found is not None and found[0] != len(label_names):
+        from sentitune.errors import quote
+
+        raise results.RunFolderError(
+            f"{labels_path}: lists {len(label_names)} labels {quote(label_names, 120)} but the model's head has "
+            f"{found[0]} outputs ({found[1]}); the run folder was modified or mixes two runs"
+        )
+
+
+def check_model_fits(folder: Path, model, tokenizer, label_names: list[str]) -> None:
+    """After loading: the head has one output per label and every token id the tokenizer can produce
+    has an embedding row (a larger tokenizer would fail on the first text holding such a token)."""
+    outputs = getattr(model.config, "num_labels", None)
+    if outputs is not None and outputs != len(label_names):
+        raise results.RunFolderError(
+            f"{folder}: the model has {outputs} outputs but {len(label_names)} label names; the folder was modified"
+        )
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise results.RunFolderError(
+            f"{folder}: the tokenizer has {len(tokenizer):,} tokens but the model's embeddings only "
+            f"{rows:,} rows; the tokenizer files belong to another model"
+        )
+
+
+def check_texts(texts: list[str]) -> None:
+    """Refuses texts that are not Unicode: a lone surrogate, which JSON escapes can hold and which
+    Python makes of invalid UTF-8 bytes in command-line arguments (surrogateescape). No tokenizer
+    or UTF-8 writer accepts one."""
+    from sentitune.data import DataError, is_unicode
+
+    for i, text in enumerate(texts):
+        if isinstance(text, str) and not is_unicode(text):
+            bad = next(ch for ch in text if "\ud800" <= ch <= "\udfff")
+            origin = (
+                f"byte {bytes([ord(bad) - 0xDC00])!r} is not UTF-8 (texts given as arguments must be UTF-8)"
+                if "\udc80" <= bad <= "\udcff"
+                else f"{bad!r} is a lone surrogate, not a character"
+            )
+            raise DataError(f"text {i + 1}: {origin}")
 
 
 def read_manifest(folder: str | Path) -> dict:
     """The `sentitune.json` of an exported folder, checked for the keys the Predictor needs."""
     path = Path(folder) / EXPORT_MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise results.RunFolderError(f"{folder}: not an exported folder (no {EXPORT_MANIFEST})") from None
-    except json.JSONDecodeError as exc:
-        raise results.RunFolderError(f"{path}: corrupted JSON at line {exc.lineno}, column {exc.colno}") from None
+    if not path.exists():
+        raise results.RunFolderError(f"{folder}: not an exported folder (no {EXPORT_MANIFEST})")
+    manifest = results.read_json(path, dict)  # corrupted, not UTF-8, not an object: one line
     required = ["format", "label_names", "max_length", "truncation"]
     if isinstance(manifest, dict) and manifest.get("format") == "onnx":
         required += ["files", "default_variant"]
@@ -594,6 +704,7 @@ def read_manifest(folder: str | Path) -> dict:
         raise results.RunFolderError(f"{path}: missing keys {missing}")
     if manifest["format"] not in ("onnx", "hf"):
         raise results.RunFolderError(f"{path}: unknown format {manifest['format']!r} (expected onnx or hf)")
+    results.check_label_names(path, manifest["label_names"])
     return manifest
 
 
@@ -612,58 +723,9 @@ def write_jsonl(rows: Iterable[dict], output: str | None) -> int:
         sys.stdout.flush()
         return count
     path = Path(output)
+    results.check_output_path(path, "--output", "file")  # a folder, or a parent that is a file: one line
     with results.exclusive_lock(path), results.atomic_writer(path) as out:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
     return count
-
-
-def _progress_wanted() -> bool:
-    return sys.stderr.isatty() or os.environ.get("SENTITUNE_PROGRESS") == "1"
-
-
-def predict_cli(args) -> int:
-    """`sentitune predict`: texts from arguments or a file -> JSONL predictions.
-
-    Example:
-        $ sentitune predict --model runs/sst2-lora "a gorgeous , witty film" "a dull mess"
-        $ sentitune predict --model exported/sst2-lora-int8 --input reviews.csv --output preds.jsonl
-    """
-    from sentitune.data import DataError
-
-    if args.texts and args.input:
-        raise DataError("give texts as arguments or --input FILE, not both")
-    if not args.texts and not args.input:
-        raise DataError("nothing to predict: give texts as arguments, or --input FILE ('-' for stdin)")
-    if args.batch_size < 1:
-        raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
-    fmt = getattr(args, "input_format", None)
-    if args.input and args.input != "-":
-        input_format(args.input, fmt)  # unknown suffixes fail before the model loads
-    predictor = load_for_cli(args)
-    progress = None
-    if args.texts:
-        texts: Iterable[str] = args.texts
-    else:
-        on_bytes = None
-        if args.input != "-" and _progress_wanted():
-            from tqdm import tqdm
-
-            progress = tqdm(
-                total=os.path.getsize(args.input),
-                unit="B",
-                unit_scale=True,
-                file=sys.stderr,
-                desc=f"predict {Path(args.input).name}",
-            )
-            on_bytes = progress.update
-        texts = stream_texts(args.input, args.text_column, fmt, on_bytes)
-    try:
-        count = write_jsonl(predictor.predict_stream(texts, args.batch_size), args.output)
-    finally:
-        if progress is not None:
-            progress.close()
-    if args.output:
-        print(f"{count} predictions -> {args.output}", file=sys.stderr)
-    return 0

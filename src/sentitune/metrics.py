@@ -36,6 +36,14 @@ def classification_metrics(gold: np.ndarray, probabilities: np.ndarray) -> dict[
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of n x k logits, in float64 (training's predictions.csv and the Predictor both
+    use it, so their probabilities round-trip to ~1e-7, not float32's 1e-4).
+
+    Example:
+        >>> softmax(np.array([[0.0, 0.0], [0.0, np.log(3.0)]])).round(3).tolist()
+        [[0.5, 0.5], [0.25, 0.75]]
+    """
+    logits = np.asarray(logits, dtype=np.float64)
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
@@ -187,6 +195,51 @@ def accuracy_interval(
     return low, high, "bootstrap over test examples (1 seed)"
 
 
+def finite_mean(values) -> float:
+    """Mean of the finite numbers among `values` (None, NaN, inf and non-numbers skipped); NaN if none.
+
+    Example:
+        >>> finite_mean([1.0, None, float("nan"), 3])
+        2.0
+    """
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def finite_std(values) -> float:
+    """Sample standard deviation (ddof=1) of the finite numbers among `values`; NaN with fewer than two."""
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan
+
+
+def seed_summary(seed_accuracies, correctness_of_one_run=()) -> dict[str, Any]:
+    """A variant's test accuracy over its seeds, as compare's results and the report both state it.
+
+    Args:
+        seed_accuracies: test accuracy of each finished seed.
+        correctness_of_one_run: 0/1 per-example correctness of the single run (used only with one seed,
+            for the bootstrap interval; see accuracy_interval).
+
+    Returns:
+        {n_seeds, mean, std (ddof=1; NaN with one seed), ci95_low, ci95_high, ci_method}.
+
+    Example:
+        >>> s = seed_summary([0.80, 0.82, 0.84])
+        >>> s["n_seeds"], round(s["mean"], 4), round(s["std"], 4), s["ci_method"]
+        (3, 0.82, 0.02, 't over 3 seeds')
+    """
+    accuracies = np.asarray(seed_accuracies, dtype=np.float64).ravel()
+    low, high, how = accuracy_interval(accuracies, correctness_of_one_run)
+    return {
+        "n_seeds": int(accuracies.size),
+        "mean": float(accuracies.mean()) if accuracies.size else math.nan,
+        "std": float(accuracies.std(ddof=1)) if accuracies.size >= 2 else math.nan,
+        "ci95_low": low,
+        "ci95_high": high,
+        "ci_method": how,
+    }
+
+
 def holm(p_values) -> list[float]:
     """Holm-Bonferroni adjusted p-values, in the order given.
 
@@ -218,6 +271,21 @@ def holm(p_values) -> list[float]:
     return [float(x) for x in adjusted]
 
 
+def discordant_pairs(correct_a, correct_b) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the examples only A gets right and of those only B gets right (the pairs a
+    McNemar test counts).
+
+    Example:
+        >>> [i.tolist() for i in discordant_pairs([1, 1, 0, 0], [1, 0, 1, 0])]
+        [[1], [2]]
+    """
+    correct_a = np.asarray(correct_a, dtype=bool)
+    correct_b = np.asarray(correct_b, dtype=bool)
+    if correct_a.shape != correct_b.shape:
+        raise ValueError(f"paired test needs the same examples: {correct_a.shape} vs {correct_b.shape}")
+    return np.flatnonzero(correct_a & ~correct_b), np.flatnonzero(~correct_a & correct_b)
+
+
 def mcnemar(correct_a, correct_b) -> dict[str, float]:
     """Exact McNemar test on paired per-example correctness.
 
@@ -225,12 +293,8 @@ def mcnemar(correct_a, correct_b) -> dict[str, float]:
     """
     from scipy.stats import binomtest
 
-    correct_a = np.asarray(correct_a, dtype=bool)
-    correct_b = np.asarray(correct_b, dtype=bool)
-    if correct_a.shape != correct_b.shape:
-        raise ValueError(f"paired test needs the same examples: {correct_a.shape} vs {correct_b.shape}")
-    b = int((correct_a & ~correct_b).sum())
-    c = int((~correct_a & correct_b).sum())
+    a_only, b_only = discordant_pairs(correct_a, correct_b)
+    b, c = int(a_only.size), int(b_only.size)
     p_value = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
     return {"a_only_correct": b, "b_only_correct": c, "p_value": p_value}
 
@@ -254,7 +318,8 @@ def paired_seed_test(correct_a, correct_b, resamples: int = 10_000, seed: int = 
     Args:
         correct_a: 0/1 correctness of A, seeds x examples (1-D = one seed).
         correct_b: the same for B, same shape, same seed order and same test examples.
-        resamples: bootstrap resamples for the CI.
+        resamples: bootstrap resamples for the CI; 0 skips the bootstrap (CI NaN), for callers that
+            need only the counts, accuracies and p-value (per-slice tables over large test sets).
         seed: random seed of the bootstrap, so the CI is reproducible.
 
     Returns:
@@ -290,14 +355,17 @@ def paired_seed_test(correct_a, correct_b, resamples: int = 10_000, seed: int = 
             else "paired bootstrap over test examples"
         ),
     }
-    if a.size == 0:
+    if a.size == 0 or resamples == 0:
+        a_accuracy = float(a.mean()) if a.size else math.nan
+        b_accuracy = float(b.mean()) if b.size else math.nan
         return {
             **out,
-            "difference": math.nan,
+            "difference": a_accuracy - b_accuracy,
+            "ci_method": out["ci_method"] if resamples else "none (resamples=0)",
             "difference_ci95_low": math.nan,
             "difference_ci95_high": math.nan,
-            "a_accuracy": math.nan,
-            "b_accuracy": math.nan,
+            "a_accuracy": a_accuracy,
+            "b_accuracy": b_accuracy,
         }
     difference = a.astype(np.float64) - b.astype(np.float64)
     means = _bootstrap_means(difference, resamples, seed, over_rows=two_level)

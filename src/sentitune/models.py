@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from sentitune.errors import ModelNotAvailable
+from sentitune.errors import ModelNotAvailable, quote
 
 
 def _bundled_minilm() -> str:
@@ -108,8 +108,6 @@ def check_model_folder(path: Path) -> None:
     Loading a pickle can execute arbitrary code, and `auto_map` in config.json names Python files
     that `trust_remote_code=True` would import; sentitune loads safetensors only and never sets it.
     """
-    import json
-
     if not any(path.glob("*.safetensors")):
         pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
         if pickled:
@@ -118,24 +116,93 @@ def check_model_folder(path: Path) -> None:
                 "safetensors only. Convert once in a trusted environment: "
                 "AutoModel.from_pretrained(folder).save_pretrained(folder)"
             )
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelNotAvailable(f"{path / 'config.json'}: unreadable ({exc})") from None
-    if isinstance(config, dict) and config.get("auto_map"):
-        raise ModelNotAvailable(
-            f"model folder {path} needs custom code (auto_map in config.json); sentitune "
-            "never runs code from model folders (trust_remote_code stays off)"
+    refuse_remote_code(path, ModelNotAvailable)
+
+
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "adapter_config.json")
+"""Files whose `auto_map` names Python code that `trust_remote_code=True` would import."""
+
+
+def refuse_remote_code(path: Path, error: type[Exception] = ModelNotAvailable) -> None:
+    """Refuses a folder any of whose REMOTE_CODE_FILES declares custom code (`auto_map`). The same
+    rule for every folder sentitune loads: a base model for training, a run's model/, an export, a
+    plain Hugging Face folder given to predict or serve. Missing files are not checked here."""
+    import json
+
+    path = Path(path)
+    for name in REMOTE_CODE_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise error(f"{file}: unreadable ({quote(str(exc))})") from None
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise error(
+                f"model folder {path} needs custom code (auto_map in {name}); sentitune "
+                "never runs code from model folders (trust_remote_code stays off)"
+            )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "vocab.json")
+"""Files one of which a folder needs for its tokenizer (fast tokenizer, WordPiece, SentencePiece, BPE)."""
+
+
+def load_tokenizer_from(folder: str | Path, error: type[Exception] = ModelNotAvailable, hub: bool = False):
+    """`AutoTokenizer.from_pretrained(folder)` with one-line errors: no tokenizer files, or files that
+    do not load (corrupt JSON, a truncated vocabulary). transformers' own message for a folder without
+    tokenizer files can wrongly suggest installing sentencepiece; this names the folder and the files."""
+    from transformers import AutoTokenizer
+
+    folder_path = Path(folder)
+    if not hub and not any((folder_path / name).is_file() for name in TOKENIZER_FILES):
+        raise error(
+            f"{folder_path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
+            "copy them from the base model's folder"
         )
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError, ImportError) as exc:
+        raise error(f"{folder_path}: cannot load the tokenizer ({_first_line(exc)})") from None
+    except Exception as exc:  # the Rust tokenizers library raises its own Exception for corrupt files
+        if type(exc).__module__.split(".")[0] != "builtins" or type(exc) is Exception:
+            raise error(f"{folder_path}: cannot load the tokenizer ({_first_line(exc)})") from None
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message as one short line (library messages often span several)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return quote(lines[0] if lines else type(exc).__name__, 200).strip("'\"")
 
 
 def load_tokenizer(source: ModelSource):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(source.location)
+    tokenizer = load_tokenizer_from(source.location, hub=not source.is_local)
     if tokenizer.model_max_length > 100_000:  # tokenizer_config without model_max_length
         tokenizer.model_max_length = 512
     return tokenizer
+
+
+@contextlib.contextmanager
+def progress_bars_on_terminals_only():
+    """transformers' per-load progress bars ("Loading weights: 100%") only when stderr is a terminal
+    (or SENTITUNE_PROGRESS=1): elsewhere they are noise in logs, and a command that then fails must
+    leave its one error line alone on stderr."""
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    hide = hf_logging.is_progress_bar_enabled() and not (
+        sys.stderr.isatty() or os.environ.get("SENTITUNE_PROGRESS") == "1"
+    )
+    if hide:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hide:
+            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -259,15 +326,3 @@ def shrink_model(name: str, layers: int, output_dir: str | Path, overwrite: bool
     }
     atomic_write_json(output_dir / SHRINK_FILE, info)
     return info
-
-
-def shrink_cli(args) -> int:
-    """`sentitune shrink --model M --layers K --output-dir DIR`."""
-    info = shrink_model(args.model, args.layers, args.output_dir, overwrite=args.overwrite)
-    print(
-        f"{info['source_model']}: {info['layers_before']} -> {info['layers_kept']} encoder layers, "
-        f"{info['params_before']:,} -> {info['params_after']:,} parameters "
-        f"({100 * info['params_after'] / info['params_before']:.0f}%), {info['size_mib']:.1f} MiB; "
-        f"wrote {args.output_dir} (use it with --model {args.output_dir})"
-    )
-    return 0

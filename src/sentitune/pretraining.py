@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sentitune import results
-from sentitune.config import ConfigError, DataConfig, _check_choice, _check_positive
+from sentitune.config import ConfigError, DataConfig, _check_choice, _check_finite, _check_positive, _check_seed
 from sentitune.data import DataError, _find_pair, read_texts, resolve_data_dir
 
 
@@ -96,6 +95,8 @@ class PretrainConfig:
             _check_positive("pretrain", name, getattr(self, name))
         _check_positive("pretrain", "eval_texts", self.eval_texts, allow_zero=True)
         _check_positive("pretrain", "weight_decay", self.weight_decay, allow_zero=True)
+        _check_finite("pretrain", "warmup_ratio", self.warmup_ratio)
+        _check_seed("pretrain", "seed", self.seed)
         if not 8 <= self.max_length <= 512:
             raise ConfigError(f"pretrain.max_length: must be between 8 and 512 (BERT positions), got {self.max_length}")
         if not 0 < self.mlm_probability < 1:
@@ -488,12 +489,3 @@ def pretrain(
     results.atomic_write_json(output_dir / PRETRAIN_FILE, summary)
     echo(f"wrote {output_dir} (use it with --model {output_dir})")
     return summary
-
-
-def pretrain_cli(args) -> int:
-    """`sentitune pretrain`: flags -> PretrainConfig -> pretrain()."""
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    cfg = PretrainConfig(**values)
-    pretrain(cfg, args.output_dir, overwrite=args.overwrite, echo=lambda line: print(line, file=sys.stderr))
-    return 0

@@ -29,13 +29,13 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sentitune.errors import OutputInUse, OutputNotWritable, RunFolderError
+from sentitune.errors import OutputInUse, OutputNotWritable, RunFolderError, quote, read_text
 
 
 CONFIG_FILE = "config.yaml"
@@ -53,6 +53,8 @@ NOT_WRITABLE_ERRNOS = {
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder, not a file",
 }
 
 
@@ -68,10 +70,63 @@ def not_writable(exc: BaseException, path: str | Path | None = None) -> OutputNo
     if code not in NOT_WRITABLE_ERRNOS:
         return None
     where = getattr(exc, "filename", None) or path
+    if code in (errno.ENOTDIR, errno.EISDIR):
+        return OutputNotWritable(f"{where}: cannot write ({NOT_WRITABLE_ERRNOS[code]}); choose another output")
     return OutputNotWritable(
         f"{where}: cannot write ({NOT_WRITABLE_ERRNOS[code]}); free space, fix the "
         "permissions or choose another output folder"
     )
+
+
+def check_output_path(path: str | Path, flag: str, kind: str = "folder") -> None:
+    """Refuses an output location that cannot be created as `kind` ("folder" or "file"): a path
+    whose nearest existing parent is a file, a folder output that is a file, a file output that is
+    a folder. Checked before any work, so the refusal is one line instead of a failed write."""
+    path = Path(path)
+    for parent in path.parents:  # nearest first
+        if parent.is_dir():
+            break
+        if parent.exists() or parent.is_symlink():
+            raise OutputNotWritable(f"{path}: {parent} is a file, not a folder; pick another {flag}")
+    if kind == "folder" and (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise OutputNotWritable(f"{path}: is a file, not a folder; {flag} takes a folder")
+    if kind == "file" and path.is_dir():
+        raise OutputNotWritable(f"{path}: is a folder; {flag} takes a file name")
+
+
+def read_json(path: str | Path, expect: type = dict) -> Any:
+    """A run-folder JSON file that must hold a JSON object (`expect=dict`) or array (`list`); every
+    way it can be unusable (missing, a folder, not UTF-8, corrupted, the wrong type) is one
+    RunFolderError line naming the file."""
+    text = read_text(path, RunFolderError)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(f"{path}: corrupted JSON at line {exc.lineno}, column {exc.colno}") from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep, integers over 4300 digits
+        raise RunFolderError(f"{path}: unreadable JSON ({str(exc).split(';')[0]})") from None
+    if not isinstance(value, expect):
+        wanted = "an object" if expect is dict else "an array"
+        names = {dict: "an object", list: "an array", str: "a string"}
+        got = "null" if value is None else names.get(type(value), f"a {type(value).__name__}")
+        raise RunFolderError(f"{path}: expected {wanted} in this JSON file, got {got}; the file is damaged")
+    return value
+
+
+def check_label_names(path: str | Path, names: Any) -> list[str]:
+    """A run's or export's label list: non-empty strings, each once (not even in another case)."""
+    if not isinstance(names, list) or not all(isinstance(name, str) and name.strip() for name in names):
+        raise RunFolderError(f"{path}: expected a list of label names, got {quote(names)}")
+    folded: dict[str, str] = {}
+    for name in names:
+        other = folded.get(name.casefold())
+        if other is not None:
+            same = "twice" if other == name else f"as {quote(other)} and {quote(name)}"
+            raise RunFolderError(f"{path}: label {quote(name)} is listed {same}; each class needs a distinct name")
+        folded[name.casefold()] = name
+    if len(names) < 2:
+        raise RunFolderError(f"{path}: {len(names)} label name(s); a classifier has at least two")
+    return names
 
 
 @contextmanager
@@ -221,13 +276,13 @@ def multilabel_prediction_rows(
 def read_thresholds(folder: str | Path, label_names: list[str]) -> list[float]:
     """A multi-label run's per-label thresholds in `label_names` order (RunFolderError if absent)."""
     path = Path(folder) / THRESHOLDS_FILE
+    if not path.exists():
+        raise RunFolderError(f"{path}: missing; a multi-label run needs its per-label thresholds")
+    saved = read_json(path, dict)
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
         return [float(saved[name]) for name in label_names]
-    except FileNotFoundError:
-        raise RunFolderError(f"{path}: missing; a multi-label run needs its per-label thresholds") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise RunFolderError(f"{path}: damaged ({type(exc).__name__}: {exc})") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunFolderError(f"{path}: damaged ({type(exc).__name__}: {quote(str(exc))})") from None
 
 
 def read_status(folder: str | Path) -> str | None:
@@ -236,9 +291,10 @@ def read_status(folder: str | Path) -> str | None:
     if not path.exists():
         return "running" if (Path(folder) / CONFIG_FILE).exists() else None
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("status")
-    except (json.JSONDecodeError, OSError):
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError, RecursionError):  # corrupted, not UTF-8, a folder: no readable status
         return None
+    return metrics.get("status") if isinstance(metrics, dict) else None
 
 
 @dataclass
@@ -253,13 +309,12 @@ class Run:
         return self.metrics.get("status", "unknown")
 
     def predictions(self):
-        """The test-split predictions as a DataFrame, with `gold_id`, `pred_id` and `probs` (n x k)."""
-        import pandas as pd
-
+        """The test-split predictions as a raw DataFrame, with `gold_id` and `pred_id` added (NaN for a
+        label outside labels.json). Correctness is load_predictions' to decide, not this frame's."""
         path = self.path / PREDICTIONS_FILE
         if not path.exists():
             raise RunFolderError(f"{path}: no predictions (run status: {self.status})")
-        frame = pd.read_csv(path, keep_default_na=False, dtype={"gold": str, "pred": str})
+        frame = _read_predictions_csv(path)
         index = {name: i for i, name in enumerate(self.label_names)}
         frame["gold_id"] = frame["gold"].map(index)
         frame["pred_id"] = frame["pred"].map(index)
@@ -293,19 +348,11 @@ def load_run(folder: str | Path, require_ok: bool = False) -> Run:
     metrics_path = folder / METRICS_FILE
     metrics: dict[str, Any] = {"status": "running"}
     if metrics_path.exists():
-        try:
-            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise RunFolderError(f"{metrics_path}: corrupted JSON at line {exc.lineno}, column {exc.colno}") from None
+        metrics = read_json(metrics_path, dict)
     labels_path = folder / LABELS_FILE
     label_names: list[str] = []
     if labels_path.exists():
-        try:
-            label_names = json.loads(labels_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise RunFolderError(f"{labels_path}: corrupted JSON at line {exc.lineno}, column {exc.colno}") from None
-        if not isinstance(label_names, list) or not all(isinstance(name, str) for name in label_names):
-            raise RunFolderError(f"{labels_path}: expected a list of label names, got {label_names!r:.80}")
+        label_names = check_label_names(labels_path, read_json(labels_path, list))
     elif metrics.get("status") == "ok":
         raise RunFolderError(f"{labels_path}: missing; the run folder is incomplete")
     recorded = metrics.get("label_names")
@@ -328,6 +375,180 @@ def folder_size_mib(folder: str | Path, pattern: str = "*") -> float:
     if not folder.exists():
         return 0.0
     return sum(p.stat().st_size for p in folder.rglob(pattern) if p.is_file()) / 2**20
+
+
+# ---- predictions.csv, read back ----------------------------------------------------------------
+
+
+@dataclass
+class Predictions:
+    """Test predictions of one run (or of one `evaluate` output), in file order.
+
+    One meaning of "correct" for everything downstream (compare, analyze, report): the predicted class
+    is the argmax of the stored probabilities; where several classes share the maximum (predictions.csv
+    rounds to 6 decimals, which can tie two classes the model told apart), the stored `pred` column
+    chooses among them, since it was decided from the unrounded probabilities. Without a stored
+    column (`stored_pred` None) a tie goes to the first class, as numpy's argmax does.
+    """
+
+    texts: list[str]
+    gold: np.ndarray
+    probabilities: np.ndarray
+    label_names: list[str]
+    source: Path = Path(".")
+    """Folder the predictions were read from."""
+    run_dir: Path | None = None
+    """Run folder holding the model, when known (needed for the negation probe)."""
+    ids: list = field(default_factory=list)
+    stored_pred: np.ndarray | None = None
+    """Class ids of the `pred` column (-1 where it names no known class); None when not read from a file."""
+
+    def __post_init__(self) -> None:
+        self.gold = np.asarray(self.gold, dtype=int)
+        self.probabilities = np.asarray(self.probabilities, dtype=np.float64)
+        if not self.ids:
+            self.ids = list(range(len(self.texts)))
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """Class ids: argmax of the probabilities, ties broken by the stored `pred` column."""
+        best = self.probabilities.argmax(axis=1)
+        if self.stored_pred is None or not len(best):
+            return best
+        stored = np.asarray(self.stored_pred, dtype=int)
+        rows = np.arange(len(best))
+        known = stored >= 0
+        at_max = known & (self.probabilities[rows, np.where(known, stored, 0)] == self.probabilities[rows, best])
+        return np.where(at_max, stored, best)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predicted == self.gold
+
+
+def _label_names_from_columns(columns) -> list[str]:
+    return [c[len("prob_") :] for c in columns if c.startswith("prob_")]
+
+
+def _run_of_evaluation(folder: Path) -> Path | None:
+    """The run an `evaluate` output belongs to: its metrics.json names it; default layout as fallback."""
+    metrics_path = folder / METRICS_FILE
+    candidates = []
+    if metrics_path.exists():
+        try:
+            recorded = json.loads(metrics_path.read_text(encoding="utf-8")).get("run")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            recorded = None
+        if isinstance(recorded, str) and recorded:
+            candidates.append(Path(recorded))
+    if folder.parent.name == EVALUATIONS_DIR:
+        candidates.append(folder.parent.parent)
+    return next((c for c in candidates if (c / CONFIG_FILE).exists()), None)
+
+
+def _read_predictions_csv(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, keep_default_na=False, dtype={"gold": str, "pred": str, "text": str})
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, OSError) as exc:
+        raise RunFolderError(f"{path}: unreadable predictions file ({type(exc).__name__}: {quote(str(exc))})") from None
+
+
+def _refuse_incomplete_rows(path: Path, frame, names: list[str]) -> None:
+    """A file cut off mid-row reads as a last row with missing or partial values (a gold label cut to
+    'posi', no probabilities); that is reported as what it is, not as an unknown label."""
+    import pandas as pd
+
+    columns = [f"prob_{n}" for n in names]
+    numbers = frame[columns].apply(pd.to_numeric, errors="coerce")
+    damaged = frame[["text", "gold"]].isna().any(axis=1).to_numpy() | numbers.isna().any(axis=1).to_numpy()
+    if damaged.any():
+        row = int(np.flatnonzero(damaged)[0])
+        empty = [c for c in ("text", "gold") if pd.isna(frame[c].iloc[row])]
+        empty += [c for c in columns if pd.isna(numbers[c].iloc[row])]
+        raise RunFolderError(
+            f"{path}: data row {row + 1} of {len(frame)} is incomplete (no usable {', '.join(empty[:3])}); "
+            "the file was cut off or edited"
+        )
+
+
+def load_predictions(folder: str | Path) -> Predictions:
+    """Reads predictions.csv of a finished single-label run folder, or of an `evaluate` output folder.
+
+    Label names come from the run's labels.json when the folder is a run, else from the prob_<label>
+    columns, which predictions.csv writes in id order. Raises RunFolderError for anything else
+    (unfinished or multi-label runs, missing columns, gold labels outside the label set).
+
+    Example:
+        >>> load_predictions("runs/sst2-lora").correct.mean()  # doctest: +SKIP
+        0.9002
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder}: folder not found")
+    path = folder / PREDICTIONS_FILE
+    declared: list[str] = []
+    if (folder / CONFIG_FILE).exists():
+        run = load_run(folder, require_ok=True)
+        if run.config.data.problem_type == "multi_label":
+            raise RunFolderError(
+                f"{folder}: a multi-label run; analyze and report support single-label runs only "
+                "(its micro/macro F1 and subset accuracy are in metrics.json)"
+            )
+        run_dir: Path | None = folder
+        declared = run.label_names
+    else:
+        run_dir = _run_of_evaluation(folder)
+    if not path.exists():
+        raise RunFolderError(
+            f"{folder}: no {PREDICTIONS_FILE}; pass a finished run folder or the output folder of `sentitune evaluate`"
+        )
+    frame = _read_predictions_csv(path)
+    names = declared or _label_names_from_columns(frame.columns)
+    missing = [c for c in ("text", "gold") if c not in frame.columns]
+    if missing or not names:
+        raise RunFolderError(f"{path}: not a sentitune predictions file (missing {missing or 'prob_<label> columns'})")
+    absent = [f"prob_{n}" for n in names if f"prob_{n}" not in frame.columns]
+    if absent:
+        raise RunFolderError(f"{path}: missing probability columns {absent[:5]} for the run's labels {names}")
+    _refuse_incomplete_rows(path, frame, names)
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(frame["gold"]) - set(index))
+    if unknown:
+        raise RunFolderError(f"{path}: gold labels {unknown[:5]} are not among the run's labels {names}")
+    try:
+        probabilities = frame[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
+    except ValueError as exc:
+        raise RunFolderError(f"{path}: probability columns are not all numbers ({exc})") from None
+    stored = frame["pred"].map(index).fillna(-1).to_numpy(dtype=int) if "pred" in frame.columns else None
+    return Predictions(
+        frame["text"].tolist(),
+        frame["gold"].map(index).to_numpy(),
+        probabilities,
+        names,
+        source=folder,
+        run_dir=run_dir,
+        ids=frame["id"].tolist() if "id" in frame.columns else [],
+        stored_pred=stored,
+    )
+
+
+def load_correctness(folder: str | Path) -> np.ndarray:
+    """Per-example correctness (bool, file order) of a finished run: `Predictions.correct` for
+    single-label runs; for multi-label runs, whether the predicted label set equals the gold one
+    (subset accuracy: the run's own thresholds decided the stored `pred` sets, so they are compared
+    as written)."""
+    run = load_run(folder, require_ok=True)
+    if run.config.data.problem_type != "multi_label":
+        return load_predictions(folder).correct
+    path = Path(folder) / PREDICTIONS_FILE
+    if not path.exists():
+        raise RunFolderError(f"{path}: no predictions (run status: {run.status})")
+    frame = _read_predictions_csv(path)
+    if "gold" not in frame.columns or "pred" not in frame.columns:
+        raise RunFolderError(f"{path}: not a sentitune predictions file (missing gold/pred columns)")
+    return (frame["gold"] == frame["pred"]).to_numpy(dtype=bool)
 
 
 # ---- ownership, locks and leftovers -----------------------------------------------------------
@@ -426,6 +647,7 @@ def check_output_dir(folder: str | Path, overwrite: bool, ours, what: str, flag:
     a non-empty `folder` is refused unless `overwrite`, and even then unless `ours(folder)` says it is
     that command's own earlier output (`what` names such a folder). Nothing else is ever replaced."""
     folder = Path(folder)
+    check_output_path(folder, flag)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         if not overwrite:
             raise RunFolderError(f"{folder}: not empty; pass --overwrite to replace it or pick another {flag}")

@@ -22,7 +22,6 @@ import asyncio
 import json
 import secrets
 import signal
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -32,45 +31,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from sentitune.config import ConfigError, ServeSettings
 from sentitune.data import is_blank, is_unicode
+from sentitune.inference import prediction_row
+from sentitune.results import RunFolderError
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-@dataclass
-class ServeSettings:
-    """Limits and batching knobs of one server."""
-
-    max_batch_size: int = 64
-    """Most texts in one model call (a single larger request still runs as one call)."""
-    max_wait_ms: float = 5.0
-    """How long the worker waits for more requests once one is queued and the queue is empty."""
-    max_texts: int = 256
-    """Most texts in one request (413 above)."""
-    max_chars: int = 10_000
-    """Most characters in one text (413 above)."""
-    max_body_bytes: int = 4 * 2**20
-    """Largest request body (413 above), checked before the body is parsed."""
-    max_queue_texts: int = 8192
-    """Texts waiting at most; beyond it requests get 503 so overload cannot grow memory without bound."""
-    request_timeout_s: float = 30.0
-    """A request waiting longer than this for its prediction gets 503."""
-    api_key: str | None = None
-    """If set, POST /predict and GET /metrics need the header `X-API-Key` with this value."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_texts", "max_chars", "max_body_bytes", "max_queue_texts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"serve setting {name} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
-            raise ValueError("serve settings max_wait_ms must be >= 0 and request_timeout_s > 0")
-        if self.api_key is not None and not self.api_key.strip():
-            # An empty key (often an empty $SENTITUNE_API_KEY) must not quietly mean "no authentication".
-            raise ValueError(
-                "serve setting api_key is empty; give a key, or unset it (and $SENTITUNE_API_KEY) "
-                "to serve without authentication"
-            )
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -260,12 +227,17 @@ class MicroBatcher:
 
 def _json_by_default(scope):
     """The API speaks JSON only; `curl -d '{...}'` labels its body form-urlencoded (or nothing), which
-    FastAPI would refuse to parse. Such bodies are read as the JSON they are."""
+    FastAPI would refuse to parse. Such bodies are read as the JSON they are. Any other declared type
+    (text/plain, multipart/form-data, application/xml) gives None: the guard answers 415, where FastAPI
+    would answer 422 as if the JSON itself were wrong."""
     headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
     given = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
-    if given and not given.startswith(b"application/x-www-form-urlencoded"):
+    media = given.split(b";")[0].strip().lower()
+    if media in (b"", b"application/x-www-form-urlencoded"):
+        return {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+    if media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json")):
         return scope
-    return {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+    return None
 
 
 class _Guard:
@@ -283,8 +255,13 @@ class _Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        unsupported = None
         if scope["method"] == "POST":
-            scope = _json_by_default(scope)
+            converted = _json_by_default(scope)
+            if converted is None:
+                unsupported = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            else:
+                scope = converted
         started = time.perf_counter()
         status = 500
 
@@ -295,6 +272,16 @@ class _Guard:
             await send(message)
 
         try:
+            if unsupported is not None:
+                status = 415
+                return await _send_json(
+                    send,
+                    415,
+                    {
+                        "error": "unsupported_media_type",
+                        "detail": f"Content-Type {unsupported.decode('latin-1')[:100]!r}: send application/json",
+                    },
+                )
             receive = await self._limited(scope, receive)
             if receive is None:
                 status = 413
@@ -377,8 +364,6 @@ def create_app(predictor, settings: ServeSettings | None = None):
 
     settings = settings or ServeSettings()
     if getattr(predictor, "thresholds", None) is not None:
-        from sentitune.results import RunFolderError
-
         # /predict answers one label per text; a multi-label answer needs its own response schema.
         raise RunFolderError(
             f"{predictor.source}: a multi-label run; serve supports single-label runs only (use sentitune predict)"
@@ -464,7 +449,7 @@ def create_app(predictor, settings: ServeSettings | None = None):
             )
         except asyncio.TimeoutError:
             return error(503, "timeout", f"no prediction within {settings.request_timeout_s} s")
-        rows = [_prediction(label_names, p) for p in probabilities]
+        rows = [prediction_row(label_names, p) for p in probabilities]
         return rows[0] if body.text is not None else {"predictions": rows}
 
     @app.api_route("/health", methods=["GET", "HEAD"])  # monitors often probe with HEAD
@@ -490,15 +475,6 @@ def create_app(predictor, settings: ServeSettings | None = None):
         )
 
     return app
-
-
-def _prediction(label_names: list[str], probabilities: np.ndarray) -> dict:
-    best = int(np.argmax(probabilities))
-    return {
-        "label": label_names[best],
-        "score": float(probabilities[best]),
-        "probabilities": {name: float(p) for name, p in zip(label_names, probabilities)},
-    }
 
 
 PAGE_HEADERS = {
@@ -576,65 +552,65 @@ def render_page(label_names: list[str], needs_key: bool, max_chars: int) -> str:
     )
 
 
-# ---- the command ------------------------------------------------------------------------------
+# ---- running a server --------------------------------------------------------------------------
 
 
-def serve_cli(args) -> int:
-    """`sentitune serve`: load a run or exported folder and serve it with uvicorn until SIGINT/SIGTERM.
+def serve_settings(**values) -> ServeSettings:
+    """ServeSettings from keyword values; a bad value is a ConfigError (one line, exit 2 in the CLI)."""
+    try:
+        return ServeSettings(**values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuses, before anything loads, a port outside 1-65535 and an address this process cannot
+    listen on: a port another process holds, a host that does not resolve or is not this machine's,
+    a privileged port. uvicorn would find out only after the model loaded, and exit 3 amid its INFO
+    lines. (A port taken between this check and uvicorn's bind still fails there.)"""
+    import errno
+    import socket
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host {host!r}: cannot resolve it ({getattr(exc, 'strerror', None) or exc})") from None
+    probe = socket.socket(family, kind, proto)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        probe.bind(address)
+    except OSError as exc:
+        reason = {
+            errno.EADDRINUSE: f"port {port} is in use by another process; pick another --port or stop that process",
+            errno.EADDRNOTAVAIL: f"{host} is not an address of this machine; use 127.0.0.1 or 0.0.0.0",
+            errno.EACCES: f"port {port} needs privileges (ports below 1024); pick --port 1024 or above",
+        }.get(exc.errno, exc.strerror or str(exc))
+        raise ConfigError(f"--host {host} --port {port}: cannot listen: {reason}") from None
+    finally:
+        probe.close()
+
+
+def run_server(app, *, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False) -> bool:
+    """Serves `app` (from `create_app`) with uvicorn until SIGINT/SIGTERM; True when a SIGTERM stopped it.
+
+    uvicorn handles SIGINT/SIGTERM: stop accepting, finish open requests, run the lifespan exit (which
+    drains the batch queue), then re-raise the signal. A SIGTERM is how service managers ask for a
+    stop, so after that graceful shutdown the handler here swallows it and the caller can exit 0.
 
     Example:
-        $ sentitune serve --model exported/sst2-lora-int8 --port 8000
-        $ curl -s localhost:8000/predict -H 'content-type: application/json' -d '{"text": "great fun"}'
+        >>> run_server(create_app(Predictor.load("exported/sst2-lora-int8")), port=8000)  # doctest: +SKIP
     """
     import uvicorn
 
-    from sentitune.config import ConfigError
-    from sentitune.inference import load_for_cli
-
-    try:
-        settings = ServeSettings(
-            max_batch_size=args.max_batch_size,
-            max_wait_ms=args.max_wait_ms,
-            max_texts=args.max_texts,
-            max_chars=args.max_chars,
-            max_body_bytes=getattr(args, "max_body_bytes", ServeSettings.max_body_bytes),
-            api_key=args.api_key,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
-    predictor = load_for_cli(args)
-    if args.host not in LOOPBACK and settings.api_key is None:
-        print(
-            f"sentitune serve: WARNING: listening on {args.host} with no API key; anyone who can reach "
-            "this port can use the model (set --api-key or $SENTITUNE_API_KEY)",
-            file=sys.stderr,
-        )
-    app = create_app(predictor, settings)
-    info = predictor.describe()
-    print(
-        f"sentitune serve: {info['backend']}{'/' + info['variant'] if info['variant'] else ''} model from "
-        f"{args.model} on http://{args.host}:{args.port} (max batch {settings.max_batch_size}, "
-        f"max wait {settings.max_wait_ms} ms)",
-        file=sys.stderr,
-    )
-    # uvicorn handles SIGINT/SIGTERM: stop accepting, finish open requests, run the lifespan exit
-    # (which drains the batch queue), then re-raise the signal. A SIGTERM is how service managers
-    # ask for a stop, so after that graceful shutdown the handler below makes the exit status 0.
+    check_address(host, port)
     terminated = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     try:
-        uvicorn.run(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level="info",
-            access_log=getattr(args, "access_log", False),
-            timeout_graceful_shutdown=15,
-        )
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log, timeout_graceful_shutdown=15)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if terminated:
-        print("sentitune serve: stopped by SIGTERM after a graceful shutdown", file=sys.stderr)
-    return 0
+    return bool(terminated)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sentitune import results, runtime
-from sentitune.config import RunConfig
+from sentitune.config import ConfigError, RunConfig, scaffolding_differences
 from sentitune.data import DatasetSplits, load_splits, tokenize_split
 from sentitune.errors import TrainingError
 from sentitune.methods import registry
@@ -92,6 +92,70 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
     results.write_marker(output_dir)  # the first file of a new run folder (or of the one it continues)
 
 
+RESUME_MAY_CHANGE = ("compare", "train.threads", "train.dataloader_workers", "train.save_steps")
+"""Fields a resumed run may set differently: how the run is computed or checkpointed, not what it
+learns (`compare` is not part of a run at all). Every other field must match the saved config.yaml."""
+
+
+def config_differences(saved: RunConfig, new: RunConfig) -> list[str]:
+    """`field (saved vs new)` for each field that differs, RESUME_MAY_CHANGE aside."""
+
+    def comparable(cfg: RunConfig) -> dict:
+        raw = cfg.to_dict()
+        raw["data"]["max_length"] = cfg.data.resolved_max_length
+        for dotted in RESUME_MAY_CHANGE:
+            *parents, leaf = dotted.split(".")
+            node = raw
+            for part in parents:
+                node = node[part]
+            node.pop(leaf, None)
+        return raw
+
+    return scaffolding_differences(comparable(saved), comparable(new))
+
+
+def check_resume(cfg: RunConfig, output_dir: Path, overwrite: bool) -> None:
+    """Refuses a --resume that would not continue this run: combined with --overwrite, with nothing
+    to resume (no run, a finished run, no complete checkpoint), or with a configuration other than the
+    one the run started with (naming the field). Only looks: nothing is written or removed."""
+    if overwrite:
+        raise ConfigError(
+            "--resume and --overwrite: give one or the other (--resume continues the unfinished run in "
+            "--output-dir; --overwrite replaces a finished one with a new run)"
+        )
+    status = results.read_status(output_dir)
+    if status == "ok":
+        raise results.RunFolderError(
+            f"{output_dir}: holds a finished run, nothing to resume; drop --resume (and pass --overwrite "
+            "to replace it) or pick another --output-dir"
+        )
+    config_path = output_dir / results.CONFIG_FILE
+    if not config_path.is_file():
+        raise results.RunFolderError(
+            f"{output_dir}: nothing to resume (no unfinished run here); drop --resume to start the run"
+        )
+    if last_complete_checkpoint(output_dir / CHECKPOINT_DIR, remove_torn=False) is None:
+        raise results.RunFolderError(
+            f"{output_dir}: nothing to resume (the unfinished run left no complete checkpoint in "
+            f"{CHECKPOINT_DIR}/); drop --resume to start it again from scratch"
+        )
+    try:
+        saved = RunConfig.from_yaml(config_path)
+    except ConfigError as exc:
+        message = str(exc)
+        raise results.RunFolderError(
+            message if message.startswith(str(config_path)) else f"{config_path}: {message}"
+        ) from None
+    differences = config_differences(saved, cfg)
+    if differences:
+        more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+        raise ConfigError(
+            f"--resume: the configuration differs from the one {output_dir} started with: {differences[0]}"
+            f"{more}, as saved vs now; resume with the same configuration, or drop --resume and pick "
+            "another --output-dir"
+        )
+
+
 def _clean_unfinished(output_dir: Path, resume: bool) -> None:
     """What an unfinished run left that a fresh start must not reuse; called under the run's lock."""
     status = results.read_status(output_dir)
@@ -132,100 +196,6 @@ def resolve_precision(choice: str) -> str:
 
 
 # ---- neural training --------------------------------------------------------------------------
-
-
-def _callbacks_and_trainer_class(cfg: RunConfig):
-    import torch
-    from torch.utils.data import SequentialSampler
-    from transformers import Trainer, TrainerCallback
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    class Meter(TrainerCallback):
-        """Samples/s and tokens/s over optimizer steps after the warm-up ones."""
-
-        def __init__(self, warmup_steps: int):
-            self.warmup_steps = warmup_steps
-            self.seconds = 0.0
-            self.samples = self.tokens = self.padded_tokens = self.steps = 0
-            self._step = {"samples": 0, "tokens": 0, "padded": 0}
-            self._start = None
-
-        @staticmethod
-        def _sync():
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-
-        def observe(self, inputs) -> None:
-            mask = inputs.get("attention_mask")
-            self._step["samples"] += int(inputs["input_ids"].shape[0])
-            self._step["padded"] += int(inputs["input_ids"].numel())
-            self._step["tokens"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._sync()
-            self._start = time.perf_counter()
-            self._step = {"samples": 0, "tokens": 0, "padded": 0}
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self._sync()
-            if self._start is not None and state.global_step > self.warmup_steps:
-                self.seconds += time.perf_counter() - self._start
-                self.samples += self._step["samples"]
-                self.tokens += self._step["tokens"]
-                self.padded_tokens += self._step["padded"]
-                self.steps += 1
-
-    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-        """Length-grouped order drawn from (seed, epoch) alone. The stock sampler draws from the global
-        RNG, whose state when an epoch starts depends on everything before it (dropout included), so
-        a run resumed mid-training would see another order from the next epoch on."""
-
-        epoch = 0
-
-        def set_epoch(self, epoch: int) -> None:  # the Trainer calls this before every epoch
-            self.epoch = epoch
-
-        def __iter__(self):
-            self.generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.epoch)
-            return super().__iter__()
-
-    class MeasuredTrainer(Trainer):
-        meter: Meter
-
-        def _get_train_sampler(self, train_dataset=None):
-            sampler = super()._get_train_sampler(train_dataset)
-            if type(sampler) is LengthGroupedSampler:
-                return EpochSeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths)
-            return sampler
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            self.meter.observe(inputs)
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            # Checked before the optimizer step, so neither the weights nor any checkpoint take the
-            # bad update. The sync it costs replaces the Trainer's own NaN check, which
-            # logging_nan_inf_filter=False turns off.
-            if not torch.isfinite(loss).all():
-                checkpoint = last_complete_checkpoint(Path(self.args.output_dir))
-                kept = (
-                    f"the last good checkpoint is kept in {checkpoint}"
-                    if checkpoint
-                    else "no checkpoint had been written yet"
-                )
-                precision = " or use precision fp32" if self.args.fp16 or self.args.bf16 else ""
-                raise TrainingError(
-                    f"loss became {loss.detach().float().mean().item()} at step {self.state.global_step + 1}; "
-                    f"lower method.learning_rate (now {self.args.learning_rate}){precision}; {kept}"
-                )
-            return loss
-
-        def _get_eval_sampler(self, eval_dataset):
-            # transformers 5 applies group_by_length to evaluation too and returns predictions in that
-            # shuffled order; test probabilities are paired with texts and gold labels by position.
-            # Under DDP, accelerate shards this sampler's batches across processes and
-            # gather_for_metrics restores dataset order and drops the padding duplicates.
-            return SequentialSampler(eval_dataset) if eval_dataset is not None else None
-
-    return Meter(cfg.train.warmup_steps_excluded_from_throughput), MeasuredTrainer
 
 
 def training_arguments(cfg: RunConfig, checkpoint_dir: Path, precision: str):
@@ -336,12 +306,13 @@ def _history_rows(log_history: list[dict]) -> list[dict]:
     return [{k: row[k] for k in keep if k in row} for row in log_history if "step" in row]
 
 
-def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+def last_complete_checkpoint(checkpoint_dir: Path, remove_torn: bool = True) -> Path | None:
     """The newest `checkpoint-N` a resume can use, or None.
 
     The Trainer writes a checkpoint in place, trainer_state.json last, so a kill during the save leaves
-    a newer folder without a readable trainer_state.json. Such torn folders are removed: the Trainer's
-    own choice (the highest N) and its rotation would otherwise pick them up.
+    a newer folder without a readable trainer_state.json. Such torn folders are removed (unless
+    `remove_torn` is False: a look before anything may change): the Trainer's own choice (the highest
+    N) and its rotation would otherwise pick them up.
     """
     import json
 
@@ -357,7 +328,7 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
         try:
             json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            if best is None and is_main_process():
+            if best is None and remove_torn and is_main_process():
                 shutil.rmtree(folder, ignore_errors=True)
             continue
         best = best or folder
@@ -400,12 +371,15 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
             layerwise_parameter_groups(model, cfg.learning_rate, cfg.method.layer_lr_decay, cfg.train.weight_decay),
             lr=cfg.learning_rate,
         )
-    meter, trainer_class = _callbacks_and_trainer_class(cfg)
+    # torch and transformers load here, not when sentitune.training is imported.
+    from sentitune.trainer import MeasuredTrainer, Meter
+
+    meter = Meter(cfg.train.warmup_steps_excluded_from_throughput)
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     if is_main_process():
         with results.writing(checkpoint_dir):  # marked: sentitune's to rotate and remove
             results.write_marker(checkpoint_dir, results.CHECKPOINTS_MARKER)
-    trainer = trainer_class(
+    trainer = MeasuredTrainer(
         model=model,
         args=training_arguments(cfg, checkpoint_dir, precision),
         train_dataset=train_ds,
@@ -416,8 +390,10 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         compute_metrics=_compute_metrics,
         callbacks=[meter],
         optimizers=(optimizer, None),
+        meter=meter,
+        sampler_seed=cfg.train.seed,
+        last_checkpoint=last_complete_checkpoint,
     )
-    trainer.meter = meter
     checkpoint = last_complete_checkpoint(checkpoint_dir) if resume else None
     train_started = time.perf_counter()
     try:
@@ -574,6 +550,8 @@ def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resum
     import contextlib
 
     output_dir = Path(output_dir)
+    if resume:  # before anything is written: a refused resume leaves the run folder as it was
+        check_resume(cfg, output_dir, overwrite)
     # Bad model names and bad data fail here, before anything is written or replaced.
     if registry.get(cfg.method.name).neural:
         resolve_model(cfg.model)

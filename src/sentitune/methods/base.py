@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 
-if TYPE_CHECKING:
-    # Type hints only: config names methods through the registry, so methods must not import config.
-    from sentitune.config import MethodConfig
+# Config names and validates methods through the registry, so methods never import config, not even
+# for type hints: `cfg` below is the run's `config.MethodConfig`.
+MethodConfig = Any
 
 
 class Method:
@@ -31,7 +31,35 @@ class Method:
         classifier (same model, same label set) for methods that save only what they trained."""
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+        # Mismatches come back as loading info, not as an error naming no tensor; missing ones would
+        # otherwise be initialised at random with only a warning. check_loading_info refuses both.
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            folder, use_safetensors=True, ignore_mismatched_sizes=True, output_loading_info=True
+        )
+        check_loading_info(folder, info)
+        return model
+
+
+def check_loading_info(folder: Path, info) -> None:
+    """Raises ValueError naming the first tensor whose saved shape does not fit the model built from
+    config.json (vocabulary rows, hidden size, classifier width), or the first tensor the model needs
+    that the folder lacks (a base model's folder has no classifier)."""
+    get = info.get if isinstance(info, dict) else (lambda key: getattr(info, key, None))
+    mismatched = sorted(get("mismatched_keys") or [], key=lambda entry: entry[0])
+    if mismatched:
+        name, saved, wanted = mismatched[0][:3]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise ValueError(
+            f"tensor {name} has shape {list(saved)} in the weights but {list(wanted)} in the model "
+            f"config.json describes{more}"
+        )
+    missing = sorted(get("missing_keys") or [])
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(
+            f"tensor {missing[0]}{more} is not in the weights; a classifier needs every tensor trained "
+            "(a base model's folder has no classification head: fine-tune it with sentitune train)"
+        )
 
 
 def head_module_names(cfg: MethodConfig) -> list[str]:

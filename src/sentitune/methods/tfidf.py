@@ -124,6 +124,23 @@ class Tfidf(Method):
         for key, spec in meta["vectorizers"].items():
             vectorizer = _vectorizer(spec["analyzer"], spec["ngram_range"], None)
             vectorizer.vocabulary_ = {term: i for i, term in enumerate(spec["vocabulary"])}
-            vectorizer.idf_ = tensors[f"idf_{key}"]
+            idf = tensors[f"idf_{key}"]
+            if idf.shape != (len(spec["vocabulary"]),):
+                raise ValueError(
+                    f"tensor idf_{key} in tfidf.safetensors has shape {list(idf.shape)} but "
+                    f"tfidf.json lists {len(spec['vocabulary'])} {key} terms"
+                )
+            vectorizer.idf_ = idf
             vectorizers[key] = vectorizer
-        return TfidfClassifier(vectorizers, tensors["coef"], tensors["intercept"], meta["C"])
+        coef, intercept = tensors["coef"], tensors["intercept"]
+        features = sum(len(v.vocabulary_) for v in vectorizers.values())
+        if coef.ndim != 2 or coef.shape[1] != features:
+            raise ValueError(
+                f"tensor coef in tfidf.safetensors has shape {list(coef.shape)}; expected [classes, {features}] "
+                "(one column per vocabulary term in tfidf.json)"
+            )
+        if intercept.shape != (coef.shape[0],):
+            raise ValueError(
+                f"tensor intercept in tfidf.safetensors has shape {list(intercept.shape)}; expected [{coef.shape[0]}]"
+            )
+        return TfidfClassifier(vectorizers, coef, intercept, meta["C"])

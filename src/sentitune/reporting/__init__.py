@@ -18,11 +18,4 @@ def build_report(results_dir):
     return build(results_dir)
 
 
-def report_cli(args) -> int:
-    """See `sentitune.reporting.render.report_cli`."""
-    from sentitune.reporting.render import report_cli as run
-
-    return run(args)
-
-
-__all__ = ["build_report", "report_cli"]
+__all__ = ["build_report"]

@@ -23,9 +23,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from sentitune import results
-from sentitune.analysis import ANALYSIS_DIR, ANALYSIS_FILE, Predictions, load_predictions, slice_masks, slice_table
-from sentitune.metrics import accuracy_interval, confusion_matrix, expected_calibration_error, holm, paired_seed_test
-from sentitune.results import RunFolderError
+from sentitune.analysis import ANALYSIS_DIR, ANALYSIS_FILE, check_same_examples, slice_masks, slice_table
+from sentitune.metrics import (
+    confusion_matrix,
+    expected_calibration_error,
+    finite_mean,
+    finite_std,
+    holm,
+    paired_seed_test,
+    seed_summary,
+)
+from sentitune.results import Predictions, RunFolderError, load_predictions
 
 
 RESULTS_JSON = "results.json"
@@ -147,8 +155,6 @@ def load_comparison(folder: str | Path) -> Comparison:
 
 
 def _check_same_test_set(runs: list[RunEntry]) -> None:
-    from sentitune.analysis import check_same_examples
-
     for run in runs[1:]:
         check_same_examples(runs[0].predictions, run.predictions)
 
@@ -156,14 +162,18 @@ def _check_same_test_set(runs: list[RunEntry]) -> None:
 # ---- numbers ----------------------------------------------------------------------------------
 
 
+def _none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
 def _mean(values: Sequence) -> float | None:
-    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
+    """metrics.finite_mean, None (a blank cell) when nothing is finite."""
+    return _none_if_nan(finite_mean(values))
 
 
 def _std(values: Sequence) -> float | None:
-    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return float(np.std(finite, ddof=1)) if len(finite) >= 2 else None
+    """metrics.finite_std, None (no ±) with fewer than two values."""
+    return _none_if_nan(finite_std(values))
 
 
 def _is_neural(method: str) -> bool:
@@ -178,7 +188,8 @@ def _is_neural(method: str) -> bool:
 def variant_summary(comparison: Comparison) -> list[dict]:
     """One row per variant: seed statistics of accuracy, cost and speed, computed from the run folders.
 
-    The 95% CI is the one `compare` reports (metrics.accuracy_interval): a Student-t interval over
+    The accuracy statistics are metrics.seed_summary, as in `compare`'s results (there named
+    test_accuracy_*); the 95% CI (metrics.accuracy_interval) is a Student-t interval over
     the seed accuracies when there are two or more seeds, a percentile bootstrap over the test
     examples when there is one; `ci_method` names it. The ± is the standard deviation over seeds.
     """
@@ -197,18 +208,18 @@ def variant_summary(comparison: Comparison) -> list[dict]:
         }
         if ok:
             accuracies = [float(r.predictions.correct.mean()) for r in ok]
+            stats = seed_summary(accuracies, ok[0].predictions.correct if len(ok) == 1 else [])
             n_test = len(ok[0].predictions.texts)
-            mean = float(np.mean(accuracies))
-            low, high, ci_method = accuracy_interval(accuracies, ok[0].predictions.correct if len(ok) == 1 else [])
             first = ok[0].metrics
             memory_how = first.get("memory_breakdown_how") or ""
             row.update(
                 {
-                    "accuracy_mean": mean,
-                    "accuracy_std": _std(accuracies),
-                    "ci95_low": low,
-                    "ci95_high": high,
-                    "ci_method": ci_method,
+                    # compare's results name these test_accuracy_mean/_std/_ci95_low/_ci95_high
+                    "accuracy_mean": stats["mean"],
+                    "accuracy_std": _none_if_nan(stats["std"]),
+                    "ci95_low": stats["ci95_low"],
+                    "ci95_high": stats["ci95_high"],
+                    "ci_method": stats["ci_method"],
                     "n_test": n_test,
                     "macro_f1_mean": _mean([r.metrics.get("test_macro_f1") for r in ok]),
                     "ece_mean": _mean(
@@ -819,7 +830,9 @@ def render_html(context: dict, figures: list[dict]) -> str:
     )
 
 
-def _build(results_dir: str | Path) -> tuple[Path, Path, dict]:
+def write_report(results_dir: str | Path) -> tuple[Path, Path, dict]:
+    """`build_report` plus what it wrote about: (report.md, report.html, the template context, whose
+    `reference` and `statements` name the baseline and the tradeoffs stated against it)."""
     comparison = load_comparison(results_dir)
     context = _context(comparison)
     figures = build_figures(comparison, context["summary"], context["slices"])
@@ -842,21 +855,5 @@ def build_report(results_dir: str | Path) -> tuple[Path, Path]:
     Example:
         >>> md_path, html_path = build_report("results/sst2")  # doctest: +SKIP
     """
-    md_path, html_path, _ = _build(results_dir)
+    md_path, html_path, _ = write_report(results_dir)
     return md_path, html_path
-
-
-def report_cli(args) -> int:
-    """`sentitune report RESULTS [--open]`: writes both files, prints their paths and the tradeoffs."""
-    md_path, html_path, context = _build(args.results)
-    print(f"wrote {md_path} and {html_path}")
-    print(f"Tradeoffs (against {context['reference']}):")
-    for statement in context["statements"]:
-        print(f"  - {statement}")
-    if getattr(args, "open", False):
-        import webbrowser
-
-        uri = html_path.resolve().as_uri()
-        if not webbrowser.open(uri):
-            print(f"no browser available here; open {uri}")
-    return 0

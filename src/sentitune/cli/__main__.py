@@ -1,0 +1,6 @@
+import sys
+
+from sentitune.cli import main
+
+
+sys.exit(main())

@@ -1,0 +1,62 @@
+"""`sentitune predict`: texts from arguments or a file -> JSONL predictions.
+
+Example:
+    $ sentitune predict --model runs/sst2-lora "a gorgeous , witty film" "a dull mess"
+    $ sentitune predict --model exported/sst2-lora-int8 --input reviews.csv --output preds.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from sentitune.cli.options import runtime_kwargs
+from sentitune.data import input_format, stream_texts
+from sentitune.errors import DataError
+from sentitune.inference import Predictor, write_jsonl
+
+
+def progress_wanted() -> bool:
+    """A progress bar on a terminal, or when SENTITUNE_PROGRESS=1 asks for one."""
+    return sys.stderr.isatty() or os.environ.get("SENTITUNE_PROGRESS") == "1"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.texts and args.input:
+        raise DataError("give texts as arguments or --input FILE, not both")
+    if not args.texts and not args.input:
+        raise DataError("nothing to predict: give texts as arguments, or --input FILE ('-' for stdin)")
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    fmt = getattr(args, "input_format", None)
+    if args.input and args.input != "-":
+        input_format(args.input, fmt)  # unknown suffixes fail before the model loads
+    predictor = Predictor.load(args.model, **runtime_kwargs(args))
+    progress = None
+    if args.texts:
+        texts: Iterable[str] = args.texts
+    else:
+        on_bytes = None
+        if args.input != "-" and progress_wanted():
+            from tqdm import tqdm  # only with a progress bar to draw
+
+            progress = tqdm(
+                total=os.path.getsize(args.input),
+                unit="B",
+                unit_scale=True,
+                file=sys.stderr,
+                desc=f"predict {Path(args.input).name}",
+            )
+            on_bytes = progress.update
+        texts = stream_texts(args.input, args.text_column, fmt, on_bytes)
+    try:
+        count = write_jsonl(predictor.predict_stream(texts, args.batch_size), args.output)
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.output:
+        print(f"{count} predictions -> {args.output}", file=sys.stderr)
+    return 0

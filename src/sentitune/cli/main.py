@@ -1,0 +1,268 @@
+"""`sentitune <command>`: the parser and the dispatch. Each command lives in `cli/commands/<command>.py`
+(Namespace -> one API call -> output) and is imported only when it runs, so `sentitune predict` never
+loads the training stack; expected failures print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from sentitune.cli.options import add_config_flags, add_runtime_arguments, dataclass_default
+from sentitune.config import ServeSettings
+from sentitune.errors import USER_ERRORS
+
+
+EXIT_USER_ERROR = 2
+
+
+def _command(name: str):
+    """The `run(args)` of cli/commands/<name>.py, imported on first call."""
+
+    def handler(args: argparse.Namespace) -> int:
+        return importlib.import_module(f"sentitune.cli.commands.{name}").run(args)
+
+    handler.__name__ = f"run_{name}"
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # data and pretraining load numpy; `import sentitune.cli` stays light, so they load only here.
+    from sentitune.data import INPUT_FORMATS
+    from sentitune.pretraining import PretrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="sentitune",
+        description="Fine-tune BERT for sentiment and measure what full fine-tuning buys over LoRA, other "
+        "PEFT methods, a frozen backbone and TF-IDF; then predict, serve and export the winner.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one run (one method, one seed) into a run folder")
+    add_config_flags(train)
+    train.add_argument("--output-dir", help="run folder (default runs/<dataset>-<method>)")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    train.set_defaults(handler=_command("train"))
+
+    evaluate = sub.add_parser("evaluate", help="score a labelled CSV/TSV/JSONL file with a trained run")
+    evaluate.add_argument("run", help="run folder")
+    evaluate.add_argument("--data", required=True, help="labelled file")
+    evaluate.add_argument("--text-column", help="default: sentence (TSV) or text")
+    evaluate.add_argument("--label-column", help="default: label")
+    evaluate.add_argument("--output-dir", help="default: <run>/evaluations/<file stem>")
+    evaluate.set_defaults(handler=_command("evaluate"))
+
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_sub.add_parser("inspect", help="split sizes, class balance, token-length percentiles")
+    add_config_flags(inspect, with_method=False)
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.set_defaults(handler=_command("data"))
+
+    compare = sub.add_parser("compare", help="fair multi-method, multi-seed comparison")
+    add_config_flags(compare, with_method=False)
+    compare.add_argument("--methods", help="comma-separated methods (default: full,lora,head,tfidf)")
+    compare.add_argument("--seeds", help="number of seeds (3) or a list (1,2,3)")
+    compare.add_argument(
+        "--lora-r-sweep", dest="lora_r_sweep", help="extra LoRA runs at these ranks, e.g. 1,2,4,8,16,64"
+    )
+    compare.add_argument(
+        "--lora-targets-sweep",
+        dest="lora_targets_sweep",
+        help="extra LoRA runs per target set, separated by '|', e.g. 'query,value|all-linear'",
+    )
+    compare.add_argument("--learning-rates", help="extra runs per method at these learning rates, e.g. 1e-4,5e-4")
+    compare.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="add a <method>-gc variant per neural method to measure checkpointing's memory/speed trade",
+    )
+    compare.add_argument(
+        "--layer-lr-decays",
+        dest="layer_lr_decays",
+        help="extra full fine-tuning runs with layer-wise LR decay, e.g. 0.8,0.9",
+    )
+    compare.add_argument(
+        "--models",
+        help="model sweep: comma-separated aliases/folders/hub ids; every neural "
+        "variant runs on each, named <model>-<variant>",
+    )
+    compare.add_argument("--output-dir", help="comparison folder (default results/<dataset>)")
+    compare.add_argument("--parallel", type=int, default=1, help="runs at once (default 1: timings stay honest)")
+    compare.add_argument(
+        "--allow-version-mix",
+        action="store_true",
+        help="accept finished runs made with other torch/transformers/peft/tokenizers/scikit-learn "
+        "versions (refused by default; the results and report then name the mix)",
+    )
+    compare.set_defaults(handler=_command("compare"))
+
+    predict = sub.add_parser("predict", help="predict labels for texts or a file")
+    predict.add_argument("texts", nargs="*", help="texts to classify")
+    predict.add_argument("--model", required=True, help="run folder or exported folder")
+    predict.add_argument("--input", help="CSV/TSV/JSONL/TXT file, or - for stdin")
+    predict.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        help="format of --input (default: from the suffix; stdin: txt, one text per line)",
+    )
+    predict.add_argument("--text-column", help="text column of --input (default: sentence for TSV, else text)")
+    predict.add_argument("--output", help="JSONL output (default stdout)")
+    predict.add_argument("--batch-size", type=int, default=64)
+    add_runtime_arguments(predict)
+    predict.set_defaults(handler=_command("predict"))
+
+    export = sub.add_parser("export", help="merge LoRA, export to ONNX, quantise to int8")
+    export.add_argument("--model", required=True, help="run folder")
+    export.add_argument("--format", choices=["hf", "onnx"], default="onnx")
+    export.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation (ONNX Runtime)")
+    export.add_argument("--output", required=True, help="output folder")
+    export.add_argument("--parity-data", help="labelled file for the parity report (default: the run's test split)")
+    export.add_argument("--text-column", help="text column of --parity-data (default: sentence for TSV, else text)")
+    export.add_argument("--label-column", help="label column of --parity-data (default: label)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
+    export.set_defaults(handler=_command("export"))
+
+    def serve_default(name: str):
+        return dataclass_default(ServeSettings, name)
+
+    serve = sub.add_parser("serve", help="HTTP server with micro-batching")
+    serve.add_argument("--model", required=True, help="run folder or exported folder")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=serve_default("max_batch_size"),
+        help="most texts in one model call (default %(default)s)",
+    )
+    add_runtime_arguments(serve)
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=serve_default("max_wait_ms"),
+        help="how long a batch waits for more requests (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-texts", type=int, default=serve_default("max_texts"), help="max texts per request (default %(default)s)"
+    )
+    serve.add_argument(
+        "--max-chars",
+        type=int,
+        default=serve_default("max_chars"),
+        help="max characters per text (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=serve_default("max_body_bytes"),
+        help="max request body size (default %(default)s)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("SENTITUNE_API_KEY"),
+        help="require this X-API-Key header (default $SENTITUNE_API_KEY)",
+    )
+    serve.set_defaults(handler=_command("serve"))
+
+    analyze = sub.add_parser("analyze", help="error analysis of a run (or two)")
+    analyze.add_argument("run", help="run folder (or an evaluation folder inside it)")
+    analyze.add_argument("--against", help="second run for a paired comparison")
+    analyze.add_argument("--top-k", type=int, default=20)
+    analyze.add_argument("--slice", action="append", default=[], metavar="NAME=REGEX", help="user-defined slice")
+    analyze.add_argument("--output-dir", help="default: <run>/analysis")
+    analyze.set_defaults(handler=_command("analyze"))
+
+    report = sub.add_parser("report", help="Markdown + self-contained HTML report of a comparison")
+    report.add_argument("results", help="comparison folder")
+    report.add_argument("--open", action="store_true", help="open the HTML report in a browser")
+    report.set_defaults(handler=_command("report"))
+
+    def pretrain_default(name: str):
+        return dataclass_default(PretrainConfig, name)
+
+    # Every pretrain flag defaults to None: PretrainConfig's own default applies, and the help quotes it.
+    pretrain = sub.add_parser("pretrain", help="domain-adaptive masked-LM pretraining on unlabelled text")
+    pretrain.add_argument("--model", required=True, help="encoder to adapt (alias, local folder or hub id)")
+    pretrain.add_argument(
+        "--texts",
+        required=True,
+        help="imdb or sst2 (train-split texts from the data folder), or a CSV/TSV/JSONL/TXT file",
+    )
+    pretrain.add_argument(
+        "--text-column", help="text column of a CSV/TSV/JSONL file (default: sentence for TSV, else text)"
+    )
+    pretrain.add_argument("--data-dir", help="data folder for imdb/sst2 (default: $SENTITUNE_DATA_DIR)")
+    pretrain.add_argument("--output-dir", required=True, help="new model folder; then fine-tune with --model <it>")
+    pretrain.add_argument("--max-steps", type=int, help="stop after N optimizer steps (default: --epochs)")
+    pretrain.add_argument(
+        "--epochs", type=float, help=f"passes over the texts (default {pretrain_default('epochs'):g})"
+    )
+    pretrain.add_argument(
+        "--batch-size", type=int, help=f"examples per step (default {pretrain_default('batch_size')})"
+    )
+    pretrain.add_argument(
+        "--learning-rate", type=float, help=f"peak learning rate (default {pretrain_default('learning_rate'):g})"
+    )
+    pretrain.add_argument(
+        "--max-length", type=int, help=f"tokens per example (default {pretrain_default('max_length')})"
+    )
+    pretrain.add_argument(
+        "--long-texts",
+        choices=["chunk", "truncate"],
+        help=f"long texts: split into windows (chunk) or cut (truncate); default {pretrain_default('long_texts')}",
+    )
+    pretrain.add_argument(
+        "--mlm-probability",
+        type=float,
+        help=f"fraction of tokens masked (default {pretrain_default('mlm_probability'):g})",
+    )
+    pretrain.add_argument("--max-texts", type=int, help="use a seeded sample of N texts")
+    pretrain.add_argument(
+        "--eval-texts",
+        type=int,
+        help=f"held-out texts for the before/after MLM loss (default {pretrain_default('eval_texts')})",
+    )
+    pretrain.add_argument("--seed", type=int, help=f"seed (default {pretrain_default('seed')})")
+    pretrain.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help=f"default {pretrain_default('precision')}",
+    )
+    pretrain.add_argument("--threads", type=int, help="torch CPU threads")
+    pretrain.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    pretrain.set_defaults(handler=_command("pretrain"))
+
+    shrink = sub.add_parser("shrink", help="keep the first K encoder layers of a model (layer dropping)")
+    shrink.add_argument("--model", required=True, help="alias, local folder or hub id")
+    shrink.add_argument("--layers", type=int, required=True, help="encoder layers to keep (the bottom K)")
+    shrink.add_argument("--output-dir", required=True, help="new model folder; then use it with --model")
+    shrink.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    shrink.set_defaults(handler=_command("shrink"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except USER_ERRORS as exc:
+        print(f"sentitune {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"sentitune {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from sentitune.results import not_writable  # numpy: only on this rare path
+
+        # Write sites outside sentitune's own writers (Trainer checkpoints, libraries' save calls)
+        # still end in one line when the disk is full or the folder read-only.
+        mapped = not_writable(exc)
+        if mapped is None:
+            raise
+        print(f"sentitune {args.command}: error: {mapped}", file=sys.stderr)
+        return EXIT_USER_ERROR
