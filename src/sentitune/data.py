@@ -27,7 +27,7 @@ from typing import IO, Callable, Iterable, Iterator
 import numpy as np
 
 from sentitune.config import DataConfig
-from sentitune.errors import DataError, quote
+from sentitune.errors import DataError, quote, read_text
 
 
 SENTIMENT_NAMES = ["negative", "positive"]
@@ -89,17 +89,7 @@ def open_binary(path: str | Path):
 
 
 def _decode(path: Path) -> str:
-    with open_binary(path) as handle:
-        data = handle.read()
-    try:
-        return data.decode("utf-8-sig")  # -sig drops a BOM if present
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise DataError(
-            f"{path}: line {line}, column {column}: bytes {data[exc.start : exc.end]!r} are not UTF-8; "
-            "re-save the file as UTF-8"
-        ) from None
+    return read_text(path, DataError, "CSV/TSV/JSONL file")  # utf-8-sig: a BOM is dropped
 
 
 def parse_jsonl_line(path, number: int, line: str) -> dict | None:

@@ -452,7 +452,9 @@ def create_app(predictor, settings: ServeSettings | None = None):
         rows = [prediction_row(label_names, p) for p in probabilities]
         return rows[0] if body.text is not None else {"predictions": rows}
 
-    @app.api_route("/health", methods=["GET", "HEAD"])  # monitors often probe with HEAD
+    # Monitors often probe with HEAD; it stays out of the schema, where it would repeat GET's operation.
+    @app.head("/health", include_in_schema=False)
+    @app.get("/health")
     async def health():
         info = predictor.describe() if hasattr(predictor, "describe") else {}
         info.pop("source", None)  # a filesystem path is nobody's business over HTTP
