@@ -36,6 +36,7 @@ from sentitune.methods import registry
 from sentitune.metrics import finite_mean, holm, paired_seed_test, seed_summary
 from sentitune.models import resolve_model
 from sentitune.runtime import COMPARED_PACKAGES, package_versions, version_differences
+from sentitune.runtime import version_mix as runtime_version_mix
 
 
 RESULTS_JSON = "results.json"
@@ -236,15 +237,9 @@ def check_versions(out: Path, planned: list[PlannedRun], allow_mix: bool) -> Non
 
 
 def version_mix(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each compared library with more than one version among the finished runs: which runs used which."""
-    by_package: dict[str, dict[str, list[str]]] = {}
-    for row in rows:
-        if row["status"] != "ok":
-            continue
-        versions = run_versions(out / row["run_dir"]) or {}
-        for name in COMPARED_PACKAGES:
-            by_package.setdefault(name, {}).setdefault(versions.get(name, "not recorded"), []).append(row["run_name"])
-    return [{"package": name, "versions": runs} for name, runs in by_package.items() if len(runs) > 1]
+    """runtime.version_mix over the finished runs of `rows`."""
+    finished = {r["run_name"]: run_versions(out / r["run_dir"]) or {} for r in rows if r["status"] == "ok"}
+    return runtime_version_mix(finished)
 
 
 def _check_existing(out: Path, planned: list[PlannedRun]) -> None:

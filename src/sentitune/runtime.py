@@ -88,6 +88,26 @@ def version_differences(
     ]
 
 
+def version_mix(
+    versions_by_run: dict[str, dict[str, str]], packages: tuple[str, ...] = COMPARED_PACKAGES
+) -> list[dict[str, Any]]:
+    """For each of `packages` with more than one version among the runs: which runs used which
+    (a run that recorded none counts as "not recorded").
+
+    Example:
+        >>> version_mix({"a": {"torch": "2.13.0"}, "b": {"torch": "2.14.0"}}, ("torch",))
+        [{'package': 'torch', 'versions': {'2.13.0': ['a'], '2.14.0': ['b']}}]
+    """
+    mix = []
+    for name in packages:
+        runs: dict[str, list[str]] = {}
+        for run, versions in versions_by_run.items():
+            runs.setdefault(str(versions.get(name, "not recorded")), []).append(run)
+        if len(runs) > 1:
+            mix.append({"package": name, "versions": runs})
+    return mix
+
+
 def device_description() -> dict[str, Any]:
     import torch
 

@@ -57,8 +57,9 @@ def check_supported(model) -> None:
 def accept_prefix_cache(model):
     """Makes `model.forward` take `past_key_values` (peft's name) and pass it on as the encoder's own
     argument. A no-op when the model already names `past_key_values` itself."""
-    check_supported(model)
     argument = cache_argument(model)
+    if argument is None:
+        check_supported(model)  # raises, naming what to use instead
     if "past_key_values" in _parameters(model.forward):
         return model
     class_forward = type(model).forward

@@ -660,17 +660,13 @@ def _table_rows(summary: list[dict]) -> list[dict]:
 
 def _version_mix(comparison: Comparison) -> str:
     """'' when every finished run used the same compared library versions, else which runs used which."""
-    from sentitune.runtime import COMPARED_PACKAGES
+    from sentitune.runtime import version_mix
 
-    parts = []
-    for name in COMPARED_PACKAGES:
-        runs: dict[str, list[str]] = {}
-        for run in comparison.ok_runs:
-            versions = (run.metrics.get("provenance") or {}).get("versions") or {}
-            runs.setdefault(str(versions.get(name, "not recorded")), []).append(run.name)
-        if len(runs) > 1:
-            parts.append(f"{name} " + "; ".join(f"{v} ({', '.join(r)})" for v, r in runs.items()))
-    return " | ".join(parts)
+    versions = {run.name: (run.metrics.get("provenance") or {}).get("versions") or {} for run in comparison.ok_runs}
+    return " | ".join(
+        f"{mix['package']} " + "; ".join(f"{v} ({', '.join(r)})" for v, r in mix["versions"].items())
+        for mix in version_mix(versions)
+    )
 
 
 def _setup(comparison: Comparison) -> dict:
