@@ -558,11 +558,11 @@ CASES = [
         damage=_edit_json("run/model/adapter_config.json", r=4),
     ),
     Case(
-        "head weights whose pooler shape differs",
+        "head weights whose pooler shape differs (the full copy that plain transformers and predict load)",
         predict(),
         ["{dir}/run/model", "cannot load the head weights", "pooler.dense.weight"],
         run="head",
-        damage=_reshape("run/model/trained.safetensors", "pooler.dense.weight", 16),
+        damage=_reshape("run/model/model.safetensors", "pooler.dense.weight", 16),
     ),
     Case(
         "tf-idf idf vector shorter than its vocabulary",
@@ -704,6 +704,264 @@ CASES = [
         run="tfidf",
         damage=_listening,
     ),
+    # ---- found in the second pass (issue 19 closing work) ----------------------------------------
+    # 1. data loss: an output that is what the command reads, or a file sentitune did not write
+    Case(
+        "predict --output over the run's own predictions.csv",
+        predict()[:4] + ["{dir}/run/predictions.csv", "a fine film"],
+        ["{dir}/run/predictions.csv", "inside the --model folder", "pick another --output"],
+        run="tfidf",
+    ),
+    Case(
+        "predict --output over the run's labels.json",
+        predict()[:4] + ["{dir}/run/labels.json", "a fine film"],
+        ["{dir}/run/labels.json", "inside the --model folder"],
+        run="tfidf",
+    ),
+    Case(
+        "predict --output over the model's weights",
+        predict()[:4] + ["{dir}/run/model/tfidf.safetensors", "a fine film"],
+        ["{dir}/run/model/tfidf.safetensors", "inside the --model folder"],
+        run="tfidf",
+    ),
+    Case(
+        "predict --output into another run folder",
+        predict()[:4] + ["{dir}/other/predictions.csv", "a fine film"],
+        ["{dir}/other/predictions.csv", "inside a run folder ({dir}/other)"],
+        run="tfidf",
+        damage=lambda d: shutil.copytree(d / "run", d / "other"),
+    ),
+    Case(
+        "predict --output that is the --input file",
+        ["predict", "--model", "{dir}/run", "--input", "{dir}/test.csv", "--output", "{dir}/test.csv"],
+        ["{dir}/test.csv", "is the --input file"],
+        run="tfidf",
+    ),
+    Case(
+        "predict --output that is the --input file by another path",
+        ["predict", "--model", "{dir}/run", "--input", "{dir}/test.csv", "--output", "{dir}/sub/../test.csv"],
+        ["is the --input file"],
+        run="tfidf",
+        damage=lambda d: (d / "sub").mkdir(),
+    ),
+    Case(
+        "evaluate --output-dir over a user's predictions.csv",
+        ["evaluate", "{dir}/run", "--data", "{dir}/test.csv", "--output-dir", "{dir}/mine"],
+        ["{dir}/mine/predictions.csv", "not written by sentitune", "pick another --output-dir"],
+        files={"mine/predictions.csv": "my own numbers\n", "mine/notes.md": "keep\n"},
+        run="tfidf",
+    ),
+    Case(
+        "evaluate --output-dir over a user's metrics.json",
+        ["evaluate", "{dir}/run", "--data", "{dir}/test.csv", "--output-dir", "{dir}/mine"],
+        ["{dir}/mine: holds a run's metrics.json"],
+        files={"mine/metrics.json": '{"mine": true}'},
+        run="tfidf",
+    ),
+    Case(
+        "analyze --output-dir over a user's errors.csv",
+        ["analyze", "{dir}/run", "--output-dir", "{dir}/mine"],
+        ["{dir}/mine/errors.csv", "not written by sentitune"],
+        files={"mine/errors.csv": "my error log\n"},
+        run="tfidf",
+    ),
+    Case(
+        "analyze --output-dir that is a run folder",
+        ["analyze", "{dir}/run", "--output-dir", "{dir}/run"],
+        ["{dir}/run", "is a run folder"],
+        run="tfidf",
+    ),
+    Case(
+        "compare --output-dir that is a run folder",
+        ["compare", "--methods", "tfidf", "--dataset", "files", "--train-file", "{dir}/train.csv"]
+        + ["--test-file", "{dir}/test.csv", "--output-dir", "{dir}/run"],
+        ["{dir}/run", "is a run folder"],
+        run="tfidf",
+    ),
+    Case(
+        "compare --output-dir over a user's results.csv",
+        ["compare", "--methods", "tfidf", "--dataset", "files", "--train-file", "{dir}/train.csv"]
+        + ["--test-file", "{dir}/test.csv", "--output-dir", "{dir}/mine"],
+        ["{dir}/mine/results.csv", "not written by sentitune"],
+        files={"mine/results.csv": "variant,score\nmine,1\n"},
+    ),
+    # 2. wrong results with no error
+    train_case(
+        "--output-dir from an unset shell variable (was: the run went to runs/<name>)",
+        ["--output-dir", ""],
+        ["--output-dir is empty", "unset shell variable"],
+    ),
+    Case(
+        "predict --output from an unset shell variable (was: stdout)",
+        predict()[:3] + ["--output", "", "a fine film"],
+        ["--output is empty"],
+        run="tfidf",
+    ),
+    train_case("--train-file that is empty", ["--train-file", ""], ["--train-file is empty"]),
+    train_case(
+        "text column that is the label column (a perfect, meaningless score)",
+        ["--text-column", "label"],
+        ["{dir}/train.csv", "the text column and the label column are both 'label'"],
+    ),
+    train_case(
+        "label column that is the text column",
+        ["--label-column", "text"],
+        ["the text column and the label column are both 'text'"],
+        absent=["is not one of"],
+    ),
+    Case(
+        "evaluate with the label column as text",
+        ["evaluate", "{dir}/run", "--data", "{dir}/test.csv", "--text-column", "label"],
+        ["{dir}/test.csv", "both 'label'"],
+        run="tfidf",
+    ),
+    Case("predict of an empty text", predict(""), ["text 1", "no visible characters"], run="tfidf"),
+    Case("predict of spaces only", predict("fine", "   "), ["text 2", "no visible characters"], run="tfidf"),
+    Case(
+        "predict of zero-width and no-break spaces only",
+        predict("\u200b\u00a0\ufeff"),
+        ["text 1", "no visible characters"],
+        run="tfidf",
+    ),
+    Case(
+        "serve with a NaN batching wait",
+        ["serve", "--model", "{dir}/run", "--port", "{port}", "--max-wait-ms", "nan"],
+        ["max_wait_ms", "finite", "nan"],
+        run="tfidf",
+    ),
+    Case(
+        "serve with an infinite batching wait (a lone request would wait for ever)",
+        ["serve", "--model", "{dir}/run", "--port", "{port}", "--max-wait-ms", "inf"],
+        ["max_wait_ms", "finite"],
+        run="tfidf",
+    ),
+    Case(
+        "serve with a zero header timeout",
+        ["serve", "--model", "{dir}/run", "--port", "{port}", "--header-timeout", "0"],
+        ["header_timeout_s must be > 0"],
+        run="tfidf",
+    ),
+    Case(
+        "serve with a NaN body timeout",
+        ["serve", "--model", "{dir}/run", "--port", "{port}", "--body-timeout", "nan"],
+        ["body_timeout_s", "finite"],
+        run="tfidf",
+    ),
+    Case(
+        "serve with no connections allowed",
+        ["serve", "--model", "{dir}/run", "--port", "{port}", "--max-connections", "0"],
+        ["max_connections must be >= 1"],
+        run="tfidf",
+    ),
+    Case(
+        "serve with an API key ending in a carriage return (a CRLF .env file; every request got 401)",
+        ["serve", "--model", "{dir}/run", "--port", "{port}", "--api-key", "s3cret\r"],
+        ["api_key must be printable ASCII", "stray line break"],
+        run="tfidf",
+    ),
+    Case(
+        "serve with an API key starting with a space",
+        ["serve", "--model", "{dir}/run", "--port", "{port}", "--api-key", " s3cret"],
+        ["api_key must be printable ASCII without leading or trailing spaces"],
+        run="tfidf",
+    ),
+    Case(
+        "serve with a non-ASCII API key",
+        ["serve", "--model", "{dir}/run", "--port", "{port}", "--api-key", "cl\u00e9"],
+        ["api_key must be printable ASCII"],
+        run="tfidf",
+    ),
+    Case(
+        "serve on an empty --host",
+        ["serve", "--model", "{dir}/run", "--port", "{port}", "--host", ""],
+        ["--host is empty"],
+        run="tfidf",
+    ),
+    Case(
+        "serve on port 0",
+        ["serve", "--model", "{dir}/run", "--port", "0"],
+        ["--port must be between 1 and 65535, got 0"],
+        run="tfidf",
+    ),
+    Case(
+        "serve on a port past 65535",
+        ["serve", "--model", "{dir}/run", "--port", "70000"],
+        ["--port must be between 1 and 65535"],
+        run="tfidf",
+    ),
+    Case(
+        "serve on a host that does not resolve",
+        ["serve", "--model", "{dir}/run", "--port", "{port}", "--host", "no-such-host.invalid"],
+        ["--host 'no-such-host.invalid'", "cannot resolve"],
+        run="tfidf",
+    ),
+    # 3. tracebacks or broken lines
+    train_case(
+        "a data path holding a line break stays one line",
+        ["--train-file", "{dir}/tra\nin.csv"],
+        ["{dir}/tra\\nin.csv", "not found"],
+    ),
+    train_case(
+        "a config path holding a tab and a carriage return stays one line",
+        ["--config", "{dir}/a\tb\r.yaml"],
+        ["a\\tb\\r.yaml"],
+    ),
+    # 4. unclear messages
+    train_case(
+        "a CSV saved with ';' (Excel in many locales)",
+        [],
+        ["{dir}/train.csv", "no column 'text'", "split by ';'"],
+        {"train.csv": "text;label\n" + GOOD_ROWS.replace(",", ";")},
+    ),
+    train_case(
+        "a tab-separated file named .csv",
+        [],
+        ["{dir}/train.csv", "split by '\\t'", ".tsv with tabs"],
+        {"train.csv": "text\tlabel\n" + GOOD_ROWS.replace(",", "\t")},
+    ),
+    train_case(
+        "column names in another case",
+        [],
+        ["{dir}/train.csv", "no column 'text'", "there is 'Text'", "case-sensitive"],
+        {"train.csv": "Text,Label\n" + GOOD_ROWS},
+    ),
+    train_case(
+        "a CSV saved as UTF-16 (Excel's Unicode text)",
+        [],
+        ["{dir}/train.csv", "line 1, column 1", "not UTF-8", "re-save the file as UTF-8"],
+        {"train.csv": ("text,label\n" + GOOD_ROWS).encode("utf-16")},
+    ),
+    train_case(
+        "a config indented with tabs",
+        ["--config", "{dir}/run.yaml"],
+        ["{dir}/run.yaml", "line 2, column 1", "'\\t'"],
+        {"run.yaml": "train:\n\tepochs: 1\n"},
+    ),
+    train_case("--set with an empty value", ["--set", "train.epochs="], ["train.epochs", "expected a number", "''"]),
+    Case(
+        "analyze with a broken slice pattern",
+        ["analyze", "{dir}/run", "--slice", "mine=(not"],
+        ["--slice 'mine=(not'", "invalid regular expression"],
+        run="tfidf",
+    ),
+    Case(
+        "report on a run folder instead of a comparison",
+        ["report", "{dir}/run"],
+        ["{dir}/run", "not a comparison folder", "sentitune compare"],
+        run="tfidf",
+    ),
+    Case(
+        "export --quantize with --format hf",
+        ["export", "--model", "{dir}/run", "--format", "hf", "--quantize", "int8", "--output", "{dir}/exp"],
+        ["--quantize int8 needs --format onnx"],
+        run="tfidf",
+    ),
+    Case(
+        "export of a tf-idf run",
+        ["export", "--model", "{dir}/run", "--output", "{dir}/exp"],
+        ["a tfidf run has no neural network to export"],
+        run="tfidf",
+    ),
 ]
 
 
@@ -779,7 +1037,7 @@ def test_adversarial_input_exits_2_with_one_line_and_changes_nothing(
 
 
 def test_the_corpus_is_broad():
-    assert len(CASES) >= 60
+    assert len(CASES) >= 130
 
 
 # ---- the accepting side of the same rules ---------------------------------------------------------

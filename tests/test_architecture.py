@@ -24,12 +24,14 @@ LAYERS = {
     "config": 3,
     "data": 4,
     "models": 4,
+    "modelcard": 4,  # the model card and portable base reference of a run's model/; training and export write it
     "results": 4,
     "training": 5,
     "trainer": 5,  # MeasuredTrainer and its Meter; training imports it when a neural run starts
     "pretraining": 5,
     "reporting.plots": 6,  # figures only (matplotlib in, Figure out); analysis draws with them
     "compare": 6,
+    "tuning": 5,  # the search (optuna) behind compare --tune; compare runs its trials
     "inference": 6,
     "analysis": 7,
     "export": 7,

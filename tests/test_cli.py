@@ -209,3 +209,165 @@ def test_python_dash_m_help():
     assert done.returncode == 0, done.stderr
     for command in ("train", "evaluate", "data", "compare", "predict"):
         assert command in done.stdout
+
+
+# ---- familiar flags: underscore spellings, Hugging Face names, one form for the run folder -------
+
+
+def subcommand_parsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield name, child
+                yield from subcommand_parsers(child)
+
+
+def test_every_dash_flag_has_its_underscore_spelling():
+    from sentitune.cli.main import build_parser
+
+    checked = 0
+    for command, parser in subcommand_parsers(build_parser()):
+        for action in parser._actions:
+            for name in action.option_strings:
+                if name.startswith("--") and "-" in name[2:]:
+                    twin = "--" + name[2:].replace("-", "_")
+                    assert parser._option_string_actions.get(twin) is action, f"{command} {name}"
+                    checked += 1
+    assert checked > 50
+
+
+def test_hugging_face_flag_names_reach_the_config(tmp_path):
+    from sentitune.cli.main import build_parser
+    from sentitune.cli.options import config_from_args
+
+    argv = [
+        "train",
+        "--model_name_or_path",
+        "minilm-l6",
+        "--dataset",
+        "sst2",
+        "--num_train_epochs",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "16",
+        "--learning_rate",
+        "1e-4",
+        "--max_seq_length",
+        "64",
+        "--lora_r",
+        "4",
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--resume_from_checkpoint",
+    ]
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    assert (cfg.model, cfg.train.epochs, cfg.train.batch_size, cfg.train.eval_batch_size) == ("minilm-l6", 2, 4, 16)
+    assert (cfg.method.learning_rate, cfg.data.max_length, cfg.method.lora_r) == (1e-4, 64, 4)
+    assert args.output_dir == str(tmp_path / "run") and args.resume is True
+
+
+def test_resume_from_checkpoint_path_must_be_in_the_run_folder(tmp_path):
+    from sentitune.cli.commands.train import resume_flag
+    from sentitune.errors import ConfigError
+
+    run = tmp_path / "run"
+    assert resume_flag(True, str(run)) is True and resume_flag(None, str(run)) is False
+    assert resume_flag(str(run / "checkpoints" / "checkpoint-4"), str(run)) is True
+    with pytest.raises(ConfigError, match="not inside the run folder"):
+        resume_flag(str(tmp_path / "elsewhere" / "checkpoint-4"), str(run))
+
+
+def test_help_lists_each_flag_once_and_names_the_underscore_spelling(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--output-dir" in out and "--output_dir OUTPUT_DIR" not in out
+    assert "--per_device_train_batch_size" in out and "underscore spelling" in out.replace("\n", " ")
+
+
+@pytest.mark.parametrize(
+    "command, extra, dest",
+    [
+        ("evaluate", ["--data", "x.csv"], "run"),
+        ("analyze", [], "run"),
+        ("export", ["--output-dir", "out"], "model"),
+        ("serve", [], "model"),
+    ],
+)
+def test_run_folder_positional_or_model(command, extra, dest):
+    from sentitune.cli.main import build_parser
+    from sentitune.cli.options import resolve_model_argument
+
+    parser = build_parser()
+    for argv in (
+        [command, "runs/a", *extra],
+        [command, "--model", "runs/a", *extra],
+        [command, "runs/a/", "--model", "runs/a", *extra],
+    ):
+        args = parser.parse_args(argv)
+        resolve_model_argument(args)
+        assert getattr(args, dest) in ("runs/a", "runs/a/"), argv
+
+
+@pytest.mark.parametrize("command", ["evaluate", "analyze", "export", "serve"])
+def test_run_folder_missing_or_twice_is_one_line(command, capsys):
+    extra = {"evaluate": ["--data", "x.csv"], "export": ["--output-dir", "out"]}.get(command, [])
+    assert main([command, "runs/a", "--model", "runs/b", *extra]) == EXIT_USER_ERROR
+    line = one_line_error(capsys)
+    assert "'runs/a'" in line and "'runs/b'" in line
+    assert main([command, *extra]) == EXIT_USER_ERROR
+    assert "--model" in one_line_error(capsys)
+
+
+def test_predict_takes_the_run_folder_first(trained_run, capsys):
+    run_dir = str(trained_run("tfidf"))
+    assert main(["predict", run_dir, "a great film", "dull"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["text"] for row in rows] == ["a great film", "dull"]
+    assert main(["predict", "a great film"]) == EXIT_USER_ERROR
+    assert "run folder first" in one_line_error(capsys)
+
+
+def test_export_output_and_report_output_dir_spellings(tmp_path, capsys):
+    from sentitune.cli.main import build_parser
+
+    parser = build_parser()
+    for flag in ("--output", "--output-dir", "--output_dir"):
+        assert parser.parse_args(["export", "runs/a", flag, "out"]).output == "out"
+    assert main(["report", str(tmp_path / "a"), "--output-dir", str(tmp_path / "b")]) == EXIT_USER_ERROR
+    assert "two comparison folders" in one_line_error(capsys)
+    assert main(["report"]) == EXIT_USER_ERROR
+    assert "--output-dir" in one_line_error(capsys)
+
+
+def test_train_on_a_single_file_records_the_carved_split(tmp_path, monkeypatch, capsys):
+    from conftest import sentiment_rows
+
+    data = write_rows(tmp_path / "reviews.csv", sentiment_rows(80, 3))
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--method", "tfidf", "--dataset", str(data), "--validation_size", "8", "--test_size", "16"]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "runs" / "reviews-tfidf" / "metrics.json").read_text())
+    split = metrics["data_split"]
+    assert split["test_carved_from"] == str(data) and split["test_examples"] == 16 == metrics["test_examples"]
+    assert len(set(split["test_lines"])) == 16 and metrics["train_examples"] == 80 - 16 - 8
+
+
+def test_a_hub_dataset_column_that_does_not_exist_is_one_line(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "acme" / "reviews").mkdir(parents=True)
+    datasets.Dataset.from_dict({"review": ["good", "bad"] * 10, "sentiment": [1, 0] * 10}).to_parquet(
+        str(tmp_path / "acme" / "reviews" / "train.parquet")
+    )
+    capsys.readouterr()
+    argv = ["train", "--method", "tfidf", "--dataset", "hub:acme/reviews", "--text-column", "body"]
+    assert main(argv) == EXIT_USER_ERROR
+    line = one_line_error(capsys)
+    assert "no column 'body'" in line and "'review'" in line

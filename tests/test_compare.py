@@ -258,3 +258,215 @@ def test_runs_made_with_other_library_versions_are_refused_unless_allowed(tiny_c
     build_report(tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "different library versions" in report and "5.0.0.dev0 (full-s1)" in report
+
+
+# ---- extra eval sets and calibration ----------------------------------------------------------
+
+
+def test_eval_files_and_the_suite_are_scored_and_tested_against_the_reference(tiny_config, tmp_path):
+    from conftest import sentiment_rows, write_rows
+
+    extra = write_rows(tmp_path / "extra.csv", sentiment_rows(30, 7))
+    cfg = _base(tiny_config, methods=["tfidf", "full"], seeds=[1, 2], eval_files={"extra": str(extra)})
+    out = tmp_path / "out"
+    lines: list[str] = []
+    document = compare.run_comparison(cfg, out, echo=lines.append)
+    assert [r["status"] for r in document["runs"]] == ["ok"] * 4
+    sets = document["eval_sets"]
+    assert list(sets) == ["negation", "extra"]  # the shipped suite is on by default
+    suite_size = len((compare.SUITE_DIR / "negation.tsv").read_text().splitlines()) - 1
+    assert (sets["negation"]["examples"], sets["extra"]["examples"], sets["negation"]["builtin"]) == (
+        suite_size,
+        30,
+        True,
+    )
+    for name, entry in sets.items():
+        assert entry["reference"] == "full" == document["reference"]
+        assert set(entry["variants"]) == {"tfidf", "full"}
+        for variant, stats in entry["variants"].items():
+            folders = [out / "runs" / f"{variant}-s{seed}" / "evaluations" / name for seed in (1, 2)]
+            accuracies = [results.load_predictions(folder).correct.mean() for folder in folders]
+            assert stats["seeds"] == [1, 2] and stats["ci_method"] == "t over 2 seeds"
+            assert stats["mean"] == pytest.approx(sum(accuracies) / 2)
+            assert stats["ci95_low"] <= stats["mean"] <= stats["ci95_high"]
+        [test] = entry["pairwise_vs_reference"]
+        assert (test["a"], test["b"], test["seeds"], test["n_seeds"]) == ("tfidf", "full", [1, 2], 2)
+        assert test["p_holm"] == pytest.approx(test["p_value"])  # one test per set: Holm changes nothing
+        assert test["significant"] == (test["p_holm"] < 0.05) and entry["multiplicity"]["tests"] == 1
+        assert test["difference"] == pytest.approx(
+            entry["variants"]["tfidf"]["mean"] - entry["variants"]["full"]["mean"]
+        )
+    scored = out / "runs" / "full-s1" / "evaluations" / "extra" / "metrics.json"
+    first = json.loads(scored.read_text())
+    assert first["eval_set"] == "extra" and first["data_sha256"] and first["temperature"] > 0
+    # calibration per variant: ECE before and after the temperature fitted on validation
+    summary = {s["variant"]: s for s in document["summary"]}
+    for entry in summary.values():
+        assert entry["temperature_mean"] > 0
+        assert 0 <= entry["test_ece_calibrated_mean"] <= 1 and 0 <= entry["test_ece_uncalibrated_mean"] <= 1
+    assert all("test_ece_calibrated" in r and "temperature" in r for r in document["runs"])
+
+    # A re-run scores nothing again (same file content); a changed file is scored again.
+    mtime = scored.stat().st_mtime_ns
+    lines.clear()
+    compare.run_comparison(cfg, out, echo=lines.append)
+    assert scored.stat().st_mtime_ns == mtime and not any("eval sets" in line for line in lines)
+    write_rows(extra, sentiment_rows(30, 8))
+    document = compare.run_comparison(cfg, out, echo=lines.append)
+    assert json.loads(scored.read_text())["data_sha256"] != first["data_sha256"]
+    assert document["eval_sets"]["extra"]["variants"]["full"]["seeds"] == [1, 2]
+
+
+def test_an_eval_file_with_other_labels_is_refused_in_one_line_before_training(tiny_config, tmp_path):
+    from conftest import write_rows
+
+    bad = write_rows(tmp_path / "neutral.csv", [("fine", "positive"), ("meh", "neutral")])
+    cfg = _base(tiny_config, methods=["tfidf"], seeds=[1], eval_files={"mixed": str(bad)})
+    from sentitune.errors import DataError
+
+    with pytest.raises(DataError) as refused:
+        compare.run_comparison(cfg, tmp_path / "out", echo=lambda *_: None)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert str(bad) in message and "'neutral'" in message and "line 3" in message
+    assert not (tmp_path / "out" / "runs").exists()  # nothing trained
+
+
+def test_eval_set_flags_and_config_are_checked(tiny_config):
+    from sentitune.cli.commands.compare import parse_eval_files
+
+    assert parse_eval_files(["a=x.csv", "b = y.tsv"]) == {"a": "x.csv", "b": "y.tsv"}
+    assert parse_eval_files(None) is None
+    for spec, match in ((["nopath"], "NAME=PATH"), (["a=x", "a=y"], "given twice")):
+        with pytest.raises(ConfigError, match=match):
+            parse_eval_files(spec)
+    for files, match in (({"../up": "x.csv"}, "names a folder"), ({"negation": "x.csv"}, "shipped suite")):
+        with pytest.raises(ConfigError, match=match):
+            _base(tiny_config, eval_files=files)
+    with pytest.raises(ConfigError, match="unknown suite"):
+        _base(tiny_config, suites=["sarcasm"])
+    assert [s.name for s in compare.eval_sets(_base(tiny_config, suites=[]))] == []
+
+
+def test_print_summary_shows_calibration_and_each_eval_set():
+    import io
+
+    from rich.console import Console
+
+    from sentitune.cli.commands.compare import print_calibration_and_eval_sets
+
+    variant = {"mean": 0.6, "ci95_low": 0.55, "ci95_high": 0.65}
+    test = {
+        "a": "lora",
+        "b": "full",
+        "difference": -0.05,
+        "difference_ci95_low": -0.08,
+        "difference_ci95_high": -0.02,
+        "p_holm": 0.004,
+        "significant": True,
+    }
+    document = {
+        "summary": [
+            {"variant": "full", "n_seeds": 0, "n_runs": 1},
+            {
+                "variant": "lora",
+                "n_seeds": 1,
+                "temperature_mean": 1.5,
+                "test_ece_uncalibrated_mean": 0.081,
+                "test_ece_calibrated_mean": 0.023,
+            },
+        ],
+        "eval_sets": {
+            "negation": {
+                "examples": 466,
+                "variants": {"full": {**variant, "mean": 0.65}, "lora": variant},
+                "pairwise_vs_reference": [test],
+                "multiplicity": {"method": "holm", "tests": 1},
+            }
+        },
+    }
+    buffer = io.StringIO()
+    print_calibration_and_eval_sets(document, Console(file=buffer, width=300))
+    lines = buffer.getvalue().splitlines()
+    assert (
+        "calibration, test ECE before -> after temperature scaling on validation: lora 0.081 -> 0.023 (T 1.50)" in lines
+    )
+    assert "eval set negation (466 examples): accuracy % full 65.00 [55.0, 65.0]; lora 60.00 [55.0, 65.0]" in lines
+    assert (
+        "    lora vs full: difference -5.00 points [CI -8.0, -2.0], Holm p = 0.004 over 1 test (significant)" in lines
+    )
+
+
+# ---- progress: each child's progress.json, shown as lines (not a terminal) or live bars --------
+
+
+def test_progress_lines_for_every_neural_run_and_progress_json_counts_steps(tiny_config, tmp_path):
+    cfg = tiny_config("full", **{"train.max_steps": 6}).override(
+        {"compare.methods": ["tfidf", "full", "lora"], "compare.seeds": [1]}
+    )
+    lines: list[str] = []
+    # every_s=0: each poll that sees a new progress.json prints, so the test does not depend on timing
+    document = compare.run_comparison(
+        cfg, tmp_path, echo=lines.append, progress=compare.LineProgress(lines.append, every_s=0)
+    )
+    assert [r["status"] for r in document["runs"]] == ["ok"] * 3
+    for row in document["runs"]:
+        name = row["run_name"]
+        shown = [line for line in lines if line.startswith(f"    {name}: step ")]
+        path = tmp_path / compare.RUNS_DIR / name / results.PROGRESS_FILE
+        record = json.loads(path.read_text()) if path.exists() else None
+        if row["method"] == "tfidf":
+            assert not shown and record is None  # no optimizer steps to count
+            continue
+        assert shown, lines
+        # compare's own lines are kept, and the progress comes between "training ..." and the result
+        started = lines.index(next(line for line in lines if line.endswith(f"{name}: training ...")))
+        ended = lines.index(next(line for line in lines if line.startswith(f"    {name}: ok")))
+        assert all(started < lines.index(line) < ended for line in shown)
+        assert record["step"] == record["max_steps"] == 6 == row["train_steps"]
+        assert record["loss"] > 0 and record["samples_per_second"] > 0 and record["elapsed_s"] > 0
+        assert record["eta_s"] == 0
+        steps = [int(line.split("step ")[1].split("/")[0]) for line in shown]
+        assert steps == sorted(steps) and all(line.split("/")[1].startswith("6") for line in shown)
+
+
+def test_line_progress_prints_the_first_record_then_one_per_interval():
+    now = [0.0]
+    lines: list[str] = []
+    reporter = compare.LineProgress(lines.append, every_s=30, clock=lambda: now[0])
+    record = {"step": 10, "max_steps": 40, "loss": 0.5, "samples_per_second": 12.5, "eta_s": 75, "updated": 1.0}
+    reporter.update("full-s1", None)
+    assert lines == []
+    for t in (0, 5, 29, 30, 45, 60):
+        now[0] = t
+        reporter.update("full-s1", {**record, "step": 10 + t // 2})
+    assert lines == [
+        "    full-s1: step 10/40 (25%), loss 0.5000, 12.5 samples/s, ETA 1m15s",
+        "    full-s1: step 25/40 (62%), loss 0.5000, 12.5 samples/s, ETA 1m15s",
+        "    full-s1: step 40/40 (100%), loss 0.5000, 12.5 samples/s, training done",
+    ]
+    reporter.finish("full-s1", record)  # already shown: no extra line
+    reporter.finish("lora-s1", record)  # never shown: its last record
+    assert len(lines) == 4 and lines[-1].startswith("    lora-s1: step 10/40")
+
+
+def test_read_progress_ignores_an_earlier_attempts_file(tmp_path):
+    results.atomic_write_json(tmp_path / results.PROGRESS_FILE, {"step": 3, "max_steps": 9, "updated": 100.0})
+    assert compare.read_progress(tmp_path, since=50.0)["step"] == 3
+    assert compare.read_progress(tmp_path, since=150.0) is None
+    assert compare.read_progress(tmp_path / "missing") is None
+    assert compare.format_seconds(3725) == "1h02m" and compare.format_seconds(None) == "?"
+
+
+def test_live_progress_shows_bars_and_prints_lines_above_them():
+    from sentitune.cli.commands.compare import LiveProgress
+
+    with LiveProgress() as live:
+        live.update("full-s1", None)
+        task = live.tasks["full-s1"]
+        live.update("full-s1", {"step": 5, "max_steps": 20, "loss": 0.7, "samples_per_second": 3.0, "eta_s": 9})
+        shown = live.bars.tasks[0]
+        assert (shown.id, shown.completed, shown.total) == (task, 5, 20)
+        assert shown.fields["detail"] == "loss 0.7000, 3.0 samples/s, ETA 9s"
+        live.finish("full-s1", None)
+        assert live.bars.tasks == [] and live.tasks == {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sentitune.config import (
@@ -200,8 +202,65 @@ def test_fingerprint_ignores_method_and_seed():
         {"train.seed": 7},
         {"method.name": "tfidf", "train.seed": 1},
         {"method.learning_rate": 1e-4},
+        # Where the curves are logged is not part of the experiment.
+        {"train.report_to": ["tensorboard", "wandb"], "train.run_name": "sweep-3"},
     ):
         assert base.override(overrides).fingerprint() == base.fingerprint(), overrides
+
+
+@pytest.mark.parametrize(
+    "report_to, message",
+    [
+        (["tensorboard", "comet"], "train.report_to: 'comet' is not one of none, tensorboard, mlflow, wandb, trackio"),
+        (["none", "tensorboard"], "train.report_to: 'none' cannot be combined with trackers"),
+        (["wandb", "wandb"], "train.report_to: duplicates"),
+    ],
+)
+def test_report_to_names_known_trackers_once(report_to, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunConfig().override({"train.report_to": report_to})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train.class_weights": "heavy"}, "train.class_weights: 'heavy' is not none, balanced or a list of weights"),
+        ({"train.class_weights": [1.0, -2.0]}, "train.class_weights: must be > 0, got -2.0"),
+        ({"train.best_metric": "f1"}, "train.best_metric: 'f1' is not one of accuracy, macro_f1,"),
+        (
+            {"train.best_metric": "macro_f1", "train.eval_strategy": "no"},
+            "train.best_metric: needs train.eval_strategy",
+        ),
+        ({"train.early_stopping_patience": 0}, "train.early_stopping_patience: must be > 0, got 0"),
+        (
+            {"train.early_stopping_patience": 2, "train.eval_strategy": "no"},
+            "train.early_stopping_patience: needs train.eval_strategy",
+        ),
+        (
+            {"train.class_weights": "balanced", "data.problem_type": "multi_label"},
+            "train.class_weights: applies to single_label data",
+        ),
+    ],
+)
+def test_imbalance_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunConfig().override(overrides)
+
+
+def test_class_weights_read_from_a_set_string_and_best_metric_auto_is_its_metric():
+    base = RunConfig()
+    assert base.override({"train.class_weights": "1,9"}).train.class_weights == [1.0, 9.0]
+    assert base.best_metric == "accuracy"
+    assert base.override({"data.problem_type": "multi_label"}).best_metric == "micro_f1"
+    # `auto` and the metric it stands for are one experiment; another metric is another.
+    assert base.override({"train.best_metric": "accuracy"}).fingerprint() == base.fingerprint()
+    assert base.override({"train.best_metric": "macro_f1"}).fingerprint() != base.fingerprint()
+    assert base.override({"train.class_weights": "balanced"}).fingerprint() != base.fingerprint()
+
+
+def test_report_to_takes_a_comma_separated_string():
+    cfg = RunConfig().override({"train.report_to": "tensorboard,mlflow"})
+    assert cfg.train.report_to == ["tensorboard", "mlflow"]
 
 
 @pytest.mark.parametrize(

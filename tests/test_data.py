@@ -413,3 +413,136 @@ def test_fields_beyond_the_header_are_refused_unless_empty(tmp_path):
     tsv = write(tmp_path / "z.tsv", "sentence\tlabel\na\ttab inside\t1\n")
     with pytest.raises(DataError, match=r"an unquoted tab"):
         read_table(tsv, "sentence", "label")
+
+
+# ---- any dataset: a file, a folder, or hub:OWNER/NAME ------------------------------------------
+
+
+def _imbalanced_rows(count: int = 100) -> list[tuple[str, str]]:
+    # 70/30 so that stratification is visible: an unstratified 20-row test slice rarely hits 14/6 exactly
+    return [
+        (f"review number {i} {'good' if i % 10 < 3 else 'bad'}", "pos" if i % 10 < 3 else "neg") for i in range(count)
+    ]
+
+
+def test_a_single_file_is_carved_stratified_seeded_and_recorded(tmp_path):
+    from sentitune.data import load_splits
+
+    path = write_rows(tmp_path / "reviews.csv", _imbalanced_rows())
+    cfg = DataConfig(dataset=str(path), validation_size=10)
+    splits = load_splits(cfg)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (70, 10, 20)
+    assert Counter(splits.test.labels) == {splits.label_names.index("neg"): 14, splits.label_names.index("pos"): 6}
+    # no text is in two splits
+    assert not set(splits.test.texts) & (set(splits.train.texts) | set(splits.validation.texts))
+    record = splits.carved
+    assert record["test_carved_from"] == str(path) and record["split_seed"] == 42 and record["test_examples"] == 20
+    lines = path.read_text().splitlines()
+    assert sorted(lines[n - 1].split(",")[0] for n in record["test_lines"]) == sorted(splits.test.texts)
+    assert load_splits(cfg).test.texts == splits.test.texts  # seeded
+    other = load_splits(DataConfig(dataset=str(path), validation_size=10, split_seed=7)).test.texts
+    assert other != splits.test.texts
+    # a tuning trial: the same train/validation, test never returned
+    trial = load_splits(cfg, with_test=False)
+    assert trial.train.texts == splits.train.texts and trial.evaluated_split == "validation"
+    assert DataConfig(dataset=str(path)).name == "reviews"
+
+
+def test_a_folder_of_train_and_test_files(tmp_path):
+    from sentitune.data import load_splits
+
+    write_rows(tmp_path / "train.csv", sentiment_rows(60, 1))
+    write_rows(tmp_path / "test.csv", sentiment_rows(20, 2))
+    splits = load_splits(DataConfig(dataset=str(tmp_path), validation_size=10))
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (50, 10, 20)
+    assert splits.carved is None and "test.csv" in splits.source
+
+
+def test_a_path_that_does_not_exist_or_a_folder_without_splits_is_one_line(tmp_path):
+    from sentitune.data import load_splits
+
+    with pytest.raises(DataError, match="no such file or folder") as info:
+        load_splits(DataConfig(dataset=str(tmp_path / "nope.csv")))
+    assert "\n" not in str(info.value)
+    write_rows(tmp_path / "a.csv", sentiment_rows(10, 1))
+    write_rows(tmp_path / "b.csv", sentiment_rows(10, 1))
+    with pytest.raises(DataError, match="no train and test files"):
+        load_splits(DataConfig(dataset=str(tmp_path)))
+
+
+def test_dataset_values_are_checked_in_the_config():
+    from sentitune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="hub:OWNER/NAME"):
+        DataConfig(dataset="hub:bad id with spaces")
+    with pytest.raises(ConfigError, match="data.test_split: read only when data.dataset is hub"):
+        DataConfig(dataset="sst2", test_split="validation")
+    assert DataConfig(dataset="hub:stanfordnlp/imdb:plain_text").name == "imdb_plain_text"
+
+
+@pytest.fixture
+def local_hub_dataset(tmp_path, monkeypatch):
+    """`hub:acme/reviews` as a folder of parquet files (what load_dataset reads from the hub), and
+    `hub:acme/saved` written by save_to_disk, with a ClassLabel label column named `sentiment`."""
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    features = datasets.Features(
+        {"review": datasets.Value("string"), "sentiment": datasets.ClassLabel(names=["bad", "good"])}
+    )
+    rows = _imbalanced_rows(60)
+    parts = {
+        split: datasets.Dataset.from_dict(
+            {"review": [t for t, _ in chunk], "sentiment": [int(label == "pos") for _, label in chunk]},
+            features=features,
+        )
+        for split, chunk in (("train", rows[:40]), ("holdout", rows[40:]))
+    }
+    (tmp_path / "acme" / "reviews" / "data").mkdir(parents=True)
+    for split, part in parts.items():
+        part.to_parquet(str(tmp_path / "acme" / "reviews" / "data" / f"{split}-00000-of-00001.parquet"))
+    datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "acme" / "saved"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("repo", ["acme/reviews", "acme/saved"])
+def test_a_hub_dataset_with_its_columns_and_splits(local_hub_dataset, repo):
+    from sentitune.data import load_splits
+
+    cfg = DataConfig(
+        dataset=f"hub:{repo}", text_column="review", label_column="sentiment", test_split="holdout", validation_size=4
+    )
+    splits = load_splits(cfg)
+    assert splits.label_names == ["bad", "good"]  # the ClassLabel's names, in its id order
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (36, 4, 20)
+    assert splits.carved is None and splits.source == f"hub:{repo}"
+    # without a test split (and none named), test is carved from train and recorded
+    carved = load_splits(
+        DataConfig(dataset=f"hub:{repo}", text_column="review", label_column="sentiment", validation_size=4)
+    )
+    assert len(carved.test) == 8 and carved.carved["test_carved_from"] == f"hub:{repo}:train"
+    assert len(carved.carved["test_rows"]) == 8 and max(carved.carved["test_rows"]) < 40
+
+
+def test_hub_dataset_bad_column_or_split_is_one_line(local_hub_dataset):
+    from sentitune.data import load_splits
+
+    with pytest.raises(DataError, match="no column 'text'; columns are") as info:
+        load_splits(DataConfig(dataset="hub:acme/reviews", label_column="sentiment"))
+    assert "\n" not in str(info.value) and "'review'" in str(info.value)
+    with pytest.raises(DataError, match="no split 'test' \\(--test-split\\); splits are"):
+        load_splits(DataConfig(dataset="hub:acme/reviews", text_column="review", test_split="test"))
+
+
+def test_an_unreachable_hub_dataset_is_one_line_naming_it_within_seconds(tmp_path, monkeypatch):
+    import time
+
+    from sentitune.data import load_splits
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(DataError) as info:
+        load_splits(DataConfig(dataset="hub:nobody-here/no-such-dataset-xyz"))
+    assert time.monotonic() - started < 30
+    assert "hub:nobody-here/no-such-dataset-xyz" in str(info.value) and "\n" not in str(info.value)

@@ -505,3 +505,65 @@ def test_leftover_staging_of_a_killed_export_is_swept(trained_run, tmp_path):
     other.mkdir()
     assert main(["export", "--model", str(trained_run("full")), "--format", "hf", "--output", str(output)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [".exported.staging-not-a-pid", "exported"]
+
+
+# ---- outputs that are not regular files, and folders that hold a user's files ----------------------
+
+
+def _special_output(kind: str, folder: Path) -> Path:
+    import stat as stat_module
+
+    path = folder / ("pipe" if kind == "named pipe" else "null")
+    if kind == "named pipe":
+        os.mkfifo(path)
+    else:
+        try:  # a /dev/null of our own: the real one must never be put at risk by a test
+            os.mknod(path, 0o666 | stat_module.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("creating a device node needs root")
+    return path
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mknod and mkfifo as on Linux")
+@pytest.mark.parametrize("kind", ["character device", "named pipe"])
+def test_predict_writes_through_a_device_or_pipe_and_never_replaces_it(kind, trained_run, tmp_path):
+    """`--output /dev/null` (or /dev/stdout, a pipe) is written through. The atomic writer renamed a
+    temp file over it: run as root, `predict --output /dev/null` turned /dev/null into a plain file."""
+    import stat as stat_module
+    import threading
+
+    path = _special_output(kind, tmp_path)
+    received: list[bytes] = []
+    reader = None
+    if kind == "named pipe":
+        reader = threading.Thread(target=lambda: received.append(path.read_bytes()), daemon=True)
+        reader.start()
+    argv = ["predict", "--model", str(trained_run("tfidf")), "--output", str(path), "a fine film", "a dull mess"]
+    assert main(argv) == 0
+    if reader is not None:
+        reader.join(30)
+        assert len(received[0].decode().splitlines()) == 2
+    mode = path.lstat().st_mode
+    assert stat_module.S_ISFIFO(mode) if kind == "named pipe" else stat_module.S_ISCHR(mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name], "a lock or temp file was left beside it"
+
+
+def test_evaluate_writes_beside_a_users_files_and_again_over_its_own(trained_run, tiny_data, tmp_path, capsys):
+    """evaluate --output-dir may share a folder with a user's files, and may rewrite its own earlier
+    evaluation there; a user's file of a name evaluate writes is refused (tests/test_adversarial.py)."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.md").write_text("keep me\n")
+    argv = ["evaluate", str(trained_run("tfidf")), "--data", str(tiny_data["test"]), "--output-dir", str(folder)]
+    assert main(argv) == 0
+    first = json.loads((folder / results.METRICS_FILE).read_text())
+    assert main(argv) == 0  # its own earlier output: replaced
+    assert json.loads((folder / results.METRICS_FILE).read_text())["test_accuracy"] == first["test_accuracy"]
+    assert (folder / "notes.md").read_text() == "keep me\n"
+    capsys.readouterr()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "errors.csv").write_text("my own\n")
+    before = snapshot(tmp_path / "other")
+    assert main(argv[:-1] + [str(tmp_path / "other")]) == EXIT_USER_ERROR
+    assert "other/errors.csv: already there and not written by sentitune" in one_line_error(capsys)
+    assert snapshot(tmp_path / "other") == before

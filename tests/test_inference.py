@@ -230,3 +230,58 @@ def test_streamed_inputs_refuse_lone_surrogates_and_accept_huge_fields(tmp_path,
     (tmp_path / "huge.csv").write_text(f'text\n"{huge}"\n\n"  "\nshort\n')
     assert [len(t) for t in stream_texts(str(tmp_path / "huge.csv"))] == [len(huge), 2, 5]
     assert [len(t) for t in read_texts(tmp_path / "huge.csv")] == [len(huge), 5]  # blanks dropped
+
+
+# ---- calibration: the run's temperature is applied wherever it is loaded ----------------------
+
+
+@pytest.mark.parametrize("method", ["full", "tfidf"])
+def test_predictor_applies_the_temperature_the_run_fitted(trained_run, tmp_path, method):
+    import shutil
+
+    from sentitune.metrics import softmax
+
+    source = trained_run(method)
+    stored = results.read_json(source / results.CALIBRATION_FILE)
+    metrics = results.load_run(source).metrics
+    assert stored["fitted_on"] == "validation" and stored["temperature"] == metrics["temperature"]
+    assert stored["validation_nll_calibrated"] <= stored["validation_nll_uncalibrated"] + 1e-12
+    assert 0 <= metrics["test_ece_calibrated"] <= 1 and 0 <= metrics["test_ece_uncalibrated"] <= 1
+    assert Predictor.load(source, device="cpu").temperature == pytest.approx(stored["temperature"])
+
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    texts = ["a gorgeous , witty film", "dull and far too long", "i loved every minute", "a tedious mess"]
+    (run / results.CALIBRATION_FILE).write_text(json.dumps({"temperature": 2.5}))
+    scaled = Predictor.load(run, device="cpu").predict_proba(texts)
+    (run / results.CALIBRATION_FILE).unlink()  # a run made before temperature scaling: T = 1
+    plain = Predictor.load(run, device="cpu")
+    assert plain.temperature == 1.0 and plain.describe()["temperature"] == 1.0
+    raw = plain.predict_proba(texts)
+    np.testing.assert_allclose(scaled, softmax(np.log(raw) / 2.5), atol=1e-6)
+    assert (scaled.argmax(axis=1) == raw.argmax(axis=1)).all()
+    assert np.abs(scaled - 0.5).max() < np.abs(raw - 0.5).max()  # T > 1 softens
+
+    (run / results.CALIBRATION_FILE).write_text(json.dumps({"temperature": -1}))
+    with pytest.raises(results.RunFolderError, match="temperature must be a positive number") as refused:
+        Predictor.load(run, device="cpu")
+    assert "\n" not in str(refused.value) and results.CALIBRATION_FILE in str(refused.value)
+
+
+def test_exports_carry_the_runs_temperature(trained_run, tmp_path):
+    import shutil
+
+    from sentitune.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run("full"), run)
+    (run / results.CALIBRATION_FILE).write_text(json.dumps({"temperature": 3.0}))
+    texts = ["a gorgeous , witty film", "dull and far too long"]
+    expected = Predictor.load(run, device="cpu").predict_proba(texts)
+    for fmt in ("hf", "onnx"):
+        out = tmp_path / f"export-{fmt}"
+        export_run(run, out, fmt=fmt, parity=False)
+        assert json.loads((out / "sentitune.json").read_text())["temperature"] == 3.0
+        exported = Predictor.load(out, device="cpu")
+        assert exported.temperature == 3.0
+        np.testing.assert_allclose(exported.predict_proba(texts), expected, atol=1e-4)

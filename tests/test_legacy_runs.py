@@ -32,15 +32,20 @@ def _as_old_main_wrote_it(out):
         }
         for p in document["pairwise"]
     ]
-    for key in ("reference", "multiplicity", "version_mix"):
+    for key in ("reference", "multiplicity", "version_mix", "eval_sets"):
         document.pop(key, None)
     (out / "results.json").write_text(json.dumps(document))
     for run in (out / "runs").iterdir():
         (run / results.RUN_MARKER).unlink(missing_ok=True)
+        # no temperature scaling (T = 1) and no eval sets back then
+        (run / results.CALIBRATION_FILE).unlink(missing_ok=True)
+        shutil.rmtree(run / results.EVALUATIONS_DIR, ignore_errors=True)
         metrics = json.loads((run / "metrics.json").read_text())
         for key in ("cpu", "lock_sha256"):
             metrics["provenance"].pop(key, None)
         metrics["provenance"]["versions"].pop("tokenizers", None)
+        for key in ("temperature", "test_ece_uncalibrated", "test_ece_calibrated", "test_loss_uncalibrated"):
+            metrics.pop(key, None)
         (run / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -63,6 +68,9 @@ def test_predict_analyze_and_report_read_an_old_comparison(legacy_comparison, tm
     assert main(["predict", "--model", str(lora), "--output", str(predictions), "a fine film", "dull"]) == 0
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(rows) == 2 and all(set(r["probabilities"]) == {"negative", "positive"} for r in rows)
+    from sentitune.inference import Predictor
+
+    assert Predictor.load(lora, device="cpu").temperature == 1.0  # no calibration.json: probabilities as trained
 
     assert main(["analyze", str(lora)]) == 0
     assert (lora / "analysis" / "analysis.json").exists()
@@ -70,6 +78,7 @@ def test_predict_analyze_and_report_read_an_old_comparison(legacy_comparison, tm
     assert main(["report", str(legacy_comparison)]) == 0
     report = (legacy_comparison / "report.md").read_text()
     assert "lora" in report and "tfidf" in report
+    assert "Robustness and out-of-domain sets" not in report  # no eval sets were scored back then
 
 
 def test_an_old_run_can_be_replaced_with_overwrite(legacy_comparison, tiny_model_dir, tiny_data, tmp_path):

@@ -17,21 +17,25 @@ from sentitune.training import train
 ADAPTER_MARKERS = {"lora": ("lora_",), "dora": ("lora_",), "ia3": ("ia3_",), "prefix": ("prompt_encoder",)}
 
 
-def _intended(method: str, head: str):
+def _intended(method: str, head: str, pooling: str = "cls"):
     """Predicate on parameter names: which ones a method is meant to train. A new method needs a line
-    here: saying what it trains is the point of the test."""
-    head_modules = ["classifier"] + (["pooler.dense"] if head == "pooler+classifier" else [])
+    here: saying what it trains is the point of the test. With mean pooling the pooler is unused and
+    trains under no method."""
+    head_modules = ["classifier"] + (["pooler.dense"] if head == "pooler+classifier" and pooling == "cls" else [])
 
     def in_head(name: str) -> bool:
         # peft keeps an untouched copy of a trained module (`original_module`) next to the trained one.
         return any(f".{m}." in f".{name}." for m in head_modules) and "original_module" not in name
 
+    def off_path(name: str) -> bool:
+        return pooling == "mean" and ".pooler." in f".{name}."
+
     if method == "full":
-        return lambda name: True
+        return lambda name: not off_path(name)
     if method == "head":
         return in_head
     if method == "bitfit":
-        return lambda name: in_head(name) or name.endswith(".bias")
+        return lambda name: in_head(name) or (name.endswith(".bias") and not off_path(name))
     if method in ADAPTER_MARKERS:
         return lambda name: in_head(name) or any(m in name for m in ADAPTER_MARKERS[method])
     raise AssertionError(f"no expectation written for method {method!r}; add one to _intended")
@@ -39,21 +43,27 @@ def _intended(method: str, head: str):
 
 def _parameter_cases():
     # Both head variants where the brief pins them down (head, lora); the default for the rest.
-    # `full` trains everything whatever method.head says.
+    # `full` trains everything whatever method.head says. Mean pooling for the methods whose trained
+    # set it changes (the pooler leaves it). Methods that fit themselves (embed, setfit) have no
+    # Trainer step to observe: tests/test_pooling_embed.py checks what they train.
     from sentitune.config import MethodConfig
 
     cases = []
     for method in registry.neural_names():
+        if not registry.get(method).uses_trainer:
+            continue
         heads = ("classifier", "pooler+classifier") if method in ("head", "lora") else (MethodConfig().head,)
-        cases += [(method, head) for head in heads]
+        cases += [(method, head, "cls") for head in heads]
+        if method in ("full", "head", "bitfit", "lora"):
+            cases.append((method, MethodConfig().head, "mean"))
     return cases
 
 
 PARAMETER_CASES = _parameter_cases()
 
 
-@pytest.mark.parametrize("method, head", PARAMETER_CASES)
-def test_only_intended_parameters_change(method, head, tiny_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method, head, pooling", PARAMETER_CASES)
+def test_only_intended_parameters_change(method, head, pooling, tiny_config, tmp_path, monkeypatch):
     # Capture the model as the training loop builds it, so the optimizer, weight decay and the
     # Trainer's parameter groups are exactly those of a real run.
     captured = {}
@@ -68,14 +78,14 @@ def test_only_intended_parameters_change(method, head, tiny_config, tmp_path, mo
 
     monkeypatch.setattr(strategy, "prepare", spying_prepare)
     # No warm-up: with it the first step has learning rate 0 and LoRA's A matrices would not move.
-    cfg = tiny_config(method, **{"train.max_steps": 2, "train.warmup_ratio": 0.0, "method.head": head})
-    metrics = train(cfg, tmp_path / "run")
-    assert metrics["train_steps"] == 2
+    overrides = {"train.max_steps": 2, "train.warmup_ratio": 0.0, "method.head": head, "method.pooling": pooling}
+    metrics = train(tiny_config(method, **overrides), tmp_path / "run")
+    assert metrics["train_steps"] == 2 and metrics["pooling"] == pooling
 
     after = dict(captured["model"].named_parameters())
     before = captured["before"]
     assert set(after) == set(before)
-    should_train = _intended(method, head)
+    should_train = _intended(method, head, pooling)
     changed = {n for n in before if not np.array_equal(before[n].numpy(), after[n].detach().numpy())}
     expected = {n for n in before if should_train(n)}
     assert expected, "the predicate matched no parameter: the names changed"
@@ -189,7 +199,8 @@ def test_every_method_has_a_summary_and_learning_rate():
     for name in registry.names():
         method = registry.get(name)
         assert method.name == name and method.summary
-        assert method.default_learning_rate > 0 or not method.neural
+        # Methods that take no gradient step (tfidf, embed) have no learning rate.
+        assert method.default_learning_rate > 0 or not method.uses_trainer
 
 
 def test_prefix_keys_and_values_reach_every_attention_layer(tiny_model_dir):

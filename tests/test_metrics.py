@@ -161,3 +161,77 @@ def test_paired_seed_test_pools_discordant_counts_over_seeds():
     assert paired_seed_test(a, b) == test  # seeded: reproducible
     with pytest.raises(ValueError, match="same seeds and examples"):
         paired_seed_test(a, b[:2])
+
+
+# ---- calibration: ECE and temperature scaling --------------------------------------------------
+
+
+def test_ece_by_hand_one_example_per_bin():
+    from sentitune.metrics import expected_calibration_error
+
+    # confidences 0.9 (right), 0.8 (wrong), 0.7 (right), 0.6 (right): one per bin, so
+    # ECE = (|1 - 0.9| + |0 - 0.8| + |1 - 0.7| + |1 - 0.6|) / 4 = 1.6 / 4
+    gold = np.array([0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    out = expected_calibration_error(gold, probs)
+    assert out["ece"] == pytest.approx(0.4)
+    assert sum(b["count"] for b in out["bins"]) == 4
+    # two examples sharing the (0.8, 0.9] bin: confidences 0.82 and 0.88, one right: |0.5 - 0.85| = 0.35
+    shared = expected_calibration_error(np.array([0, 1]), np.array([[0.82, 0.18], [0.88, 0.12]]))
+    assert shared["ece"] == pytest.approx(0.35)
+
+
+def test_fit_temperature_matches_hand_computed_optima():
+    from sentitune.metrics import fit_temperature, temperature_scale
+
+    # Every example has logit margin 1 for class 1 and 3 of 4 are class 1: the NLL-optimal probability
+    # is 3/4, so sigmoid(1 / T) = 3/4, T = 1 / ln 3.
+    logits = np.array([[0.0, 1.0]] * 4)
+    gold = np.array([1, 1, 1, 0])
+    t = fit_temperature(logits, gold)
+    assert t == pytest.approx(1 / math.log(3), rel=1e-5)
+    assert temperature_scale(logits, t)[0, 1] == pytest.approx(0.75, rel=1e-5)
+    # Already calibrated (margin ln 3 and 3 of 4 right): T = 1.
+    assert fit_temperature(np.array([[0.0, math.log(3)]] * 4), gold) == pytest.approx(1.0, rel=1e-5)
+    # Overconfident (margin 4, half right): the optimum sends the probability to 1/2, T to the upper bound.
+    assert fit_temperature(np.array([[0.0, 4.0]] * 4), np.array([1, 1, 0, 0])) == pytest.approx(20.0, rel=1e-4)
+    # Everything right: NLL falls as T falls, so the fit runs to the lower bound (where the NLL is flat
+    # to float precision) instead of to 0.
+    assert 0.05 <= fit_temperature(np.array([[0.0, 2.0], [3.0, 0.0]]), np.array([1, 0])) < 0.06
+    assert fit_temperature(np.zeros((0, 2)), np.zeros(0, dtype=int)) == 1.0
+
+
+def test_fit_temperature_agrees_with_a_grid_search_on_three_classes():
+    from sentitune.metrics import fit_temperature, softmax
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, size=200)
+    logits = rng.normal(size=(200, 3)) * 2
+    logits[np.arange(200), gold] += 2.5  # informative but overconfident logits
+
+    def nll(t: float) -> float:
+        p = softmax(logits / t)
+        return float(-np.log(p[np.arange(200), gold]).mean())
+
+    grid = np.linspace(0.2, 5.0, 4801)
+    best = grid[np.argmin([nll(t) for t in grid])]
+    fitted = fit_temperature(logits, gold)
+    assert fitted == pytest.approx(best, abs=2e-3)
+    assert nll(fitted) <= nll(1.0)
+
+
+def test_temperature_scaling_keeps_the_argmax_and_log_probabilities_round_trip():
+    from sentitune.metrics import log_probabilities, softmax, temperature_scale
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(50, 4)) * 3
+    for t in (0.3, 1.0, 2.5):
+        scaled = temperature_scale(logits, t)
+        assert (scaled.argmax(axis=1) == logits.argmax(axis=1)).all()
+        np.testing.assert_allclose(scaled.sum(axis=1), 1.0)
+    # a model that gives only probabilities is scaled through their logs, with the same result
+    probs = softmax(logits)
+    np.testing.assert_allclose(temperature_scale(log_probabilities(probs), 2.0), temperature_scale(logits, 2.0))
+    np.testing.assert_allclose(softmax(log_probabilities(probs)), probs)
+    with pytest.raises(ValueError, match="positive"):
+        temperature_scale(logits, 0.0)

@@ -51,6 +51,10 @@ SLICES_FILE = "slices.csv"
 CONFUSION_FILE = "confusion.png"
 RELIABILITY_FILE = "reliability.png"
 COMPARISON_FILE = "comparison.json"
+ANALYSIS_FILES = (ANALYSIS_FILE, ERRORS_FILE, SLICES_FILE, CONFUSION_FILE, RELIABILITY_FILE, COMPARISON_FILE)
+"""What analyze writes into its folder."""
+EVALUATION_FILES = (results.METRICS_FILE, results.PREDICTIONS_FILE, *ANALYSIS_FILES)
+"""What evaluate writes into its folder."""
 
 # SST-2 is tokenised PTB-style ("is n't", "ca n't", "does n't"), user files are not ("isn't", "dont"):
 # `n't` with or without the space before it covers both, and the apostrophe-less forms catch typed reviews.
@@ -767,6 +771,8 @@ def analyze_run(
     custom = parse_slices(slices)
     p = load_predictions(run)
     other = load_predictions(against) if against else None
+    if output_dir is not None:  # the default <run>/analysis is analyze's own
+        results.check_foreign_files(output_dir, ANALYSIS_FILES, ours=(Path(output_dir) / ANALYSIS_FILE).is_file())
     output_dir = Path(output_dir) if output_dir else Path(run) / ANALYSIS_DIR
     return write_analysis(output_dir, p, top_k, custom, against=other)
 
@@ -790,9 +796,7 @@ def evaluate_file(
         >>> evaluate_file("runs/sst2-lora", "data/sst2/dev.tsv")["test_accuracy"]  # doctest: +SKIP
         0.91
     """
-    from sentitune.data import file_format, map_labels, read_table
-    from sentitune.inference import Predictor
-    from sentitune.metrics import classification_metrics
+    from sentitune.inference import Predictor, score_labelled_file, write_scored_file
 
     if output_dir is not None:
         check_evaluation_dir(run_dir, output_dir)
@@ -804,32 +808,17 @@ def evaluate_file(
             f"{run_dir}: a multi-label run; evaluate scores single-label runs only "
             "(the run's own test metrics are in metrics.json)"
         )
-    data_file = Path(data_file)
-    text_column = text_column or ("sentence" if file_format(data_file) == "tsv" else "text")
-    table = read_table(data_file, text_column, label_column or "label")
-    gold = np.asarray(map_labels(table, predictor.label_names))
-    probabilities = predictor.predict_proba(table.texts, batch_size)
-    metrics = {f"test_{k}": v for k, v in classification_metrics(gold, probabilities).items()}
-    metrics.update(
-        {
-            "data_file": str(data_file),
-            "test_examples": len(gold),
-            "run": str(run_dir),
-            "dropped_empty_texts": table.dropped_empty,
-            "duplicate_rows": table.duplicates,
-        }
+    texts, gold, probabilities, metrics = score_labelled_file(
+        predictor, data_file, text_column, label_column, batch_size
     )
-    output_dir = Path(output_dir) if output_dir else Path(run_dir) / "evaluations" / data_file.stem
+    metrics["run"] = str(run_dir)
+    output_dir = target
 
     with results.writing(output_dir):
         output_dir.mkdir(parents=True, exist_ok=True)
     with results.exclusive_lock(output_dir):  # one evaluation writes this folder at a time
-        results.atomic_write_csv(
-            output_dir / results.PREDICTIONS_FILE,
-            results.predictions_rows(table.texts, gold, probabilities, predictor.label_names),
-        )
-        results.atomic_write_json(output_dir / results.METRICS_FILE, {"status": "ok", **metrics})
-        metrics["analysis"] = analyze_evaluation(output_dir, table.texts, gold, probabilities, predictor)
+        write_scored_file(output_dir, texts, gold, probabilities, predictor.label_names, metrics)
+        metrics["analysis"] = analyze_evaluation(output_dir, texts, gold, probabilities, predictor)
     metrics["output_dir"] = str(output_dir)
     return metrics
 
@@ -853,3 +842,6 @@ def check_evaluation_dir(run_dir: str | Path, output_dir: str | Path) -> None:
             f"{results.METRICS_FILE} and {results.PREDICTIONS_FILE}, so pick another --output-dir "
             "(default: <run>/evaluations/<file stem>)"
         )
+    # A folder holding an earlier evaluation's metrics.json is evaluate's own; any other must not
+    # hold a file of the names evaluate writes (a user's predictions.csv was silently replaced).
+    results.check_foreign_files(output_dir, EVALUATION_FILES, ours=metrics_path.is_file())

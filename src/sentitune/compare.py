@@ -17,7 +17,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import math
 import os
 import signal
 import subprocess
@@ -30,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from sentitune import results
-from sentitune.config import ConfigError, RunConfig, scaffolding_differences
+from sentitune import results, tuning
+from sentitune.config import SUITE_DIR, ConfigError, RunConfig, scaffolding_differences
+from sentitune.data import load_splits
 from sentitune.methods import registry
-from sentitune.metrics import finite_mean, holm, paired_seed_test, seed_summary
+from sentitune.metrics import finite_mean, holm, paired_seed_test, pareto_front, seed_summary
 from sentitune.models import resolve_model
 from sentitune.runtime import COMPARED_PACKAGES, package_versions, version_differences
 from sentitune.runtime import version_mix as runtime_version_mix
@@ -44,6 +48,8 @@ RESULTS_CSV = "results.csv"
 BASE_CONFIG = "comparison.yaml"
 RUNS_DIR = "runs"
 LOGS_DIR = "logs"
+SEARCH_DIR = "search"
+SEARCH_RECORD = "searches.json"
 SIGNIFICANCE_LEVEL = 0.05
 
 
@@ -53,6 +59,8 @@ class PlannedRun:
     variant: str
     config: RunConfig
     knobs: dict[str, Any] = field(default_factory=dict)
+    train_size: int | str | None = None
+    """The learning-curve size this run belongs to (compare.train_sizes), else None."""
 
 
 def method_knobs(cfg: RunConfig) -> dict[str, Any]:
@@ -62,11 +70,14 @@ def method_knobs(cfg: RunConfig) -> dict[str, Any]:
     run that uses it (decay != 1), and always for `full` (its column was always there).
     """
     m = cfg.method
-    neural = registry.get(m.name).neural
-    knobs: dict[str, Any] = {"learning_rate": cfg.learning_rate} if neural else {}
+    method = registry.get(m.name)
+    neural = method.neural
+    knobs: dict[str, Any] = {"learning_rate": cfg.learning_rate} if "learning_rate" in method.tunable_knobs else {}
     if cfg.train.gradient_checkpointing:
         knobs["gradient_checkpointing"] = True
-    if neural and m.name != "full":
+    if neural:
+        knobs["pooling"] = m.pooling
+    if method.uses_trainer and m.name != "full":
         knobs["head"] = m.head
     if m.name == "full" or (neural and m.layer_lr_decay != 1.0):
         knobs["layer_lr_decay"] = m.layer_lr_decay
@@ -79,6 +90,10 @@ def method_knobs(cfg: RunConfig) -> dict[str, Any]:
         )
     if m.name == "prefix":
         knobs["prefix_tokens"] = m.prefix_tokens
+    if m.name in ("embed", "setfit"):
+        knobs["logreg_c_grid"] = str(m.logreg_c_grid)
+    if m.name == "setfit":
+        knobs.update(setfit_pairs=m.setfit_pairs, setfit_epochs=m.setfit_epochs)
     if m.name == "tfidf":
         knobs.update(
             tfidf_word_ngrams=str(m.tfidf_word_ngrams),
@@ -132,9 +147,10 @@ def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
             for decay in c.layer_lr_decays:
                 if decay != base.method.layer_lr_decay:
                     variants[f"full-llrd{decay:g}"] = {"method.name": "full", "method.layer_lr_decay": decay}
-        if registry.get(method).neural and c.gradient_checkpointing_variants:
+        # Sweeps of the training loop's knobs mean nothing for methods that fit themselves (embed, setfit).
+        if registry.get(method).uses_trainer and c.gradient_checkpointing_variants:
             variants[f"{method}-gc"] = {"method.name": method, "train.gradient_checkpointing": True}
-        if registry.get(method).neural:
+        if registry.get(method).uses_trainer:
             for lr in c.learning_rates:
                 variants[f"{method}-lr{_format_lr(lr)}"] = {"method.name": method, "method.learning_rate": lr}
     variants = {
@@ -181,11 +197,38 @@ def short_model_names(models: list[str]) -> list[str]:
     return shorts
 
 
-def expand_runs(base: RunConfig) -> list[PlannedRun]:
+def expand_cells(base: RunConfig) -> list[tuple[str, dict[str, Any], int | str | None]]:
+    """(name, overrides, train size) per variant and learning-curve size: `expand_variants` itself
+    without compare.train_sizes, else every variant at every size, named `<variant>@<size>`."""
+    sizes = base.compare.train_sizes
+    if not sizes:
+        return [(name, overrides, None) for name, overrides in expand_variants(base)]
+    return [(f"{name}@{size}", overrides, size) for name, overrides in expand_variants(base) for size in sizes]
+
+
+def base_variant(name: str) -> str:
+    """A variant's name without its learning-curve size: `lora@500` -> `lora`."""
+    return name.split("@", 1)[0]
+
+
+def cell_config(base: RunConfig, overrides: dict[str, Any], size: int | str | None, seed: int) -> RunConfig:
+    """One run's config: the variant's overrides, its training-set size and its seed."""
+    cfg = base.override({**overrides, "train.seed": seed})
+    if size is None:
+        return cfg
+    raw = cfg.to_dict()
+    raw["data"]["train_subset"] = None if size == "all" else size  # override() skips None: set it here
+    return RunConfig.from_dict(raw, "compare.train_sizes")
+
+
+def expand_runs(base: RunConfig, selected: dict[str, dict[str, Any]] | None = None) -> list[PlannedRun]:
+    """Every (variant, size, seed) run; `selected` holds the knob values a search chose per variant
+    (compare --tune), which replace the method's defaults."""
     runs = []
-    for (variant, overrides), seed in itertools.product(expand_variants(base), base.compare.seeds):
-        cfg = base.override({**overrides, "train.seed": seed})
-        runs.append(PlannedRun(f"{variant}-s{seed}", variant, cfg, method_knobs(cfg)))
+    for (cell, overrides, size), seed in itertools.product(expand_cells(base), base.compare.seeds):
+        tuned = {f"method.{knob}": value for knob, value in ((selected or {}).get(cell) or {}).items()}
+        cfg = cell_config(base, {**overrides, **tuned}, size, seed)
+        runs.append(PlannedRun(f"{cell}-s{seed}", cell, cfg, method_knobs(cfg), size))
     return runs
 
 
@@ -254,12 +297,18 @@ def _check_existing(out: Path, planned: list[PlannedRun]) -> None:
 
 
 def _run_one(run: PlannedRun, out: Path) -> subprocess.Popen:
-    run_dir = out / RUNS_DIR / run.name
-    pending = out / LOGS_DIR / f"{run.name}.config.yaml"
-    results.atomic_write_text(pending, run.config.to_yaml())
-    log = (out / LOGS_DIR / f"{run.name}.log").open("w", encoding="utf-8")
+    return _start_child(run.config, out / RUNS_DIR / run.name, out / LOGS_DIR / run.name)
+
+
+def _start_child(config: RunConfig, run_dir: Path, log_stem: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`sentitune train` of `config` into `run_dir` in a child process; its config and console output
+    go to `<log_stem>.config.yaml` and `<log_stem>.log`."""
+    pending = log_stem.with_name(log_stem.name + ".config.yaml")
+    results.atomic_write_text(pending, config.to_yaml())
+    log = log_stem.with_name(log_stem.name + ".log").open("w", encoding="utf-8")
     # A fresh interpreter per run: its peak RSS is that run's own, and no state leaks between runs.
     command = [sys.executable, "-m", "sentitune", "train", "--config", str(pending), "--output-dir", str(run_dir)]
+    command += list(extra)
     die_with_compare = None
     if sys.platform == "linux":
         # The child gets SIGTERM when compare dies, even by SIGKILL: no trainer outlives its comparison.
@@ -282,28 +331,163 @@ def _run_one(run: PlannedRun, out: Path) -> subprocess.Popen:
         )
 
 
+def _run_to_end(process: subprocess.Popen) -> int:
+    """Waits for a child; Ctrl-C, SIGTERM or a bug here ends it too."""
+    try:
+        return process.wait()
+    except BaseException:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+
+
+def search_storage(base: RunConfig, out: Path) -> str:
+    return base.compare.tune_storage or f"sqlite:///{(out / SEARCH_DIR / 'optuna.db').resolve()}"
+
+
+def study_name(cell: str, base: RunConfig, space: dict[str, list], sampler: str) -> str:
+    """One study per variant, scaffolding and search space: a changed grid or dataset starts a new
+    search instead of counting another's trials."""
+    blob = json.dumps({"fingerprint": base.fingerprint(), "space": space, "sampler": sampler}, sort_keys=True)
+    return f"{cell}:{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def run_searches(base: RunConfig, out: Path, echo=print) -> dict[str, dict[str, Any]]:
+    """compare --tune: for every variant (and learning-curve size), `compare.tune_trials` trials of the
+    tuned knobs, each a `train --selection-only` child that scores on the validation slice and never
+    reads the test split. Returns (and writes to search/searches.json) each variant's search record."""
+    c = base.compare
+    (out / SEARCH_DIR).mkdir(parents=True, exist_ok=True)
+    storage = search_storage(base, out)
+    records: dict[str, dict[str, Any]] = {}
+    for cell, overrides, size in expand_cells(base):
+        cfg = cell_config(base, overrides, size, c.seeds[0])
+        space = tuning.search_space(cfg.method.name, cfg.learning_rate, c.tune, c.tune_trials)
+        if not space:
+            records[cell] = {
+                "budget": 0,
+                "trials": [],
+                "selected": None,
+                "note": f"{cfg.method.name} has none of the tuned knobs ({', '.join(c.tune)}); it runs at its "
+                "defaults" + (" (it chooses its own C on the validation slice)" if cfg.method.name == "tfidf" else ""),
+            }
+            continue
+        echo(f"search {cell}: {c.tune_trials} trials over {', '.join(space)} ({c.tune_sampler}; validation slice only)")
+
+        def evaluate(number: int, params: dict[str, Any], cfg=cfg, cell=cell) -> tuning.TrialOutcome:
+            trial_cfg = cfg.override({f"method.{knob}": value for knob, value in params.items()})
+            run_dir = out / SEARCH_DIR / cell / f"trial-{number}"
+            (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            log_stem = out / LOGS_DIR / f"search-{cell}-trial-{number}"
+            code = _run_to_end(_start_child(trial_cfg, run_dir, log_stem, ("--selection-only",)))
+            _mark_if_killed(run_dir, code)
+            try:
+                metrics = results.load_run(run_dir).metrics
+            except results.RunFolderError as exc:
+                metrics = {"status": "failed", "error": str(exc)}
+            value = metrics.get("validation_final_accuracy") if metrics.get("status") == "ok" else None
+            shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+            took = time.perf_counter() - started
+            outcome = f"validation accuracy {value:.4f}" if value is not None else f"failed: {metrics.get('error')}"
+            echo(f"    trial {number} ({shown}): {outcome} ({took:.0f} s)")
+            return tuning.TrialOutcome(
+                value, metrics.get("status") or "failed", str(run_dir.relative_to(out)), metrics.get("error")
+            )
+
+        name = study_name(cell, base, space, c.tune_sampler)
+        record = tuning.run_search(name, space, c.tune_trials, evaluate, storage, c.tune_sampler, c.seeds[0])
+        records[cell] = record
+        if record["selected"] is None:
+            echo(f"    {cell}: every trial failed; it runs at its defaults")
+        else:
+            best = record["selected_validation_accuracy"]
+            echo(f"    selected {record['selected']} (validation accuracy {best:.4f})")
+        results.atomic_write_json(out / SEARCH_DIR / SEARCH_RECORD, records)
+    results.atomic_write_json(out / SEARCH_DIR / SEARCH_RECORD, records)
+    return records
+
+
+def check_train_sizes(base: RunConfig) -> None:
+    """ConfigError, before any run starts, for a learning-curve size the training split cannot give."""
+    counts = [s for s in base.compare.train_sizes if s != "all"]
+    if not counts:
+        return
+    raw = base.to_dict()
+    raw["data"]["train_subset"] = None
+    available = len(load_splits(RunConfig.from_dict(raw, "compare").data, with_test=False).train)
+    too_big = [s for s in counts if s > available]
+    if too_big:
+        raise ConfigError(
+            f"compare.train_sizes: {too_big[0]} is more than the {available} training examples left beside the "
+            "validation slice; use a smaller size or 'all'"
+        )
+
+
+def check_finished_knobs(out: Path, planned: list[PlannedRun]) -> None:
+    """Refuses to reuse a finished run whose method settings are not the ones planned now (a search
+    that selected other values, or a changed default): its figures would be another variant's."""
+    for run in planned:
+        run_dir = out / RUNS_DIR / run.name
+        if results.read_status(run_dir) != "ok" or not (run_dir / results.CONFIG_FILE).exists():
+            continue
+        saved = RunConfig.from_yaml(run_dir / results.CONFIG_FILE)
+        differences = scaffolding_differences(saved.to_dict()["method"], run.config.to_dict()["method"], "method.")
+        if differences:
+            raise ConfigError(
+                f"{run_dir} finished with other method settings than planned now ({differences[0]}); "
+                "use another --output-dir, or remove that run to redo it"
+            )
+
+
 def run_comparison(
-    base: RunConfig, out: str | Path, parallel: int = 1, echo=print, allow_version_mix: bool = False
+    base: RunConfig,
+    out: str | Path,
+    parallel: int = 1,
+    echo=print,
+    allow_version_mix: bool = False,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """Runs every planned run not finished yet, then writes and returns the results. Finished runs
-    made with other versions of the compared libraries are refused unless `allow_version_mix`."""
+    made with other versions of the compared libraries are refused unless `allow_version_mix`.
+    `progress` (a LineProgress, or anything with its `update` and `finish`) hears each running
+    child's progress.json a few times a second; None: only the echo lines."""
     out = Path(out)
     results.check_output_path(out, "--output-dir")
+    # An earlier comparison is resumed; any other folder must not hold a file compare writes at its top
+    # (below it, logs/ and runs/ get names of compare's own making).
+    results.check_foreign_files(
+        out,
+        (RESULTS_CSV, RESULTS_JSON, BASE_CONFIG),
+        ours=(out / BASE_CONFIG).is_file() or (out / RESULTS_JSON).is_file(),
+    )
     planned = expand_runs(base)
     # A missing model fails every run of its variants; say so once, before anything starts.
     for model in dict.fromkeys(r.config.model for r in planned if registry.get(r.config.method.name).neural):
         resolve_model(model)
+    check_eval_files(base)  # a bad --eval-file is refused now, not after hours of training
+    check_train_sizes(base)
+    names = [name for name, _ in expand_variants(base)]
+    if base.compare.reference and base.compare.reference not in names:
+        raise ConfigError(f"compare.reference: {base.compare.reference!r} is not a variant here ({', '.join(names)})")
     (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
     _check_existing(out, planned)
     check_versions(out, planned, allow_version_mix)
     results.atomic_write_text(out / BASE_CONFIG, base.to_yaml())
+    if base.compare.tune:
+        searches = run_searches(base, out, echo)
+        planned = expand_runs(base, {cell: record["selected"] for cell, record in searches.items()})
+    check_finished_knobs(out, planned)
     todo = [r for r in planned if results.read_status(out / RUNS_DIR / r.name) != "ok"]
     done = len(planned) - len(todo)
     if done:
         echo(f"{done} of {len(planned)} runs already finished in {out}; running the other {len(todo)}")
     if parallel > 1:
         echo(f"warning: {parallel} runs at once share the CPU cores; speed and memory figures will be distorted")
-    running: list[tuple[PlannedRun, subprocess.Popen, float]] = []
+    running: list[tuple[PlannedRun, subprocess.Popen, float, float]] = []
     queue = list(todo)
     in_use: dict[str, str] = {}  # runs whose folder another process trains in: never started, reported failed
 
@@ -332,13 +516,17 @@ def run_comparison(
                     done += 1
                     continue
                 echo(f"[{done + len(running) + 1}/{len(planned)}] {run.name}: training ...")
-                running.append((run, _run_one(run, out), time.perf_counter()))
+                running.append((run, _run_one(run, out), time.perf_counter(), time.time()))
             time.sleep(0.2)
             for item in list(running):
-                run, process, started = item
+                run, process, started, wall_start = item
                 if process.poll() is None:
+                    if progress is not None:
+                        progress.update(run.name, read_progress(out / RUNS_DIR / run.name, wall_start))
                     continue
                 running.remove(item)
+                if progress is not None:
+                    progress.finish(run.name, read_progress(out / RUNS_DIR / run.name, wall_start))
                 done += 1
                 if process.returncode != 0 and held_by_other(run, process.pid):
                     continue  # the child refused a folder another trainer holds: its status is not ours to write
@@ -351,9 +539,9 @@ def run_comparison(
                     echo(f"    {run.name}: {row['status']}: {row.get('error')} (log: {out / LOGS_DIR / run.name}.log)")
                 write_results(out, planned)
     except BaseException:  # Ctrl-C, SIGTERM, or a bug: no trainer keeps running without its comparison
-        for _, process, _ in running:
+        for _, process, _, _ in running:
             process.terminate()
-        for _, process, _ in running:
+        for _, process, _, _ in running:
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:
@@ -362,11 +550,72 @@ def run_comparison(
     finally:
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
+    score_eval_sets(out, planned, echo)
     document = write_results(out, planned)
     for row in document["runs"]:
         if row["run_name"] in in_use:
             row.update(status="failed", error=in_use[row["run_name"]])
     return document
+
+
+PROGRESS_EVERY_S = 30.0
+
+
+def read_progress(run_dir: Path, since: float = 0.0) -> dict[str, Any] | None:
+    """A run's progress.json when written at or after `since` (Unix time): None when there is none yet,
+    or only one left by an earlier attempt."""
+    try:
+        record = json.loads((run_dir / results.PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("updated"), (int, float)):
+        return None
+    return record if record["updated"] >= since else None
+
+
+def format_seconds(seconds: float | None) -> str:
+    """72 -> '1m12s', 3725 -> '1h02m', None -> '?'."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = max(int(round(seconds)), 0)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def progress_line(name: str, record: dict[str, Any]) -> str:
+    """`    lora-s1: step 40/120 (33%), loss 0.5120, 85.3 samples/s, ETA 1m12s`"""
+    step, total = record.get("step") or 0, record.get("max_steps") or 0
+    parts = [f"step {step}/{total}" + (f" ({100 * step // total}%)" if total else "")]
+    if record.get("loss") is not None:
+        parts.append(f"loss {record['loss']:.4f}")
+    if record.get("samples_per_second"):
+        parts.append(f"{record['samples_per_second']:.1f} samples/s")
+    parts.append(f"ETA {format_seconds(record.get('eta_s'))}" if step < total else "training done")
+    return f"    {name}: {', '.join(parts)}"
+
+
+class LineProgress:
+    """Progress as plain lines, for output that is not a terminal (a log file, CI): a run's first
+    progress, then one line every `every_s` seconds; a run that ends before any was shown gets its
+    last one."""
+
+    def __init__(self, echo=print, every_s: float = PROGRESS_EVERY_S, clock=time.monotonic):
+        self.echo, self.every_s, self.clock = echo, every_s, clock
+        self._shown: dict[str, float] = {}
+
+    def update(self, name: str, record: dict[str, Any] | None) -> None:
+        if record is None:
+            return
+        last = self._shown.get(name)
+        if last is None or self.clock() - last >= self.every_s:
+            self.echo(progress_line(name, record))
+            self._shown[name] = self.clock()
+
+    def finish(self, name: str, record: dict[str, Any] | None) -> None:
+        if name not in self._shown and record is not None:
+            self.echo(progress_line(name, record))
+        self._shown.pop(name, None)
 
 
 def _mark_if_killed(run_dir: Path, returncode: int) -> None:
@@ -382,6 +631,8 @@ def _row(out: Path, run: PlannedRun) -> dict[str, Any]:
         "run_name": run.name,
         "run_dir": f"{RUNS_DIR}/{run.name}",
         "variant": run.variant,
+        "base_variant": base_variant(run.variant),
+        "train_size": run.train_size,
         "model": run.config.model,
         "method": run.config.method.name,
         "seed": run.config.train.seed,
@@ -424,6 +675,9 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ok = [r for r in group if r["status"] == "ok"]
         entry: dict[str, Any] = {
             "variant": variant,
+            "base_variant": base_variant(variant),
+            "train_size": group[0].get("train_size"),
+            "train_examples": ok[0].get("train_examples") if ok else None,
             "model": group[0].get("model"),
             "method": group[0]["method"],
             "n_runs": len(group),
@@ -449,6 +703,11 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "train_runtime_seconds",
                 "eval_samples_per_second",
                 "checkpoint_size_mib",
+                # calibration: test ECE before and after the temperature fitted on validation (NaN for
+                # runs made before temperature scaling)
+                "temperature",
+                "test_ece_uncalibrated",
+                "test_ece_calibrated",
             ):
                 entry[f"{key}_mean"] = finite_mean([r.get(key) for r in ok])
             for key in ("params_trainable", "params_total", "params_trainable_percent"):
@@ -465,11 +724,15 @@ def method_knobs_keys(row: dict[str, Any]) -> list[str]:
             "gradient_checkpointing",
             "layer_lr_decay",
             "head",
+            "pooling",
             "lora_r",
             "lora_alpha",
             "lora_dropout",
             "lora_target_modules",
             "prefix_tokens",
+            "setfit_pairs",
+            "setfit_epochs",
+            "logreg_c_grid",
             "tfidf_word_ngrams",
             "tfidf_char_ngrams",
             "tfidf_c_grid",
@@ -478,22 +741,41 @@ def method_knobs_keys(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def reference_variant(rows: list[dict[str, Any]]) -> str | None:
-    """The variant the `*_vs_reference` statistics are taken against: "full" when it has a finished
-    run, else the first variant with one (None when no run finished)."""
-    variants = list(dict.fromkeys(r["variant"] for r in rows if r["status"] == "ok"))
-    return "full" if "full" in variants else (variants[0] if variants else None)
+def size_order(size: int | str | None) -> float:
+    """Sort key of a learning-curve size: counts ascending, `all` last."""
+    return math.inf if size in ("all", None) else float(size)
 
 
-def pairwise_tests(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def reference_variants(rows: list[dict[str, Any]], configured: str | None = None) -> dict[Any, str | None]:
+    """Per learning-curve size (the key None without one): the variant the `*_vs_reference` statistics
+    are taken against. `configured` (compare.reference), else "full", when it has a finished run at that
+    size; else the first variant with one (None when no run there finished)."""
+    references = {}
+    for size in dict.fromkeys(r.get("train_size") for r in rows):
+        finished = [r for r in rows if r["status"] == "ok" and r.get("train_size") == size]
+        variants = list(dict.fromkeys(r["variant"] for r in finished))
+        by_base = {base_variant(v): v for v in variants}
+        references[size] = by_base.get(configured or "full") or (variants[0] if variants else None)
+    return references
+
+
+def reference_variant(rows: list[dict[str, Any]], configured: str | None = None) -> str | None:
+    """The reference variant (reference_variants); with a learning curve, the one at the largest size."""
+    references = reference_variants(rows, configured)
+    return references[max(references, key=size_order)] if references else None
+
+
+def pairwise_tests(out: Path, rows: list[dict[str, Any]], configured_reference: str | None = None) -> list[dict]:
     """One paired test per pair of variants over all their shared seeds (metrics.paired_seed_test:
     exact McNemar on discordant counts pooled over seeds, paired bootstrap CI of the difference).
+    With a learning curve, only variants trained on the same number of examples are paired.
 
     Every entry carries `p_holm` (Holm over all the pairs here) and `significant` = p_holm < 0.05;
-    pairs that involve the reference variant (reference_variant) also carry `p_holm_vs_reference`
-    (Holm over those pairs only), the others None.
+    pairs that involve their size's reference variant (reference_variants) also carry
+    `p_holm_vs_reference` (Holm over those pairs only), the others None.
     """
     ok = [r for r in rows if r["status"] == "ok"]
+    size_of = {r["variant"]: r.get("train_size") for r in ok}
     by_key = {(r["variant"], r["seed"]): r for r in ok}
     variants = list(dict.fromkeys(r["variant"] for r in ok))
     cache: dict[str, np.ndarray] = {}
@@ -507,16 +789,16 @@ def pairwise_tests(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]
     tests = []
     for a, b in itertools.combinations(variants, 2):
         seeds = sorted({s for v, s in by_key if v == a} & {s for v, s in by_key if v == b})
-        if not seeds:
+        if not seeds or size_of[a] != size_of[b]:
             continue
         ca = np.stack([correctness(a, seed) for seed in seeds])
         cb = np.stack([correctness(b, seed) for seed in seeds])
         test = paired_seed_test(ca, cb)
         # paired_seed_test's discordant counts b, c get mcnemar's names: "a" and "b" name the variants here
         discordant = {"a_only_correct": test.pop("b"), "b_only_correct": test.pop("c")}
-        tests.append({"a": a, "b": b, "seeds": seeds, **test, **discordant})
-    reference = reference_variant(rows)
-    against = [i for i, t in enumerate(tests) if reference in (t["a"], t["b"])]
+        tests.append({"a": a, "b": b, "train_size": size_of[a], "seeds": seeds, **test, **discordant})
+    references = reference_variants(rows, configured_reference)
+    against = [i for i, t in enumerate(tests) if references.get(t["train_size"]) in (t["a"], t["b"])]
     vs_reference = dict(zip(against, holm([tests[i]["p_value"] for i in against])))
     for i, (test, p_holm) in enumerate(zip(tests, holm([t["p_value"] for t in tests]))):
         test.update(
@@ -527,13 +809,21 @@ def pairwise_tests(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]
 
 def write_results(out: Path, planned: list[PlannedRun]) -> dict[str, Any]:
     rows = [_row(out, run) for run in planned]
-    pairwise = pairwise_tests(out, rows)
+    configured = planned[0].config.compare.reference
+    pairwise = pairwise_tests(out, rows, configured)
+    summary = summarize(out, rows)
     document = {
         "fingerprint": planned[0].config.fingerprint(),
         "scaffolding": planned[0].config.scaffolding(),
         "runs": rows,
-        "summary": summarize(out, rows),
-        "reference": reference_variant(rows),
+        "summary": summary,
+        "reference": reference_variant(rows, configured),
+        "references_by_train_size": {str(k): v for k, v in reference_variants(rows, configured).items()},
+        "search": _read_searches(out),
+        "learning_curve": learning_curve(summary, configured or "full"),
+        "recommendation": recommend(
+            summary, pairwise, {name: getattr(planned[0].config.compare, name) for name in BUDGETS}
+        ),
         "pairwise": pairwise,
         "multiplicity": {
             "method": "holm",
@@ -543,6 +833,376 @@ def write_results(out: Path, planned: list[PlannedRun]) -> dict[str, Any]:
         "significance_level": SIGNIFICANCE_LEVEL,
         "version_mix": version_mix(out, rows),
     }
+    references = reference_variants(rows, configured)
+    document["eval_sets"] = eval_set_statistics(out, rows, eval_sets(planned[0].config), references)
     results.atomic_write_json(out / RESULTS_JSON, document)
     results.atomic_write_csv(out / RESULTS_CSV, rows)
+    return document
+
+
+BUDGETS = {
+    # budget field -> (summary field, True when the budget is an upper limit, unit, scale to the unit)
+    "max_train_memory_mib": ("peak_memory_mib_mean", True, "MiB peak training memory", 1.0),
+    "min_inference_sentences_per_s": ("eval_samples_per_second_mean", False, "sentences/s at test", 1.0),
+    "max_checkpoint_mib": ("checkpoint_size_mib_mean", True, "MiB checkpoint", 1.0),
+    "max_train_minutes": ("train_runtime_seconds_mean", True, "training minutes", 1 / 60),
+}
+PARETO_AXES = {
+    "peak_memory_mib_mean": False,
+    "train_runtime_seconds_mean": False,
+    "eval_samples_per_second_mean": True,
+}
+"""Cost axes of the Pareto front, each against test accuracy; True where larger is better."""
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and value is not None else math.nan
+
+
+def _test_between(pairwise: list[dict], a: str, b: str) -> dict | None:
+    """The paired test of a against b (difference = a - b), whichever order compare ran it in."""
+    for t in pairwise:
+        if (t["a"], t["b"]) == (a, b):
+            return t
+        if (t["a"], t["b"]) == (b, a):
+            low, high = -t["difference_ci95_high"], -t["difference_ci95_low"]
+            return {**t, "a": a, "b": b, "difference": -t["difference"], "difference_ci95_low": low,
+                    "difference_ci95_high": high}  # fmt: skip
+    return None
+
+
+def recommend(summary: list[dict], pairwise: list[dict], budgets: dict[str, float | None]) -> dict[str, Any]:
+    """The Pareto-optimal variants and the one recommended under `budgets` (BUDGETS' fields; None = no
+    limit), at the largest training-set size, with the sentence that justifies it.
+
+    Among the variants within budget, the most accurate one and every variant not significantly less
+    accurate than it (Holm-corrected paired test) are the contenders; the cheapest contender (peak
+    training memory, then training time) is recommended. So when no variant is significantly more
+    accurate, the cheapest wins, and the sentence says why.
+    """
+    sizes = [e.get("train_size") for e in summary if e.get("n_seeds")]
+    largest = max(sizes, key=size_order) if sizes else None
+    done = [e for e in summary if e.get("n_seeds") and e.get("train_size") == largest]
+    given = {k: v for k, v in budgets.items() if v is not None}
+    document: dict[str, Any] = {"budgets": given, "train_size": largest, "recommended": None}
+    if not done:
+        return {**document, "pareto_optimal": [], "frontiers": {}, "reason": "no variant finished"}
+    accuracy = [e["test_accuracy_mean"] for e in done]
+    costs = {axis: [_number(e.get(axis)) for e in done] for axis in PARETO_AXES}
+    joint = pareto_front(
+        [(a, *(costs[axis][i] for axis in PARETO_AXES)) for i, a in enumerate(accuracy)],
+        (True, *PARETO_AXES.values()),
+    )
+    document["pareto_optimal"] = [done[i]["variant"] for i in joint]
+    document["frontiers"] = {
+        axis: [done[i]["variant"] for i in pareto_front(list(zip(accuracy, costs[axis])), (True, up))]
+        for axis, up in PARETO_AXES.items()
+    }
+
+    def violation(entry: dict) -> float:
+        """0 within every budget, else the largest relative overshoot (a missing measurement: inf)."""
+        worst = 0.0
+        for name, limit in given.items():
+            field, upper, _, _ = BUDGETS[name]
+            value = _number(entry.get(field)) * BUDGETS[name][3]
+            if math.isnan(value):
+                return math.inf
+            worst = max(worst, (value - limit) / limit if upper else (limit - value) / limit)
+        return worst
+
+    feasible = [e for e in done if violation(e) <= 0]
+    if not feasible:
+        closest = min(done, key=violation)
+        misses = []
+        for name, limit in given.items():
+            field, upper, unit, scale = BUDGETS[name]
+            value = _number(closest.get(field)) * scale
+            if math.isnan(value) or (value > limit if upper else value < limit):
+                misses.append(f"{value:,.1f} {unit} against {'at most' if upper else 'at least'} {limit:,g}")
+        document.update(
+            closest=closest["variant"],
+            reason=f"no variant meets the budgets; the closest is {closest['variant']} ({'; '.join(misses)})",
+        )
+        return document
+    top = max(feasible, key=lambda e: e["test_accuracy_mean"])
+    contenders = [top]
+    for e in feasible:
+        test = _test_between(pairwise, e["variant"], top["variant"]) if e is not top else None
+        if test is not None and test["p_holm"] >= SIGNIFICANCE_LEVEL:
+            contenders.append(e)
+
+    def cost(e: dict) -> tuple[float, float]:
+        memory, seconds = _number(e.get("peak_memory_mib_mean")), _number(e.get("train_runtime_seconds_mean"))
+        return (math.inf if math.isnan(memory) else memory, math.inf if math.isnan(seconds) else seconds)
+
+    chosen = min(contenders, key=cost)
+    document["recommended"] = chosen["variant"]
+    document["contenders"] = [e["variant"] for e in contenders]
+    within = f" within the budgets ({', '.join(given)})" if given else ""
+    if chosen is top:
+        others = [e for e in feasible if e is not top]
+        if not others:
+            reason = f"{top['variant']}: the only variant{within}"
+        elif len(contenders) == 1:
+            runner = max(others, key=lambda e: e["test_accuracy_mean"])
+            test = _test_between(pairwise, top["variant"], runner["variant"])
+            evidence = (
+                f" [CI {100 * test['difference_ci95_low']:+.1f}, {100 * test['difference_ci95_high']:+.1f}], "
+                f"Holm p = {test['p_holm']:.3g}"
+                if test
+                else ""
+            )
+            reason = (
+                f"{top['variant']}: significantly more accurate than every other variant{within}, "
+                f"{100 * (top['test_accuracy_mean'] - runner['test_accuracy_mean']):+.1f} points over "
+                f"{runner['variant']}{evidence}"
+            )
+        else:
+            reason = (
+                f"{top['variant']}: the most accurate{within}, and no cheaper variant is within its "
+                "accuracy (the ones not significantly worse cost more)"
+            )
+    else:
+        test = _test_between(pairwise, chosen["variant"], top["variant"])
+        savings = []
+        for field, label in (("peak_memory_mib_mean", "peak memory"), ("train_runtime_seconds_mean", "training time")):
+            mine, theirs = _number(chosen.get(field)), _number(top.get(field))
+            if theirs > 0 and mine < theirs:
+                savings.append(f"{100 * (1 - mine / theirs):.0f}% less {label}")
+        reason = (
+            f"{chosen['variant']}: within {100 * (top['test_accuracy_mean'] - chosen['test_accuracy_mean']):.1f} "
+            f"points of {top['variant']} [CI of the difference {100 * test['difference_ci95_low']:+.1f}, "
+            f"{100 * test['difference_ci95_high']:+.1f}], Holm p = {test['p_holm']:.3g} (not significant), "
+            f"with {' and '.join(savings) or 'no higher cost'}; no variant{within} is significantly more accurate, "
+            "so the cheapest of them is recommended"
+        )
+    document["reason"] = reason
+    return document
+
+
+def _read_searches(out: Path) -> dict[str, Any]:
+    """The search record of every tuned variant (run_searches), {} without --tune."""
+    path = out / SEARCH_DIR / SEARCH_RECORD
+    return results.read_json(path, dict) if path.is_file() else {}
+
+
+LEARNING_CURVE_POINTS = 1.0
+"""How close (accuracy points) a method must come to the reference for learning_curve's `within_reference_from`."""
+
+
+def learning_curve(
+    summary: list[dict[str, Any]], reference: str, within_points: float = LEARNING_CURVE_POINTS
+) -> dict[str, Any]:
+    """Per base variant: its test accuracy (mean and CI) at each training-set size, and the smallest size
+    at which its mean comes within `within_points` of the reference's mean at that size (None: never).
+    Empty without compare.train_sizes.
+
+    Example:
+        >>> rows = [{"variant": f"{v}@{n}", "train_size": n, "n_seeds": 1, "test_accuracy_mean": a,
+        ...          "test_accuracy_ci95_low": a - .01, "test_accuracy_ci95_high": a + .01}
+        ...         for v, n, a in [("full", 500, .80), ("lora", 500, .70), ("full", 2000, .85), ("lora", 2000, .845)]]
+        >>> learning_curve(rows, "full")["lora"]["within_reference_from"]
+        2000
+    """
+    curve: dict[str, Any] = {}
+    done = [e for e in summary if e.get("train_size") is not None and e.get("n_seeds")]
+    reference_at = {e["train_size"]: e["test_accuracy_mean"] for e in done if base_variant(e["variant"]) == reference}
+    for entry in sorted(done, key=lambda e: size_order(e["train_size"])):
+        name = base_variant(entry["variant"])
+        point = {
+            "train_size": entry["train_size"],
+            "train_examples": entry.get("train_examples"),
+            "test_accuracy_mean": entry["test_accuracy_mean"],
+            "test_accuracy_ci95_low": entry["test_accuracy_ci95_low"],
+            "test_accuracy_ci95_high": entry["test_accuracy_ci95_high"],
+        }
+        line = curve.setdefault(name, {"points": [], "within_reference_from": None, "reference": reference})
+        line["points"].append(point)
+        gap = reference_at.get(entry["train_size"])
+        if line["within_reference_from"] is None and gap is not None:
+            if 100 * (gap - entry["test_accuracy_mean"]) <= within_points:
+                line["within_reference_from"] = entry["train_size"]
+    return curve
+
+
+# ---- extra eval sets: the shipped suites and --eval-file ------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A labelled file every finished run of a comparison is scored on, besides its test split."""
+
+    name: str
+    path: Path
+    builtin: bool
+    """A suite shipped with sentitune (config.SUITE_DIR); scored only on negative/positive runs."""
+    text_column: str | None = None
+    label_column: str | None = None
+
+
+SUITE_LABELS = ["negative", "positive"]
+"""The label names the shipped suites use; runs with other labels are not scored on them."""
+
+
+def eval_sets(base: RunConfig) -> list[EvalSet]:
+    """The shipped suites (compare.suites), then the user's files (compare.eval_files), in that order.
+
+    Example:
+        >>> [s.name for s in eval_sets(RunConfig())]
+        ['negation']
+    """
+    c = base.compare
+    out = [EvalSet(name, SUITE_DIR / f"{name}.tsv", True) for name in c.suites]
+    out += [
+        EvalSet(name, Path(path), False, c.eval_text_column, c.eval_label_column) for name, path in c.eval_files.items()
+    ]
+    return out
+
+
+def check_eval_files(base: RunConfig) -> None:
+    """Before any run starts: every --eval-file reads, has its columns and holds only labels the runs
+    will have (the training data's label names). Each failure is one DataError line naming the file,
+    and for a label, the line and the label."""
+    from sentitune.data import load_splits, read_labelled_file
+
+    given = [s for s in eval_sets(base) if not s.builtin]
+    if not given:
+        return
+    if base.data.problem_type == "multi_label":
+        raise ConfigError(
+            f"compare.eval_files: {given[0].name} cannot be scored: eval sets score single-label runs, "
+            "and this comparison's data is multi_label"
+        )
+    label_names = load_splits(base.data).label_names
+    for s in given:
+        read_labelled_file(s.path, label_names, s.text_column, s.label_column)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _scored(folder: Path, digest: str) -> bool:
+    """Whether `folder` holds a finished scoring of the file whose SHA-256 is `digest`."""
+    try:
+        metrics = results.read_json(folder / results.METRICS_FILE, dict)
+    except results.RunFolderError:
+        return False
+    return (
+        metrics.get("status") == "ok"
+        and metrics.get("data_sha256") == digest
+        and (folder / results.PREDICTIONS_FILE).is_file()
+    )
+
+
+def score_eval_sets(out: Path, planned: list[PlannedRun], echo=print) -> None:
+    """Scores every finished run on every eval set into <run>/evaluations/<set>/ (predictions.csv,
+    metrics.json; inference.write_scored_file). A run already scored on the same file content (its
+    SHA-256) is skipped, so re-running a comparison scores only what is new."""
+    sets = eval_sets(planned[0].config)
+    if not sets:
+        return
+    digests = {s.name: _sha256(s.path) for s in sets}
+    from sentitune.inference import Predictor, score_labelled_file, write_scored_file
+
+    for run in planned:
+        run_dir = out / RUNS_DIR / run.name
+        if results.read_status(run_dir) != "ok" or run.config.data.problem_type == "multi_label":
+            continue
+        todo = [s for s in sets if not _scored(run_dir / results.EVALUATIONS_DIR / s.name, digests[s.name])]
+        if not todo:
+            continue
+        try:
+            # fp32: the eval sets are scored alike on every machine (auto would pick bf16 where CPUs have it).
+            predictor = Predictor.load(run_dir, precision="fp32")
+        except results.RunFolderError as exc:
+            echo(f"    {run.name}: not scored on the eval sets: {exc}")
+            continue
+        scored = []
+        for s in todo:
+            if s.builtin and sorted(predictor.label_names) != SUITE_LABELS:
+                continue  # a negation suite says nothing about star ratings or topics
+            texts, gold, probabilities, metrics = score_labelled_file(predictor, s.path, s.text_column, s.label_column)
+            metrics.update(run=str(run_dir), eval_set=s.name)
+            folder = run_dir / results.EVALUATIONS_DIR / s.name
+            with results.writing(folder):
+                folder.mkdir(parents=True, exist_ok=True)
+            with results.exclusive_lock(folder):
+                write_scored_file(folder, texts, gold, probabilities, predictor.label_names, metrics)
+            scored.append(f"{s.name} {metrics['test_accuracy']:.4f}")
+        if scored:
+            echo(f"    {run.name}: eval sets: {', '.join(scored)}")
+        del predictor
+
+
+def eval_set_statistics(
+    out: Path, rows: list[dict[str, Any]], sets: list[EvalSet], references: dict[Any, str | None]
+) -> dict:
+    """Per eval set: each variant's accuracy over its seeds (metrics.seed_summary: t-interval over
+    seeds, bootstrap over the set's examples with one seed) and mean ECE, and one paired test of every
+    variant against the reference of its own training-set size (`references`: train size -> variant,
+    as reference_variants gives them; the key None without a learning curve) over their shared seeds
+    (metrics.paired_seed_test), Holm-corrected over that set's tests (`p_holm`; significant = p_holm < 0.05).
+
+    Only scorings of the file as it is now count (their recorded SHA-256 matches); a run not scored
+    on a set (a suite on runs with other labels, a run that failed) is left out of that set.
+    """
+    ok = [r for r in rows if r["status"] == "ok"]
+    document: dict[str, Any] = {}
+    for s in sets:
+        digest = _sha256(s.path) if s.path.is_file() else None
+        correct: dict[tuple[str, Any], np.ndarray] = {}
+        ece: dict[str, list[float]] = {}
+        for row in ok:
+            folder = out / row["run_dir"] / results.EVALUATIONS_DIR / s.name
+            if digest is None or not _scored(folder, digest):
+                continue
+            correct[(row["variant"], row["seed"])] = results.load_predictions(folder).correct
+            metrics = results.read_json(folder / results.METRICS_FILE, dict)
+            ece.setdefault(row["variant"], []).append(metrics.get("test_ece"))
+        variants: dict[str, Any] = {}
+        for variant in dict.fromkeys(r["variant"] for r in ok):
+            seeds = [seed for v, seed in correct if v == variant]
+            if not seeds:
+                continue
+            accuracies = [float(correct[(variant, seed)].mean()) for seed in seeds]
+            stats = seed_summary(accuracies, correct[(variant, seeds[0])] if len(seeds) == 1 else [])
+            variants[variant] = {"seeds": seeds, **stats, "ece_mean": finite_mean(ece.get(variant, []))}
+        size_of = {r["variant"]: r.get("train_size") for r in ok}
+        tests = []
+        for variant in variants:
+            reference = references.get(size_of[variant])
+            if reference is None or variant == reference or reference not in variants:
+                continue
+            seeds = [seed for seed in variants[variant]["seeds"] if seed in variants[reference]["seeds"]]
+            if not seeds:
+                continue
+            test = paired_seed_test(
+                np.stack([correct[(variant, seed)] for seed in seeds]),
+                np.stack([correct[(reference, seed)] for seed in seeds]),
+            )
+            discordant = {"a_only_correct": test.pop("b"), "b_only_correct": test.pop("c")}
+            tests.append(
+                {"a": variant, "b": reference, "train_size": size_of[variant], "seeds": seeds, **test, **discordant}
+            )
+        for test, p_holm in zip(tests, holm([t["p_value"] for t in tests])):
+            test.update(p_holm=p_holm, significant=bool(p_holm < SIGNIFICANCE_LEVEL))
+        examples = next(iter(correct.values())).size if correct else 0
+        document[s.name] = {
+            "file": str(s.path),
+            "builtin": s.builtin,
+            "examples": int(examples),
+            # the reference at the largest size, as results.json's own `reference`
+            "reference": references[max(references, key=size_order)] if references else None,
+            "references_by_train_size": {str(k): v for k, v in references.items()},
+            "variants": variants,
+            "pairwise_vs_reference": tests,
+            "multiplicity": {"method": "holm", "tests": len(tests)},
+        }
     return document

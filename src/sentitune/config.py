@@ -29,6 +29,9 @@ from sentitune.errors import ConfigError, quote, read_text
 
 
 PRESET_DIR = Path(__file__).parent / "configs"
+SUITE_DIR = Path(__file__).parent / "suites"
+"""Eval sets shipped with sentitune (scripts/make_negation_suite.py writes negation.tsv)."""
+EVAL_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 MAX_YAML_VALUES = 10_000
@@ -132,6 +135,35 @@ def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
         raise ConfigError(f"{section}.{name}: {quote(value)} is not one of {', '.join(map(str, choices))}")
 
 
+NAMED_DATASETS = ("sst2", "imdb", "files")
+DATA_DEFAULTS = {"test_size": 0.2, "train_split": "train", "test_split": None}
+HUB_PREFIX = "hub:"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(:[\w.-]+)?")
+
+
+def _check_dataset(value: Any) -> None:
+    """A named dataset, `hub:OWNER/NAME[:CONFIG]`, or a path (whether it exists is checked when the data
+    loads: a saved run's config stays readable where its data is not)."""
+    # A bare word that names no file here is a typo or a hub name without hub: (yelp, sst-2), not a path.
+    bare = isinstance(value, str) and not any(c in value for c in "/\\.:") and not Path(value).exists()
+    if not isinstance(value, str) or not value.strip() or (bare and value not in NAMED_DATASETS):
+        raise ConfigError(
+            f"data.dataset: {quote(value)} is not one of {', '.join(NAMED_DATASETS)}, a file or folder, "
+            "or hub:OWNER/NAME"
+        )
+    if value.startswith(HUB_PREFIX) and not _HUB_ID.fullmatch(value[len(HUB_PREFIX) :]):
+        raise ConfigError(f"data.dataset: {quote(value)} is not of the form hub:OWNER/NAME or hub:OWNER/NAME:CONFIG")
+
+
+def dataset_name(dataset: str) -> str:
+    if dataset.startswith(HUB_PREFIX):
+        repo, _, config_name = dataset[len(HUB_PREFIX) :].partition(":")
+        return repo.split("/")[-1] + (f"_{config_name}" if config_name else "")
+    if dataset in NAMED_DATASETS:
+        return dataset
+    return Path(dataset.rstrip("/\\")).stem or "data"
+
+
 def _check_finite(section: str, name: str, value: Any) -> None:
     # NaN compares false with everything, so `value <= 0` lets it through; inf passes every lower bound.
     if isinstance(value, float) and not math.isfinite(value):
@@ -179,7 +211,10 @@ def _check_label_names(section: str, name: str, names: list[str] | None) -> None
 @dataclass
 class DataConfig:
     dataset: str = "sst2"
-    """`sst2`, `imdb`, or `files` (any CSV/TSV/JSONL given by train_file/test_file)."""
+    """`sst2`, `imdb`, `files` (any CSV/TSV/JSONL given by train_file/test_file), a path (one CSV/TSV/JSONL
+    file, carved into train, validation and test; or a folder holding train and test files), or
+    `hub:OWNER/NAME[:CONFIG]` (any dataset `datasets.load_dataset` can open, split by train_split and
+    test_split)."""
     data_dir: str | None = None
     """Local folder with the dataset (e.g. ../shared/data); default: $SENTITUNE_DATA_DIR, else the hub."""
     train_file: str | None = None
@@ -202,6 +237,13 @@ class DataConfig:
     """Use only this many test examples (for smoke runs; reported results should use all)."""
     split_seed: int = 42
     """Seed for the validation slice and subsets; fixed across training seeds so splits stay identical."""
+    test_size: float = 0.2
+    """Test slice carved (stratified, seeded by split_seed) when the data has no test split: a single
+    file given as data.dataset, or a hub dataset without test_split: a fraction (< 1) or a count."""
+    train_split: str = "train"
+    """Training split of a `hub:` dataset."""
+    test_split: str | None = None
+    """Test split of a `hub:` dataset; None: `test` when the dataset has one, else carved (test_size)."""
     max_length: int | None = None
     """Max tokens per example including [CLS]/[SEP]; default 128 for SST-2, 512 for IMDB and files."""
     truncation: str = "head"
@@ -215,7 +257,7 @@ class DataConfig:
     """Separator between labels in one cell when problem_type is `multi_label`."""
 
     def __post_init__(self) -> None:
-        _check_choice("data", "dataset", self.dataset, ("sst2", "imdb", "files"))
+        _check_dataset(self.dataset)
         _check_choice("data", "truncation", self.truncation, ("head", "tail", "head+tail"))
         _check_choice("data", "problem_type", self.problem_type, ("single_label", "multi_label"))
         if not self.label_separator or self.label_separator.strip() != self.label_separator:
@@ -223,6 +265,7 @@ class DataConfig:
                 f"data.label_separator: must be non-empty without surrounding spaces, got {quote(self.label_separator)}"
             )
         _check_positive("data", "validation_size", self.validation_size)
+        _check_positive("data", "test_size", self.test_size)
         _check_positive("data", "train_subset", self.train_subset)
         _check_positive("data", "test_subset", self.test_subset)
         if self.max_length is not None and not 8 <= self.max_length <= 512:
@@ -237,10 +280,23 @@ class DataConfig:
                 f"data.{given[0]}: read only when data.dataset is 'files', but it is {self.dataset!r}; "
                 "add --dataset files (with --train-file and --test-file) or drop the file"
             )
+        hub_only = [
+            f"data.{name}" for name in ("train_split", "test_split") if getattr(self, name) != DATA_DEFAULTS[name]
+        ]
+        if hub_only and not self.dataset.startswith(HUB_PREFIX):
+            raise ConfigError(
+                f"{hub_only[0]}: read only when data.dataset is hub:OWNER/NAME, but it is {quote(self.dataset)}"
+            )
         _check_label_names("data", "label_names", self.label_names)
         _check_seed("data", "split_seed", self.split_seed, spare=2)
         if self.validation_size >= 1 and self.validation_size != int(self.validation_size):
             raise ConfigError(f"data.validation_size: a count must be a whole number, got {self.validation_size}")
+
+    @property
+    def name(self) -> str:
+        """A short name for default folders: sst2, reviews (for data/reviews.csv), imdb_plain (for
+        hub:stanfordnlp/imdb:plain_text)."""
+        return dataset_name(self.dataset)
 
     @property
     def resolved_max_length(self) -> int:
@@ -254,11 +310,19 @@ class MethodConfig:
     name: str = "full"
     """Adaptation method: one of the registry (`sentitune train --help` lists them)."""
     learning_rate: float | None = None
-    """Peak learning rate; None = the method's default (full 5e-5, lora 1e-3, head 1e-3)."""
+    """Peak learning rate; None = the method's default (full 5e-5, lora 1e-3, head 1e-3). For setfit the
+    body's learning rate (2e-5); embed and tfidf take no gradient step."""
+    pooling: str = "auto"
+    """How every neural method's classifier reads the encoder: `cls` ([CLS] through BERT's pooler, as
+    BertForSequenceClassification does), `mean` (attention-mask-weighted mean of the last hidden states,
+    pooler unused), or `auto`: what the backbone declares (a sentence-transformers folder's
+    1_Pooling/config.json; mean for minilm-l6), else `cls`. Saved with the weights; methods/pooling.py
+    says why."""
     head: str = "pooler+classifier"
-    """What `head` and `lora` train besides adapters: `pooler+classifier` (default) or `classifier`.
-    `full` trains everything regardless. Measured on the quick preset: with a frozen pooler, head-only
-    and LoRA stay at chance on minilm-l6, whose [CLS] pooler was never trained for classification."""
+    """What `head` and `lora` train besides adapters with `cls` pooling: `pooler+classifier` (default) or
+    `classifier`. `full` trains everything regardless; with `mean` pooling the pooler is unused and
+    stays frozen. Measured on the quick preset with cls pooling: with a frozen pooler, head-only and
+    LoRA stay at chance on minilm-l6, whose [CLS] pooler was never trained for classification."""
     lora_r: int = 8
     """LoRA rank."""
     lora_alpha: int = 16
@@ -280,12 +344,29 @@ class MethodConfig:
     """Vocabulary cap per analyzer."""
     tfidf_c_grid: list[float] = field(default_factory=lambda: [0.25, 1.0, 4.0, 16.0])
     """Inverse regularisation strengths tried; the best on the validation slice is kept."""
+    logreg_c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
+    """Inverse regularisation strengths tried for the logistic-regression head of embed and setfit; the
+    best on the validation slice is kept (the first of equals). On the quick preset's mean-pooled
+    minilm-l6 embeddings (norm about 5) validation accuracy peaked at C = 0.01."""
+    setfit_pairs: int = 1000
+    """Contrastive sentence pairs setfit draws from the training set (half same-label, half not), whatever
+    its size: the body's budget (setfit's num_iterations would scale with the data)."""
+    setfit_epochs: int = 1
+    """Passes of setfit's body training over its pairs (train.max_steps caps the steps)."""
 
     def __post_init__(self) -> None:
         from sentitune.methods import registry  # late import: methods import config
+        from sentitune.methods.pooling import POOLING_CHOICES
 
         _check_choice("method", "name", self.name, tuple(registry.names()))
         _check_choice("method", "head", self.head, ("classifier", "pooler+classifier"))
+        _check_choice("method", "pooling", self.pooling, POOLING_CHOICES)
+        _check_positive("method", "setfit_pairs", self.setfit_pairs)
+        _check_positive("method", "setfit_epochs", self.setfit_epochs)
+        if not self.logreg_c_grid:
+            raise ConfigError("method.logreg_c_grid: give at least one regularisation strength C")
+        for c in self.logreg_c_grid:
+            _check_positive("method", "logreg_c_grid", c)
         _check_positive("method", "learning_rate", self.learning_rate)
         _check_positive("method", "lora_r", self.lora_r)
         _check_positive("method", "lora_alpha", self.lora_alpha)
@@ -310,6 +391,46 @@ class MethodConfig:
             raise ConfigError(
                 f"method.tfidf_max_features: must be >= 1 (or null for no cap), got {quote(self.tfidf_max_features)}"
             )
+
+
+REPORT_TO_CHOICES = ("none", "tensorboard", "mlflow", "wandb", "trackio")
+"""Experiment trackers `train.report_to` takes (transformers' integrations of the same names)."""
+
+BEST_METRICS = {
+    "single_label": ("accuracy", "macro_f1", "precision_macro", "recall_macro", "loss"),
+    "multi_label": (
+        "accuracy",
+        "micro_f1",
+        "macro_f1",
+        "precision_micro",
+        "recall_micro",
+        "precision_macro",
+        "recall_macro",
+        "hamming_loss",
+        "loss",
+    ),
+}
+"""What `train.best_metric` can name per data.problem_type: the validation metrics the evaluation
+computes (metrics.classification_metrics, metrics.multilabel_metrics; the loss is the Trainer's)."""
+LOWER_IS_BETTER = ("loss", "hamming_loss")
+
+
+def _class_weights(value: str | list[float]) -> str | list[float]:
+    """`none`, `balanced`, or a list of positive finite weights; `"1,9"` (a --set value) is a list."""
+    if isinstance(value, str) and value.strip() in ("none", "balanced"):
+        return value.strip()
+    if isinstance(value, str):
+        try:
+            value = [float(item) for item in value.split(",") if item.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"train.class_weights: {quote(value)} is not none, balanced or a list of weights (one per class)"
+            ) from None
+    if not value:
+        raise ConfigError("train.class_weights: empty list; give one weight per class, or none or balanced")
+    for weight in value:
+        _check_positive("train", "class_weights", weight)
+    return list(value)
 
 
 @dataclass
@@ -359,6 +480,25 @@ class TrainConfig:
     """torch CPU threads; None = torch's default (all cores)."""
     dataloader_workers: int = 0
     """DataLoader workers; 0 keeps tokenised batches in the training process (best on 2 cores)."""
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    """Experiment trackers the Trainer logs loss, learning rate and evaluations to: `none`, or any of
+    `tensorboard` (event files in the run folder's tensorboard/), `mlflow`, `wandb`, `trackio` (each
+    configured by its own environment variables, e.g. MLFLOW_TRACKING_URI, WANDB_PROJECT). How a run
+    is watched, not what it learns: outside the scaffolding fingerprint."""
+    run_name: str | None = None
+    """The run's name in the trackers; None = the run folder's name."""
+    class_weights: str | list[float] = "none"
+    """Weighted cross-entropy for imbalanced single-label data: `none`, `balanced` (n / (classes x
+    count of the class) over the training split, as scikit-learn's class_weight="balanced"), or one
+    weight per class in label-id order. Applies to methods trained by the Trainer; tfidf, embed and
+    setfit fit their own heads unweighted (metrics.json's class_weights is then null)."""
+    best_metric: str = "auto"
+    """The validation metric that picks the checkpoint kept at the end: `auto` (accuracy; micro_f1 for
+    multi-label), or any the evaluation computes (BEST_METRICS; `loss` and `hamming_loss` count lower
+    as better). Needs train.eval_strategy epoch or steps."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without improvement of best_metric (transformers'
+    EarlyStoppingCallback); None = train the whole schedule. Needs train.eval_strategy epoch or steps."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
@@ -381,6 +521,22 @@ class TrainConfig:
         _check_choice("train", "lr_scheduler", self.lr_scheduler, ("linear", "cosine", "constant"))
         _check_choice("train", "precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _check_choice("train", "eval_strategy", self.eval_strategy, ("epoch", "steps", "no"))
+        for tracker in self.report_to:
+            _check_choice("train", "report_to", tracker, REPORT_TO_CHOICES)
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ConfigError(f"train.report_to: 'none' cannot be combined with trackers, got {quote(self.report_to)}")
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ConfigError(f"train.report_to: duplicates in {quote(self.report_to)}")
+        if self.run_name is not None and not self.run_name.strip():
+            raise ConfigError("train.run_name: empty; give a name or leave it out (the run folder's name)")
+        self.class_weights = _class_weights(self.class_weights)
+        _check_positive("train", "early_stopping_patience", self.early_stopping_patience)
+        for name, default in (("best_metric", "auto"), ("early_stopping_patience", None)):
+            if getattr(self, name) != default and self.eval_strategy == "no":
+                raise ConfigError(
+                    f"train.{name}: needs train.eval_strategy epoch or steps (checkpoints are judged at "
+                    "evaluations); it is 'no'"
+                )
         if self.eval_strategy == "steps" and not self.eval_steps:
             raise ConfigError("train.eval_steps: required when train.eval_strategy is 'steps'")
         _check_positive("train", "save_steps", self.save_steps)
@@ -395,6 +551,19 @@ class TrainConfig:
                     f"train.save_steps: must be a multiple of train.eval_steps ({self.eval_steps}), "
                     f"got {self.save_steps}"
                 )
+
+
+TUNABLE_KNOBS = (
+    "learning_rate",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "layer_lr_decay",
+    "prefix_tokens",
+    "setfit_pairs",
+    "setfit_epochs",
+)
+"""Method knobs `compare --tune` can search (tuning.KNOB_GRIDS holds their grids)."""
 
 
 @dataclass
@@ -418,6 +587,47 @@ class CompareConfig:
     """Model sweep: every neural variant runs on each of these models (aliases, local folders or hub ids)
     and is named `<short model name>-<variant>`. The model is then an axis of the comparison: it leaves
     the scaffolding fingerprint and each result row records it. Empty = every run uses `model`."""
+    reference: str | None = None
+    """The variant the `*_vs_reference` statistics and the recommendation compare against; default
+    `full` when it is among the variants, else the first variant."""
+    tune: list[str] = field(default_factory=list)
+    """Method knobs searched per variant before the seeds run (`--tune learning_rate,lora_r`), each trial
+    scored on the validation slice only; the test split is read once, by the selected configuration's
+    runs. Empty = no search: every variant runs at its method's defaults."""
+    tune_trials: int = 6
+    """Trials per variant (the same budget for every variant); the learning rate's grid has this many
+    points, log-spaced between the method's default / 4 and x 4."""
+    tune_sampler: str = "grid"
+    """Optuna sampler: `grid` (equal coverage) or `tpe`."""
+    tune_storage: str | None = None
+    """Optuna storage URL for the searches (shareable across machines); default a SQLite file in the
+    comparison folder, so a search resumes where it stopped."""
+    train_sizes: list[int | str] = field(default_factory=list)
+    """Learning curve: every variant runs at each training-set size (a count, or `all`), on nested
+    stratified subsets (the 500 contain the 250). Variants are then named `<variant>@<size>`, and the
+    size leaves the scaffolding fingerprint. Empty = one size, data.train_subset."""
+    max_train_memory_mib: float | None = None
+    """Budget for the recommendation: peak training memory (MiB). None = no limit. Budgets no variant
+    meets are not an error: the report says so and names the closest variant."""
+    min_inference_sentences_per_s: float | None = None
+    """Budget: sentences/s when the run scored its test split (torch, eval_batch_size)."""
+    max_checkpoint_mib: float | None = None
+    """Budget: size of what the method trained, as saved (MiB)."""
+    max_train_minutes: float | None = None
+    """Budget: training time (minutes)."""
+    eval_files: dict[str, str] = field(default_factory=dict)
+    """Extra labelled CSV/TSV/JSONL files, by eval-set name (`--eval-file NAME=PATH`): once the runs
+    finish, every finished run is scored on each (<run>/evaluations/<name>/), and results.json
+    `eval_sets` gives each variant's accuracy with its CI and the Holm-corrected paired test against
+    the reference, per set. Their labels must be the runs' label names (or ids 0..K-1)."""
+    eval_text_column: str | None = None
+    """Text column of the eval files (default: `sentence` for TSV, else `text`)."""
+    eval_label_column: str | None = None
+    """Label column of the eval files (default: `label`)."""
+    suites: list[str] = field(default_factory=lambda: ["negation"])
+    """Eval sets shipped with sentitune (suites/<name>.tsv), scored like eval_files on runs whose
+    labels are negative/positive: `negation` is the templated negation and contrast suite. Empty
+    (`--no-default-suites`) scores none."""
 
     def __post_init__(self) -> None:
         from sentitune.methods import registry
@@ -443,6 +653,49 @@ class CompareConfig:
         for decay in self.layer_lr_decays:
             if not 0 < decay <= 1:
                 raise ConfigError(f"compare.layer_lr_decays: each must be in (0, 1], got {decay}")
+        for knob in self.tune:
+            if knob not in TUNABLE_KNOBS:
+                raise ConfigError(
+                    f"compare.tune: unknown knob {quote(knob)}; tunable method knobs: {', '.join(TUNABLE_KNOBS)} "
+                    "(data and training settings are the comparison's scaffolding and stay fixed)"
+                )
+        if len(set(self.tune)) != len(self.tune):
+            raise ConfigError(f"compare.tune: duplicates in {quote(self.tune)}")
+        _check_positive("compare", "tune_trials", self.tune_trials)
+        _check_choice("compare", "tune_sampler", self.tune_sampler, ("grid", "tpe"))
+        for size in self.train_sizes:
+            if size != "all" and not (isinstance(size, int) and size >= 1):
+                raise ConfigError(f"compare.train_sizes: each must be a count >= 1 or 'all', got {quote(size)}")
+        if len(set(self.train_sizes)) != len(self.train_sizes):
+            raise ConfigError(f"compare.train_sizes: duplicates in {quote(self.train_sizes)}")
+        for budget in ("max_train_memory_mib", "min_inference_sentences_per_s", "max_checkpoint_mib"):
+            _check_positive("compare", budget, getattr(self, budget))
+        _check_positive("compare", "max_train_minutes", self.max_train_minutes)
+        self._check_eval_sets()
+
+    def _check_eval_sets(self) -> None:
+        """Eval-set names become folder names (<run>/evaluations/<name>), so they are plain words, and
+        one name means one set. Whether each file exists is checked when a comparison starts: a run's
+        saved config must load after its eval files have moved."""
+        if not isinstance(self.eval_files, dict):
+            raise ConfigError(f"compare.eval_files: expected a mapping NAME: PATH, got {quote(self.eval_files)}")
+        known = suite_names()
+        for suite in self.suites:
+            if suite not in known:
+                raise ConfigError(f"compare.suites: unknown suite {quote(suite)}; shipped: {', '.join(known)}")
+        for name, path in self.eval_files.items():
+            if not isinstance(name, str) or not EVAL_SET_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"compare.eval_files: name {quote(name)} must be letters, digits, '.', '_' or '-' "
+                    "(it names a folder), e.g. --eval-file imdb=data/imdb_test.csv"
+                )
+            if name in self.suites:
+                raise ConfigError(
+                    f"compare.eval_files: {quote(name)} is the name of a shipped suite; pick another name "
+                    "(or drop the suite with --no-default-suites)"
+                )
+            if not isinstance(path, str) or not path.strip():
+                raise ConfigError(f"compare.eval_files: {name}: expected a file path, got {quote(path)}")
 
 
 @dataclass
@@ -458,11 +711,26 @@ class RunConfig:
     def __post_init__(self) -> None:
         from sentitune.methods import registry
 
-        if self.data.problem_type == "multi_label" and not registry.get(self.method.name).neural:
+        if self.data.problem_type == "multi_label" and not registry.get(self.method.name).supports_multi_label:
             raise ConfigError(
                 f"method.name: {self.method.name} supports data.problem_type single_label only; "
-                "use a neural method for multi_label"
+                "use a method trained in the Trainer loop (full, lora, head, ...) for multi_label"
             )
+        if self.data.problem_type == "multi_label" and self.train.class_weights != "none":
+            raise ConfigError("train.class_weights: applies to single_label data (weighted cross-entropy)")
+        if self.train.best_metric != "auto":
+            _check_choice("train", "best_metric", self.train.best_metric, BEST_METRICS[self.data.problem_type])
+
+    @property
+    def best_metric(self) -> str:
+        """train.best_metric with `auto` resolved (`auto_best_metric`)."""
+        return self.auto_best_metric if self.train.best_metric == "auto" else self.train.best_metric
+
+    @property
+    def auto_best_metric(self) -> str:
+        """What train.best_metric `auto` means: accuracy, or micro_f1 for multi-label data (subset
+        accuracy at 0.5 barely moves early on; micro-F1 ranks checkpoints better)."""
+        return "micro_f1" if self.data.problem_type == "multi_label" else "accuracy"
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -511,9 +779,23 @@ class RunConfig:
         raw.pop("compare")
         if self.compare.models:
             raw.pop("model")  # a declared model sweep: the model is an axis of the comparison
+        if self.compare.train_sizes:
+            raw["data"].pop("train_subset")  # a learning curve: the training-set size is an axis too
         raw["train"].pop("seed")
         raw["train"].pop("gradient_checkpointing")  # a memory/speed trade, not a change to what is learned
         raw["train"].pop("save_steps")  # checkpoint cadence; a resumed run ends where an unbroken one does
+        for watching in ("report_to", "run_name"):  # where the curves are logged, not what is learned
+            raw["train"].pop(watching)
+        # Left out at their defaults, so that runs from before these fields keep their fingerprints;
+        # `auto` and the metric it stands for are the same experiment.
+        raw["train"]["best_metric"] = self.best_metric
+        defaults = {"class_weights": "none", "best_metric": self.auto_best_metric, "early_stopping_patience": None}
+        for name, default in defaults.items():
+            if raw["train"][name] == default:
+                raw["train"].pop(name)
+        for name, default in DATA_DEFAULTS.items():  # added later: left out at their defaults, as above
+            if raw["data"][name] == default:
+                raw["data"].pop(name)
         raw["data"]["max_length"] = self.data.resolved_max_length
         return raw
 
@@ -548,6 +830,11 @@ def load_config(
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def suite_names() -> list[str]:
+    """Names of the shipped eval sets (compare.suites)."""
+    return sorted(p.stem for p in SUITE_DIR.glob("*.tsv"))
 
 
 def scaffolding_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -659,7 +946,7 @@ class ServeSettings:
     in serve.py so the CLI quotes these defaults in its help without loading the web stack."""
 
     max_batch_size: int = 64
-    """Most texts in one model call (a single larger request still runs as one call)."""
+    """Most texts in one model call; a larger request is split into chunks of at most this many."""
     max_wait_ms: float = 5.0
     """How long the worker waits for more requests once one is queued and the queue is empty."""
     max_texts: int = 256
@@ -674,16 +961,50 @@ class ServeSettings:
     """A request waiting longer than this for its prediction gets 503."""
     api_key: str | None = None
     """If set, POST /predict and GET /metrics need the header `X-API-Key` with this value."""
+    header_timeout_s: float = 10.0
+    """A connection that has not sent a whole request line and headers this many seconds after it opened
+    (or after its last response) is closed: slow-loris clients cannot hold connections."""
+    body_timeout_s: float = 30.0
+    """A request whose body has not fully arrived this many seconds after its headers gets 408 and the
+    connection is closed (a body that declares 100 bytes and sends 7 is not waited on forever)."""
+    max_connections: int = 100
+    """Open connections at most; a request on a connection beyond it gets 503 (uvicorn's limit_concurrency)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_texts", "max_chars", "max_body_bytes", "max_queue_texts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"serve setting {name} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
-            raise ValueError("serve settings max_wait_ms must be >= 0 and request_timeout_s > 0")
+        for name in (
+            "max_batch_size",
+            "max_texts",
+            "max_chars",
+            "max_body_bytes",
+            "max_queue_texts",
+            "max_connections",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"serve setting {name} must be >= 1, got {value!r}")
+        # NaN passes every comparison and inf never comes: either would silently turn a limit off.
+        for name in ("max_wait_ms", "request_timeout_s", "header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"serve setting {name} must be a finite number, got {value!r}")
+            if value < 0 or (value == 0 and name != "max_wait_ms"):
+                raise ValueError(
+                    f"serve setting {name} must be {'>= 0' if name == 'max_wait_ms' else '> 0'}, got {value!r}"
+                )
         if self.api_key is not None and not self.api_key.strip():
             # An empty key (often an empty $SENTITUNE_API_KEY) must not quietly mean "no authentication".
             raise ValueError(
                 "serve setting api_key is empty; give a key, or unset it (and $SENTITUNE_API_KEY) "
                 "to serve without authentication"
+            )
+        if self.api_key is not None and (
+            self.api_key != self.api_key.strip() or any(not " " <= c <= "~" for c in self.api_key)
+        ):
+            # An X-API-Key header carries printable ASCII, trimmed at both ends: a key with a trailing
+            # "\r" (a CRLF .env file), a tab or a non-ASCII letter could never match, and every request
+            # would get 401 without a word about why.
+            raise ValueError(
+                "serve setting api_key must be printable ASCII without leading or trailing spaces "
+                "(it travels in an HTTP header); check $SENTITUNE_API_KEY or --api-key for a stray "
+                "line break or space"
             )

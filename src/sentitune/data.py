@@ -57,6 +57,12 @@ class DatasetSplits:
     """Where the data came from (paths or hub id), recorded in the run folder."""
     notes: dict[str, int] = field(default_factory=dict)
     """Counts of rows dropped or changed while loading (empty texts, duplicates, ...)."""
+    evaluated_split: str = "test"
+    """What `test` holds: `test`, or `validation` when the splits were loaded without the test split
+    (load_splits(with_test=False): a tuning trial scores on the validation slice and never reads test)."""
+    carved: dict | None = None
+    """How a test split was carved from data that had none (source, size, seed, the rows taken), so
+    the split can be checked and rebuilt; None when the data came with its test split."""
 
 
 @dataclass
@@ -71,6 +77,8 @@ class RawTable:
     label_column: str
     dropped_empty: int = 0
     duplicates: int = 0
+    label_names: list[str] | None = None
+    """Class names in id order when the source declares them (a hub dataset's ClassLabel)."""
 
 
 # ---- reading files ----------------------------------------------------------------------------
@@ -245,6 +253,19 @@ def _unclosed_quote(path, last_line: int, fields: list[str]) -> DataError:
     )
 
 
+def _column_hint(wanted: str, columns: list[str]) -> str:
+    """Why a column may be missing: another case (`Text`), or a file split by another character (an
+    Excel export with ';', a TSV named .csv), which reads as one column."""
+    same = next((c for c in columns if isinstance(c, str) and c.casefold() == wanted.casefold()), None)
+    if same is not None:
+        return f" (there is {quote(same)}: column names are case-sensitive)"
+    if len(columns) == 1 and isinstance(columns[0], str):
+        separator = next((s for s in (";", "\t", "|", ",") if s in columns[0]), None)
+        if separator is not None:
+            return f" (one column: the header is split by {separator!r}; .csv files are read with ',', .tsv with tabs)"
+    return ""
+
+
 def read_table(path: str | Path, text_column: str, label_column: str | None) -> RawTable:
     """Reads texts (and labels unless `label_column` is None) from one file.
 
@@ -252,6 +273,12 @@ def read_table(path: str | Path, text_column: str, label_column: str | None) -> 
     (removing them would change the standard splits).
     """
     path = Path(path)
+    if label_column and text_column == label_column:
+        # The model would learn each label from the label itself: a perfect score that means nothing.
+        raise DataError(
+            f"{path}: the text column and the label column are both {quote(text_column)}; "
+            "point --text-column or --label-column at another column"
+        )
     table = RawTable(str(path), [], [], [], label_column or "")
     seen: set[tuple[str, str]] = set()
     header_checked = False
@@ -260,7 +287,10 @@ def read_table(path: str | Path, text_column: str, label_column: str | None) -> 
             columns = list(record)
             for wanted in [text_column] + ([label_column] if label_column else []):
                 if wanted not in record:
-                    raise DataError(f"{path}: line 1: no column {quote(wanted)}; columns are {quote(columns, 200)}")
+                    raise DataError(
+                        f"{path}: line 1: no column {quote(wanted)}; columns are {quote(columns, 200)}"
+                        + _column_hint(wanted, columns)
+                    )
             header_checked = True
         text = record.get(text_column)
         if text is None:
@@ -427,6 +457,22 @@ def map_labels(table: RawTable, label_names: list[str]) -> list[int]:
     return ids
 
 
+def read_labelled_file(
+    path: str | Path, label_names: list[str], text_column: str | None = None, label_column: str | None = None
+) -> tuple[RawTable, list[int]]:
+    """A labelled CSV/TSV/JSONL file scored against a trained run (`evaluate`, compare's eval sets):
+    its rows and their label ids in `label_names` order. Columns default to `sentence` (TSV, as in
+    GLUE) or `text`, and `label`; a label outside `label_names` is one DataError line naming the file,
+    the line and the label (map_labels).
+
+    Example:
+        >>> table, ids = read_labelled_file("suite.tsv", ["negative", "positive"])  # doctest: +SKIP
+    """
+    text_column = text_column or ("sentence" if file_format(path) == "tsv" else "text")
+    table = read_table(path, text_column, label_column or "label")
+    return table, map_labels(table, label_names)
+
+
 def _exploded(table: RawTable, separator: str) -> RawTable:
     """One row per label of each multi-label cell, so label names are inferred as for single labels."""
     parts = [
@@ -523,20 +569,199 @@ def _default_names(cfg: DataConfig) -> list[str] | None:
     return None
 
 
-def load_raw_tables(cfg: DataConfig) -> tuple[RawTable, RawTable | None, RawTable, str]:
-    """(train, validation or None, test, source description)."""
+DATA_FILE_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".ndjson", ".json")
+FOLDER_SPLITS = {"train": ("train",), "test": ("test",), "validation": ("validation", "valid", "dev")}
+
+
+def _table_subset(table: RawTable, indices) -> RawTable:
+    picked = RawTable(table.path, [], [], [], table.label_column, label_names=table.label_names)
+    for i in indices:
+        picked.texts.append(table.texts[i])
+        picked.labels.append(table.labels[i])
+        picked.lines.append(table.lines[i])
+    return picked
+
+
+def carve_test(table: RawTable, cfg: DataConfig) -> tuple[RawTable, RawTable, dict]:
+    """(train, test, record): a stratified, seeded test slice of data.test_size taken from `table`.
+    The record names the rows taken (file lines, or row numbers of a hub split)."""
+    taken, rest = _stratified_take(table.labels, cfg.test_size, cfg.split_seed)
+    test = _table_subset(table, taken)
+    hub = table.path.startswith("hub:")
+    record = {
+        "test_carved_from": table.path,
+        "test_size": cfg.test_size,
+        "split_seed": cfg.split_seed,
+        "stratified_by": table.label_column,
+        "train_examples": len(rest),
+        "test_examples": len(taken),
+        # hub rows are numbered from 0; file rows by their line (the header is line 1)
+        ("test_rows" if hub else "test_lines"): [line - 2 if hub else line for line in test.lines],
+    }
+    train = _table_subset(table, rest)
+    train.dropped_empty, train.duplicates = table.dropped_empty, table.duplicates
+    return train, test, record
+
+
+def _folder_files(root: Path) -> dict[str, Path]:
+    """train/test/validation data files in `root`, by file stem (train.csv, test.jsonl, dev.tsv ...)."""
+    found: dict[str, Path] = {}
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in DATA_FILE_SUFFIXES)
+    for role, stems in FOLDER_SPLITS.items():
+        matches = [p for p in files if p.stem.lower() in stems]
+        if len(matches) > 1:
+            raise DataError(f"{root}: several {role} files ({', '.join(p.name for p in matches)}); keep one")
+        if matches:
+            found[role] = matches[0]
+    if not found and len(files) == 1:
+        found["single"] = files[0]
+    return found
+
+
+def _load_path(cfg: DataConfig, with_test: bool):
+    """data.dataset naming a file (carved into train and test) or a folder of train/test files."""
+    path = Path(cfg.dataset).expanduser()
+    text_column, label_column = cfg.text_column or "text", cfg.label_column or "label"
+    carved = None
+    if path.is_file():
+        table = read_table(path, text_column, label_column)
+        train, test, carved = carve_test(table, cfg)
+        return train, None, test if with_test else None, f"file:{path}", carved
+    if not path.is_dir():
+        raise DataError(
+            f"data.dataset: {quote(cfg.dataset)} is not sst2, imdb, files or hub:OWNER/NAME, "
+            "and no such file or folder exists"
+        )
+    found = _folder_files(path)
+    if "single" in found:
+        train, test, carved = carve_test(read_table(found["single"], text_column, label_column), cfg)
+        return train, None, test if with_test else None, f"file:{found['single']}", carved
+    if "train" not in found or ("test" not in found and "validation" not in found):
+        raise DataError(
+            f"{path}: no train and test files (train.csv and test.csv, or .tsv/.jsonl; "
+            f"found {', '.join(sorted(p.name for p in found.values())) or 'no data file'})"
+        )
+    train = read_table(found["train"], text_column, label_column)
+    validation = read_table(found["validation"], text_column, label_column) if "validation" in found else None
+    if "test" in found:
+        test = read_table(found["test"], text_column, label_column) if with_test else None
+    else:  # train and validation only: the test slice comes from train, as for a single file
+        train, test, carved = carve_test(train, cfg)
+        test = test if with_test else None
+    named = [found[role] for role in ("train", "validation", "test") if role in found]
+    return train, validation, test, "folder:" + ",".join(map(str, named)), carved
+
+
+def _hub_table(name: str, part, text_column: str, label_column: str) -> RawTable:
+    """A RawTable from one split of a `datasets` dataset; ClassLabel columns give their names."""
+    for wanted in (text_column, label_column):
+        if wanted not in part.column_names:
+            raise DataError(
+                f"{name}: no column {quote(wanted)}; columns are {quote(part.column_names, 200)}"
+                + _column_hint(wanted, part.column_names)
+                + " (set --text-column / --label-column)"
+            )
+    if text_column == label_column:
+        raise DataError(f"{name}: the text column and the label column are both {quote(text_column)}")
+    feature = part.features[label_column]
+    names = list(feature.names) if hasattr(feature, "names") and hasattr(feature, "int2str") else None
+    table = RawTable(name, [], [], [], label_column, label_names=names)
+    seen: set[tuple[str, str]] = set()
+    for row, (text, label) in enumerate(zip(part[text_column], part[label_column])):
+        text = "" if text is None else str(text).strip()
+        if is_blank(text):
+            table.dropped_empty += 1
+            continue
+        if label is None or (isinstance(label, str) and not label.strip()) or (names and not 0 <= label < len(names)):
+            raise DataError(f"{name}: row {row}, column {label_column!r}: missing label ({quote(label)})")
+        label = names[label] if names else str(label).strip()
+        table.duplicates += (text, label) in seen
+        seen.add((text, label))
+        table.texts.append(text)
+        table.labels.append(label)
+        table.lines.append(row + 2)  # as a file line: row 0 follows a header
+    if not table.texts:
+        raise DataError(f"{name}: every text is empty ({table.dropped_empty} rows)")
+    return table
+
+
+def _open_hub_dataset(cfg: DataConfig):
+    """The DatasetDict of `hub:OWNER/NAME[:CONFIG]`: a local folder of that name first (a dataset saved
+    with save_to_disk, or data files such as parquet), else the hub or its local cache."""
+    from sentitune.models import hub_offline_reason
+
+    repo, _, config_name = cfg.dataset[len("hub:") :].partition(":")
+    local = Path(repo).expanduser()
+    reason = None if local.is_dir() else hub_offline_reason()
+    if reason and not os.environ.get("HF_HUB_OFFLINE"):
+        # unreachable without HF_HUB_OFFLINE: datasets would retry for minutes before failing
+        raise DataError(f"dataset {cfg.dataset}: cannot be downloaded: {reason}")
+    import datasets
+
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # an error must stay the one line on stderr
+    try:
+        if (local / "dataset_dict.json").is_file() or (local / "dataset_info.json").is_file():
+            loaded = datasets.load_from_disk(str(local))
+        else:
+            loaded = datasets.load_dataset(str(local) if local.is_dir() else repo, config_name or None)
+    except Exception as exc:  # datasets raises many types (offline, not found, bad config); all mean one thing here
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = f"{reason}, and it is not in the local cache" if reason else detail
+        raise DataError(f"dataset {cfg.dataset}: cannot be loaded: {why}") from None
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    return loaded
+
+
+def _load_hub_by_id(cfg: DataConfig, with_test: bool):
+    loaded = _open_hub_dataset(cfg)
+    available = list(loaded)
+    text_column, label_column = cfg.text_column or "text", cfg.label_column or "label"
+    for flag, split in (("--train-split", cfg.train_split), ("--test-split", cfg.test_split)):
+        if split is not None and split not in loaded:
+            raise DataError(f"dataset {cfg.dataset}: no split {quote(split)} ({flag}); splits are {quote(available)}")
+    train = _hub_table(f"{cfg.dataset}:{cfg.train_split}", loaded[cfg.train_split], text_column, label_column)
+    test_split = cfg.test_split or ("test" if "test" in loaded and cfg.train_split != "test" else None)
+    carved = None
+    if test_split is None:
+        train, test, carved = carve_test(train, cfg)
+    else:
+        test = _hub_table(f"{cfg.dataset}:{test_split}", loaded[test_split], text_column, label_column)
+    return train, None, test if with_test else None, cfg.dataset, carved
+
+
+def load_raw_tables(cfg: DataConfig, with_test: bool = True) -> tuple[RawTable, RawTable | None, RawTable | None, str]:
+    """(train, validation or None, test, source description); without `with_test` the test file is
+    never opened and test is None."""
+    return load_sources(cfg, with_test)[:4]
+
+
+def load_sources(cfg: DataConfig, with_test: bool = True):
+    """load_raw_tables plus how a test split was carved (None when the data had one)."""
+    if cfg.dataset.startswith("hub:"):
+        return _load_hub_by_id(cfg, with_test)
+    if cfg.dataset not in ("sst2", "imdb", "files"):
+        return _load_path(cfg, with_test)
+    return (*_load_named(cfg, with_test), None)
+
+
+def _load_named(cfg: DataConfig, with_test: bool) -> tuple[RawTable, RawTable | None, RawTable | None, str]:
     validation = None
     if cfg.dataset == "files":
         text_column, label_column = cfg.text_column or "text", cfg.label_column or "label"
         train = read_table(cfg.train_file, text_column, label_column)
-        test = read_table(cfg.test_file, text_column, label_column)
+        test = read_table(cfg.test_file, text_column, label_column) if with_test else None
         if cfg.validation_file:
             validation = read_table(cfg.validation_file, text_column, label_column)
         return train, validation, test, f"files:{cfg.train_file},{cfg.test_file}"
     root = resolve_data_dir(cfg)
     if root is None:
         (train, test), source = _load_hub(cfg)
-        return train, None, test, source
+        return train, None, test if with_test else None, source
     names = {"sst2": ("train.tsv", "dev.tsv"), "imdb": ("train.csv", "test.csv")}[cfg.dataset]
     pair = _find_pair(root, cfg.dataset, names)
     if pair is None:
@@ -544,7 +769,7 @@ def load_raw_tables(cfg: DataConfig) -> tuple[RawTable, RawTable | None, RawTabl
     text_column = cfg.text_column or ("sentence" if cfg.dataset == "sst2" else "text")
     label_column = cfg.label_column or "label"
     train = read_table(pair[0], text_column, label_column)
-    test = read_table(pair[1], text_column, label_column)
+    test = read_table(pair[1], text_column, label_column) if with_test else None
     return train, None, test, f"local:{pair[0]},{pair[1]}"
 
 
@@ -567,14 +792,46 @@ def _stratified_take(labels: list[int], size: float, seed: int) -> tuple[np.ndar
     return np.sort(taken), np.sort(rest)
 
 
-def load_splits(cfg: DataConfig) -> DatasetSplits:
-    train_table, validation_table, test_table, source = load_raw_tables(cfg)
+def nested_stratified_order(labels: list, seed: int) -> np.ndarray:
+    """A seeded order of all examples in which every prefix is stratified: the first n hold each class
+    in proportion to its share (within one example), and the first 500 contain the first 250. Learning
+    curves take their subsets as prefixes of this one order, so a larger training set only adds.
+
+    Each example of class c at rank r (in a seeded shuffle of its class) gets the key (r + u) / n_c,
+    u uniform in [0, 1); sorting by key interleaves the classes at their rates.
+
+    Example:
+        >>> order = nested_stratified_order([0] * 6 + [1] * 2, seed=0)
+        >>> sorted(order[:4].tolist()) == sorted(set(order[:4].tolist())), [int(i >= 6) for i in order[:4]].count(1)
+        (True, 1)
+    """
+    labels = [label if np.ndim(label) == 0 else "".join(map(str, label)) for label in labels]
+    rng = np.random.default_rng(seed)
+    keys = np.empty(len(labels))
+    for label in sorted(set(labels), key=str):
+        members = np.flatnonzero(np.array([item == label for item in labels], dtype=bool))
+        ranks = rng.permutation(len(members))
+        keys[members] = (ranks + rng.random(len(members))) / len(members)
+    return np.argsort(keys, kind="stable")
+
+
+def nested_subset(labels: list, size: int, seed: int) -> np.ndarray:
+    """The first `size` examples of nested_stratified_order, in their original order."""
+    if size > len(labels):
+        raise DataError(f"cannot take {size} training examples from a training split of {len(labels)}")
+    return np.sort(nested_stratified_order(labels, seed)[:size])
+
+
+def load_splits(cfg: DataConfig, with_test: bool = True) -> DatasetSplits:
+    """Train, validation and test as configured. Without `with_test` the test file is never read, and
+    `test` is the validation slice (evaluated_split "validation"): what tuning trials score on."""
+    train_table, validation_table, test_table, source, carved = load_sources(cfg, with_test)
     multi = cfg.problem_type == "multi_label"
     if multi:
         label_names = list(cfg.label_names or []) or infer_label_names([_exploded(train_table, cfg.label_separator)])
         to_ids = functools.partial(multi_hot, label_names=label_names, separator=cfg.label_separator)
     else:
-        label_names = _default_names(cfg) or infer_label_names([train_table])
+        label_names = _default_names(cfg) or train_table.label_names or infer_label_names([train_table])
         to_ids = functools.partial(map_labels, label_names=label_names)
     if len(label_names) < 2:
         raise DataError(
@@ -587,24 +844,32 @@ def load_splits(cfg: DataConfig) -> DatasetSplits:
             f"{train_table.path}: column {train_table.label_column!r} has a single class "
             f"({quote(label_names[train.labels[0]])}); a classifier needs at least two"
         )
-    test = Split(test_table.texts, to_ids(test_table))
+    test = Split(test_table.texts, to_ids(test_table)) if test_table is not None else None
     if validation_table is not None:
         validation = Split(validation_table.texts, to_ids(validation_table))
     else:
         taken, rest = _stratified_take(train.labels, cfg.validation_size, cfg.split_seed)
         validation, train = train.subset(taken), train.subset(rest)
+    if cfg.train_subset and cfg.train_subset > len(train):
+        raise DataError(
+            f"data.train_subset: {cfg.train_subset} is more than the {len(train)} training examples of "
+            f"{train_table.path} left beside the validation slice"
+        )
     if cfg.train_subset and cfg.train_subset < len(train):
-        taken, _ = _stratified_take(train.labels, cfg.train_subset, cfg.split_seed + 1)
-        train = train.subset(taken)
-    if cfg.test_subset and cfg.test_subset < len(test):
+        train = train.subset(nested_subset(train.labels, cfg.train_subset, cfg.split_seed + 1))
+    if test is not None and cfg.test_subset and cfg.test_subset < len(test):
         taken, _ = _stratified_take(test.labels, cfg.test_subset, cfg.split_seed + 2)
         test = test.subset(taken)
-    tables = [train_table, test_table] + ([validation_table] if validation_table else [])
+    tables = [t for t in (train_table, test_table, validation_table) if t is not None]
     notes = {
         "dropped_empty_texts": sum(t.dropped_empty for t in tables),
         "duplicate_rows": sum(t.duplicates for t in tables),
     }
-    return DatasetSplits(train, validation, test, label_names, source, notes)
+    if test is None:
+        return DatasetSplits(
+            train, validation, validation, label_names, source, notes, evaluated_split="validation", carved=carved
+        )
+    return DatasetSplits(train, validation, test, label_names, source, notes, carved=carved)
 
 
 # ---- tokenisation -----------------------------------------------------------------------------

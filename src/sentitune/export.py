@@ -4,7 +4,9 @@
     sentitune export --model runs/sst2-lora --format onnx --quantize int8 --output exported/sst2-lora-int8
 
 An exported folder is self-contained: weights, tokenizer, `config.json` (id2label) and `sentitune.json`
-(labels, max_length, truncation, files), so `Predictor.load(folder)` needs nothing else. An ONNX export
+(labels, max_length, truncation, files, and the run's softmax `temperature`), so `Predictor.load(folder)`
+needs nothing else. The ONNX graph outputs raw logits: Predictor.load applies the temperature, and any
+other runtime must compute softmax(logits / temperature) to serve the calibrated probabilities. An ONNX export
 keeps `model.onnx` (fp32) and, with `--quantize int8`, `model.int8.onnx`, which becomes the default.
 `parity.json` records, for every variant, the largest probability difference from the torch model and
 the accuracy on the run's test split (or `--parity-data`).
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sentitune import results
+from sentitune import modelcard, results
 from sentitune.inference import EXPORT_MANIFEST, ONNX_INPUTS, Predictor
 from sentitune.runtime import package_versions
 
@@ -44,6 +46,21 @@ OPSET = 17
 
 
 # ---- pieces -----------------------------------------------------------------------------------
+
+
+def card_slices(run) -> dict[str, tuple[float, int]]:
+    """{slice: (test accuracy, examples)} for the export's model card: the negation slice (analysis'
+    rule), where the test split has any; {} when the run's predictions cannot be read."""
+    from sentitune.analysis import slice_masks
+
+    try:
+        predictions = results.load_predictions(run.path)
+    except results.RunFolderError:
+        return {}
+    mask = slice_masks(predictions.texts)["negation"]["mask"]
+    if not mask.any():
+        return {}
+    return {"negation": (float(predictions.correct[mask].mean()), int(mask.sum()))}
 
 
 def load_for_export(run_dir: str | Path) -> Predictor:
@@ -383,6 +400,9 @@ def export_run(
             "label_names": torch_predictor.label_names,
             "max_length": torch_predictor.max_length,
             "truncation": torch_predictor.truncation,
+            # The graph and the HF weights give raw logits; Predictor.load divides them by this
+            # temperature (fitted on the run's validation slice). Other runtimes must do the same.
+            "temperature": torch_predictor.temperature,
             "source_run": str(run.path),
             "method": run.config.method.name,
             "model": run.config.model,
@@ -422,6 +442,7 @@ def export_run(
             variants = {"torch": torch_predictor}
             for variant in files:
                 variants[f"onnx-{variant}"] = Predictor.load(staging, device="cpu", variant=variant)
+        modelcard.write_run_card(staging, run.config, run.metrics, card_slices(run), "path/to/this/folder")
         if not parity:
             del variants
             _make_readable(staging)

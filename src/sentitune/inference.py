@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -33,7 +34,7 @@ import numpy as np
 from sentitune import results
 from sentitune.data import input_format, stream_texts  # noqa: F401 - re-exported for callers of predict
 from sentitune.methods import registry
-from sentitune.metrics import sigmoid, softmax
+from sentitune.metrics import log_probabilities, sigmoid, temperature_scale
 
 
 EXPORT_MANIFEST = "sentitune.json"
@@ -279,6 +280,7 @@ class Predictor:
         variant: str | None = None,
         batch_size: int = 64,
         thresholds: list[float] | None = None,
+        temperature: float = 1.0,
     ):
         self.label_names = list(label_names)
         self.max_length = max_length
@@ -292,6 +294,9 @@ class Predictor:
         self.batch_size = batch_size
         self.thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
         """Multi-label runs: a decision threshold per label; probabilities are then sigmoids, not a softmax."""
+        self.temperature = results.check_temperature("temperature", temperature)
+        """Single-label runs: probabilities are softmax(logits / temperature), the temperature fitted on
+        the run's validation slice (calibration.json; 1 for runs without one). The argmax is unchanged."""
         if classical is not None:
             self.backend, self._runner = "tfidf", None
         elif session is not None:
@@ -393,9 +398,14 @@ class Predictor:
         method = registry.get(cfg.method.name)
         max_length = cfg.data.resolved_max_length
         check_head_width(run.path / results.LABELS_FILE, run.label_names, model_dir)
+        temperature = results.read_temperature(run.path)  # 1 for runs made before temperature scaling
         if not method.neural:
             return cls(
-                run.label_names, max_length, classical=_load_checked(method, model_dir, None), source=str(run.path)
+                run.label_names,
+                max_length,
+                classical=_load_checked(method, model_dir, None),
+                source=str(run.path),
+                temperature=temperature,
             )
         from sentitune.models import load_tokenizer_from
 
@@ -419,6 +429,7 @@ class Predictor:
             device=device,
             source=str(run.path),
             thresholds=thresholds,
+            temperature=temperature,
         )
 
     @classmethod
@@ -464,6 +475,7 @@ class Predictor:
             device=device,
             source=str(path),
             variant=variant,
+            temperature=manifest.get("temperature", 1.0),
         )
 
     @classmethod
@@ -471,6 +483,7 @@ class Predictor:
         from transformers import AutoModelForSequenceClassification
 
         from sentitune.methods.base import check_loading_info
+        from sentitune.methods.pooling import apply_saved_pooling
         from sentitune.models import load_tokenizer_from, progress_bars_on_terminals_only, quiet_transformers
 
         device = _resolve_device(device)
@@ -487,6 +500,7 @@ class Predictor:
                     output_loading_info=True,
                 )
             check_loading_info(path, info)
+            model = apply_saved_pooling(model)  # config.json's classifier_pooling (mean-pooled runs)
         except (OSError, ValueError, RuntimeError) as exc:
             raise results.RunFolderError(f"{path}: cannot load the model folder ({weights_error(exc)})") from None
         if manifest:
@@ -497,7 +511,17 @@ class Predictor:
             max_length, truncation = min(int(tokenizer.model_max_length), 512), "head"
         check_model_fits(path, model, tokenizer, labels)
         model.to(device).eval()
-        return cls(labels, max_length, truncation, model=model, tokenizer=tokenizer, device=device, source=str(path))
+        return cls(
+            labels,
+            max_length,
+            truncation,
+            model=model,
+            tokenizer=tokenizer,
+            device=device,
+            source=str(path),
+            # A plain HF folder carries no calibration; an export's manifest carries the run's temperature.
+            temperature=(manifest or {}).get("temperature", 1.0),
+        )
 
     def describe(self) -> dict:
         """What is loaded, for /health and logs."""
@@ -509,6 +533,7 @@ class Predictor:
             "label_names": self.label_names,
             "max_length": self.max_length,
             "truncation": self.truncation,
+            "temperature": self.temperature,
         }
         if self.backend == "onnx":
             info["onnx_sessions"] = len(self._runner.sessions)
@@ -527,7 +552,10 @@ class Predictor:
             return np.zeros((0, len(self.label_names)))
         check_texts(texts)
         if self.classical is not None:
-            return np.asarray(self.classical.predict_proba(texts), dtype=np.float64)
+            probabilities = np.asarray(self.classical.predict_proba(texts), dtype=np.float64)
+            if self.temperature == 1.0:
+                return probabilities
+            return temperature_scale(log_probabilities(probabilities), self.temperature)
         from sentitune.data import encode_texts
 
         batch_size = batch_size or self.batch_size
@@ -537,7 +565,7 @@ class Predictor:
         batches = plan_batches(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), batch_size)
         padded = ((chunk, *_pad([ids[i] for i in chunk], pad_id)) for chunk in batches)
         for chunk, logits in self._runner.map(padded):
-            out[chunk] = softmax(logits) if self.thresholds is None else sigmoid(logits)
+            out[chunk] = temperature_scale(logits, self.temperature) if self.thresholds is None else sigmoid(logits)
         return out
 
     def predict(self, texts: Iterable[str], batch_size: int | None = None) -> list[dict]:
@@ -705,7 +733,67 @@ def read_manifest(folder: str | Path) -> dict:
     if manifest["format"] not in ("onnx", "hf"):
         raise results.RunFolderError(f"{path}: unknown format {manifest['format']!r} (expected onnx or hf)")
     results.check_label_names(path, manifest["label_names"])
+    if "temperature" in manifest:  # exports made before temperature scaling have none: T = 1
+        results.check_temperature(path, manifest["temperature"])
     return manifest
+
+
+# ---- labelled files: `evaluate` and compare's eval sets ---------------------------------------
+
+
+def score_labelled_file(
+    predictor: Predictor,
+    data_file: str | Path,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    batch_size: int | None = None,
+) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
+    """Scores a labelled CSV/TSV/JSONL file with a loaded single-label predictor.
+
+    Labels must belong to the predictor's label set (data.read_labelled_file: by name, or by id for
+    0..K-1 files); one that does not is one DataError line naming the file, line and label.
+
+    Returns:
+        (texts, gold ids, probabilities, metrics): `test_*` scores as a run's metrics.json names them
+        (accuracy, macro F1, loss, and `test_ece`), the file and its SHA-256 (a changed file is
+        scored again), the example count and the temperature the probabilities were scaled with.
+
+    Example:
+        >>> texts, gold, probs, metrics = score_labelled_file(predictor, "suite.tsv")  # doctest: +SKIP
+    """
+    import hashlib
+
+    from sentitune.data import read_labelled_file
+    from sentitune.metrics import classification_metrics, expected_calibration_error
+
+    data_file = Path(data_file)
+    table, gold = read_labelled_file(data_file, predictor.label_names, text_column, label_column)
+    gold = np.asarray(gold, dtype=np.int64)
+    probabilities = predictor.predict_proba(table.texts, batch_size)
+    metrics = {f"test_{k}": v for k, v in classification_metrics(gold, probabilities).items()}
+    metrics.update(
+        {
+            "test_ece": expected_calibration_error(gold, probabilities)["ece"],
+            "data_file": str(data_file),
+            "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest(),
+            "test_examples": len(gold),
+            "run": predictor.source,
+            "temperature": predictor.temperature,
+            "dropped_empty_texts": table.dropped_empty,
+            "duplicate_rows": table.duplicates,
+        }
+    )
+    return table.texts, gold, probabilities, metrics
+
+
+def write_scored_file(output_dir: str | Path, texts, gold, probabilities, label_names, metrics: dict) -> None:
+    """An evaluation folder: predictions.csv (as a run's) and metrics.json (status ok + `metrics`), each
+    written atomically, metrics.json last: a folder with a metrics.json holds finished predictions."""
+    output_dir = Path(output_dir)
+    results.atomic_write_csv(
+        output_dir / results.PREDICTIONS_FILE, results.predictions_rows(texts, gold, probabilities, label_names)
+    )
+    results.atomic_write_json(output_dir / results.METRICS_FILE, {"status": "ok", **metrics})
 
 
 # ---- files in, JSONL out ----------------------------------------------------------------------
@@ -724,7 +812,9 @@ def write_jsonl(rows: Iterable[dict], output: str | None) -> int:
         return count
     path = Path(output)
     results.check_output_path(path, "--output", "file")  # a folder, or a parent that is a file: one line
-    with results.exclusive_lock(path), results.atomic_writer(path) as out:
+    # A device or pipe (/dev/null) is written through, with no lock file planted beside it in /dev.
+    lock = contextlib.nullcontext() if results.is_special_file(path) else results.exclusive_lock(path)
+    with lock, results.atomic_writer(path) as out:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1

@@ -422,6 +422,77 @@ def expected_calibration_error(gold, probabilities, bins: int = 10) -> dict:
     return {"ece": float(ece), "bins": table}
 
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+"""The range a fitted temperature is searched in. A small validation slice that the model classifies
+perfectly pulls the NLL-optimal T towards 0 (ever sharper probabilities); the bound keeps such a fit
+from turning every prediction into a certainty."""
+
+
+def log_probabilities(probabilities) -> np.ndarray:
+    """log p, clipped away from log 0: logits for a model that exposes only probabilities (softmax of
+    them gives p back), so temperature scaling applies to it as to a network's logits.
+
+    Example:
+        >>> softmax(log_probabilities(np.array([[0.25, 0.75]]))).round(6).tolist()
+        [[0.25, 0.75]]
+    """
+    return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-300, 1.0))
+
+
+def temperature_scale(logits, temperature: float) -> np.ndarray:
+    """Calibrated probabilities softmax(logits / T). Dividing every logit of a row by the same T > 0
+    keeps their order, so the predicted class never changes; T > 1 softens, T < 1 sharpens.
+
+    Example:
+        >>> temperature_scale(np.array([[0.0, np.log(9.0)]]), 2.0).round(4).tolist()
+        [[0.25, 0.75]]
+    """
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    return softmax(np.asarray(logits, dtype=np.float64) / temperature)
+
+
+def fit_temperature(logits, gold, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The single temperature T minimising the mean negative log-likelihood of softmax(logits / T) on
+    held-out examples (temperature scaling, Guo et al. 2017).
+
+    The NLL is convex in 1/T, so a bounded scalar search over 1/T finds the global minimum within
+    `bounds`. Fit it on the validation slice, never on test.
+
+    Args:
+        logits: n x k logits (log_probabilities() for models that give only probabilities).
+        gold: n class ids.
+        bounds: (lowest, highest) temperature allowed.
+
+    Returns:
+        T; 1.0 when there is no example to fit on.
+
+    Example:
+        >>> # the model says 0.88 (margin 2) on every example, but only 3 of 4 are right: T = 2 / ln 3
+        >>> logits = np.array([[0.0, 2.0]] * 4)
+        >>> round(fit_temperature(logits, np.array([1, 1, 1, 0])), 4), round(2 / math.log(3), 4)
+        (1.8205, 1.8205)
+    """
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, dtype=np.float64)
+    gold = np.asarray(gold, dtype=np.int64)
+    if logits.ndim != 2 or len(logits) != len(gold):
+        raise ValueError(f"fit_temperature needs n x k logits and n labels, got {logits.shape} and {gold.shape}")
+    if len(gold) == 0:
+        return 1.0
+    rows = np.arange(len(gold))
+
+    def nll(inverse: float) -> float:
+        scaled = logits * inverse
+        scaled -= scaled.max(axis=1, keepdims=True)
+        return float((np.log(np.exp(scaled).sum(axis=1)) - scaled[rows, gold]).mean())
+
+    low, high = bounds
+    result = minimize_scalar(nll, bounds=(1 / high, 1 / low), method="bounded", options={"xatol": 1e-9})
+    return float(1 / result.x)
+
+
 def confusion_matrix(gold, predicted, num_labels: int) -> np.ndarray:
     matrix = np.zeros((num_labels, num_labels), dtype=int)
     np.add.at(matrix, (np.asarray(gold), np.asarray(predicted)), 1)
@@ -497,3 +568,27 @@ def choose_thresholds(gold, probabilities, grid=None) -> np.ndarray:
         best = np.flatnonzero(scores == scores.max())
         thresholds[j] = float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])
     return thresholds
+
+
+def pareto_front(points: list[tuple[float, ...]], maximize: tuple[bool, ...]) -> list[int]:
+    """Indices of the points no other point dominates: at least as good on every axis and strictly
+    better on one (`maximize[i]` says which way axis i is better). Points with a NaN are never on it.
+
+    Example:
+        >>> # (accuracy, peak memory): b is dominated by a; c trades accuracy for memory
+        >>> pareto_front([(0.90, 800), (0.88, 900), (0.85, 300)], maximize=(True, False))
+        [0, 2]
+    """
+    signed = [tuple(v if up else -v for v, up in zip(p, maximize)) for p in points]
+    front = []
+    for i, p in enumerate(signed):
+        if any(math.isnan(v) for v in p):
+            continue
+        dominated = any(
+            all(o >= v for o, v in zip(q, p)) and any(o > v for o, v in zip(q, p))
+            for j, q in enumerate(signed)
+            if j != i and not any(math.isnan(v) for v in q)
+        )
+        if not dominated:
+            front.append(i)
+    return front

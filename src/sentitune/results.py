@@ -6,8 +6,13 @@
     <run>/metrics.json       status, test metrics, parameters, speed, memory, provenance (units in keys)
     <run>/predictions.csv    test split: text, gold, pred, prob_<label> per class
     <run>/history.csv        training history: step, epoch, loss, learning_rate, eval_* per log event
-    <run>/model/             weights as safetensors (+ tokenizer); LoRA: adapter + head only
+    <run>/model/             weights as safetensors (+ tokenizer) and a model card (README.md); loads with
+                             plain transformers (full, head, bitfit) or peft (LoRA-like: adapter + head only)
     <run>/thresholds.json    multi-label runs only: {label: decision threshold} chosen on validation
+    <run>/calibration.json   single-label runs: the softmax temperature fitted on validation (absent: T = 1)
+    <run>/evaluations/<name>/  extra labelled files scored with the run (predictions.csv, metrics.json)
+    <run>/embeddings/        embed runs only: pooled embeddings of train and validation (safetensors)
+    <run>/tensorboard/       train.report_to tensorboard only: the Trainer's event files
 
 Every file is written atomically (temp file + rename), so a crash leaves the old or the new file.
 
@@ -25,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -43,7 +49,9 @@ LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 HISTORY_FILE = "history.csv"
+PROGRESS_FILE = "progress.json"  # step, loss, speed and ETA while a run trains; compare shows it
 THRESHOLDS_FILE = "thresholds.json"
+CALIBRATION_FILE = "calibration.json"
 MODEL_DIR = "model"
 
 
@@ -158,6 +166,13 @@ def atomic_writer(path: str | Path, mode: str = "w", encoding: str = "utf-8", ne
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_writer: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
+    if is_special_file(path):
+        # /dev/null, /dev/stdout, a named pipe: written through. A temp file renamed over it would
+        # replace the device node itself (as root, `--output /dev/null` turned /dev/null into a file).
+        text = {} if mode == "wb" else {"encoding": encoding, "newline": newline}
+        with writing(path), open(path, mode, **text) as out:
+            yield out
+        return
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         sweep_leftovers(path)
@@ -194,6 +209,16 @@ def atomic_writer(path: str | Path, mode: str = "w", encoding: str = "utf-8", ne
             pass
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def is_special_file(path: str | Path) -> bool:
+    """True for an existing output that is neither a regular file nor a folder (a device such as
+    /dev/null, a named pipe, a socket), following symlinks (/dev/stdout)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -283,6 +308,22 @@ def read_thresholds(folder: str | Path, label_names: list[str]) -> list[float]:
         return [float(saved[name]) for name in label_names]
     except (KeyError, TypeError, ValueError) as exc:
         raise RunFolderError(f"{path}: damaged ({type(exc).__name__}: {quote(str(exc))})") from None
+
+
+def check_temperature(where: str | Path, value: Any) -> float:
+    """A stored softmax temperature: a positive finite number, else one RunFolderError line naming `where`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
+        raise RunFolderError(f"{where}: temperature must be a positive number, got {quote(value)}; the file is damaged")
+    return float(value)
+
+
+def read_temperature(folder: str | Path) -> float:
+    """The run's softmax temperature from calibration.json; 1.0 (no scaling) for runs without one:
+    runs made before temperature scaling, and multi-label runs."""
+    path = Path(folder) / CALIBRATION_FILE
+    if not path.exists():
+        return 1.0
+    return check_temperature(path, read_json(path, dict).get("temperature"))
 
 
 def read_status(folder: str | Path) -> str | None:
@@ -564,6 +605,8 @@ CHECKPOINTS_MARKER = ".sentitune-checkpoints"
 LOCK_FILE = ".sentitune.lock"
 EVALUATIONS_DIR = "evaluations"
 ANALYSIS_DIR = "analysis"
+EMBEDDINGS_DIR = "embeddings"
+TENSORBOARD_DIR = "tensorboard"
 RUN_ENTRIES = {
     RUN_MARKER,
     LOCK_FILE,
@@ -572,10 +615,14 @@ RUN_ENTRIES = {
     METRICS_FILE,
     PREDICTIONS_FILE,
     HISTORY_FILE,
+    PROGRESS_FILE,
     THRESHOLDS_FILE,
+    CALIBRATION_FILE,
     MODEL_DIR,
     EVALUATIONS_DIR,
     ANALYSIS_DIR,
+    EMBEDDINGS_DIR,
+    TENSORBOARD_DIR,
 }
 """Everything sentitune writes at the top of a run folder (checkpoints/ counts only when it is its own)."""
 
@@ -656,6 +703,23 @@ def check_output_dir(folder: str | Path, overwrite: bool, ours, what: str, flag:
                 f"{folder}: not empty and not {what}; sentitune never replaces a folder it did "
                 f"not create, so pick another {flag}"
             )
+
+
+def check_foreign_files(folder: str | Path, names, ours: bool, flag: str = "--output-dir") -> None:
+    """The check before evaluate, analyze or compare add their files to a folder the user named: unless
+    it is that command's own earlier output (`ours`), a run folder is refused, and so is a folder that
+    already holds one of `names` (a user's predictions.csv or results.csv), which would be replaced."""
+    folder = Path(folder)
+    if ours or not folder.is_dir():
+        return
+    if is_run_folder(folder):
+        raise RunFolderError(f"{folder}: is a run folder; pick another {flag} (a new or empty folder)")
+    taken = next((name for name in names if (folder / name).exists() or (folder / name).is_symlink()), None)
+    if taken is not None:
+        raise RunFolderError(
+            f"{folder / taken}: already there and not written by sentitune; sentitune never replaces a file "
+            f"it did not write, so pick another {flag} (a new or empty folder)"
+        )
 
 
 def _pid_alive(pid: int) -> bool:

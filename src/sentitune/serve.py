@@ -6,16 +6,18 @@
     GET  /metrics   Prometheus text: requests, latency histogram, batch sizes, queue depth
     GET  /          a small self-contained page to try a sentence
 
-Requests wait in one asyncio queue; one worker takes what is waiting (up to `max_batch_size` texts,
-waiting at most `max_wait_ms` for more) and runs the predictor in a thread, so the event loop keeps
-accepting requests while the model works, and a burst of single-sentence requests costs one batched
-model call instead of many. Nothing here is global: every app owns its queue, worker and metrics.
-Requests carry texts only; no file path is ever taken from a request.
+Requests wait for one worker, which builds each model call fairly from what is waiting (up to
+`max_batch_size` texts, at most one slice of each request, waiting at most `max_wait_ms` for more; see
+MicroBatcher) and runs the predictor in a thread, so the event loop keeps accepting requests while the
+model works, a burst of single-sentence requests costs one batched model call instead of many, and a
+large request cannot hold up a small one. Clients are bounded too: headers and bodies have deadlines,
+connections a cap (`uvicorn_options`). Nothing here is global: every app owns its queue, worker and
+metrics. Requests carry texts only; no file path is ever taken from a request.
 
 Example:
     >>> from sentitune.inference import Predictor
     >>> app = create_app(Predictor.load("exported/sst2-lora-int8"), ServeSettings(max_wait_ms=2))  # doctest: +SKIP
-    >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
+    >>> # uvicorn.run(app, host="127.0.0.1", port=8000, **uvicorn_options(app))
 """
 
 import asyncio
@@ -25,7 +27,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sentitune.config import ConfigError, ServeSettings
 from sentitune.data import is_blank, is_unicode
+from sentitune.errors import quote
 from sentitune.inference import prediction_row
 from sentitune.results import RunFolderError
 
@@ -83,6 +86,13 @@ class ServeMetrics:
         )
         self.texts = Counter("sentitune_texts", "Texts predicted", registry=self.registry)
         self.queue_texts = Gauge("sentitune_queue_texts", "Texts waiting for the model", registry=self.registry)
+        self.timeouts = Counter(
+            "sentitune_timeouts",
+            "Connections or requests cut off: slow headers (header), slow body (body), oversized headers "
+            "(header_size) or request (request_size)",
+            ["kind"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -93,11 +103,26 @@ class ServeMetrics:
 # ---- micro-batching ---------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the fields hold numpy arrays
 class _Job:
+    """One request: its texts in length order, how far the model has got, and the answer so far."""
+
     texts: list[str]
     future: asyncio.Future
-    queued_at: float = field(default_factory=time.perf_counter)
+    seq: int
+    order: np.ndarray
+    """Indices of `texts`, shortest first: a slice of neighbours pads little (as `plan_batches` cuts)."""
+    result: np.ndarray | None = None
+    done: int = 0
+    """Texts (of `order`) predicted so far."""
+    slices: int = 0
+    """Model calls this job has had a slice in."""
+    skipped: int = 0
+    """Model calls made since this job last had a slice (or arrived) that gave it none."""
+
+    @property
+    def remaining(self) -> int:
+        return len(self.texts) - self.done
 
 
 class Overloaded(RuntimeError):
@@ -105,7 +130,17 @@ class Overloaded(RuntimeError):
 
 
 class MicroBatcher:
-    """One queue, one worker task, one predictor thread.
+    """Fair micro-batching: one worker task, one predictor thread, requests split and interleaved.
+
+    Each model call takes at most `max_batch_size` texts and at most one slice of each waiting
+    request: requests that have had the fewest slices go first, the smallest first among equals; the
+    first takes a slice of up to a whole call, and others join it only when all they have left fits
+    in the room left. So a one-text request that arrives behind four 256-text requests is answered
+    by the very next call, of its own size, instead of waiting for all of them (head-of-line
+    blocking), while the large ones take turns. A request passed over for a whole round (the calls
+    it would take to give every waiting request one slice) goes first, so a steady stream of small
+    requests cannot starve a large one. A call made only of requests that have not started waits up
+    to `max_wait_ms` for more to join it.
 
     Example:
         >>> batcher = MicroBatcher(predictor.predict_proba, ServeSettings(), ServeMetrics())  # doctest: +SKIP
@@ -116,110 +151,158 @@ class MicroBatcher:
         self.predict_proba = predict_proba
         self.settings = settings
         self.metrics = metrics
-        self.queue: asyncio.Queue[_Job | None] | None = None
+        self.jobs: list[_Job] = []
         self.pending_texts = 0
         self.task: asyncio.Task | None = None
+        self.wakeup: asyncio.Event | None = None
         # One thread: the predictor (and ONNX Runtime's own thread pool) gets the cores to itself.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentitune-predict")
         self.stopping = False
-        self._carry: _Job | None = None  # a job too large to join the last batch opens the next
+        self._seq = 0
 
     async def start(self) -> None:
-        self.queue = asyncio.Queue()
+        self.wakeup = asyncio.Event()
         self.task = asyncio.create_task(self._work(), name="sentitune-batcher")
 
     async def stop(self) -> None:
         """Finishes every queued request, then stops the worker and its thread."""
         self.stopping = True
-        if self.task is not None and self.queue is not None:
-            self.queue.put_nowait(None)  # behind every queued job, so they all finish first
+        if self.task is not None:
+            self.wakeup.set()
             await self.task
         self.executor.shutdown(wait=True)
 
     async def submit(self, texts: list[str]) -> np.ndarray:
-        if self.queue is None or self.stopping:
+        if self.task is None or self.stopping:
             raise Overloaded("server is shutting down")
         if self.pending_texts + len(texts) > self.settings.max_queue_texts:
             raise Overloaded(
                 f"{self.pending_texts} texts already queued (max_queue_texts {self.settings.max_queue_texts})"
             )
-        job = _Job(texts, asyncio.get_running_loop().create_future())
-        self.pending_texts += len(texts)
-        self.metrics.queue_texts.set(self.pending_texts)
-        self.queue.put_nowait(job)
+        order = np.argsort(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), kind="stable")
+        self._seq += 1
+        job = _Job(list(texts), asyncio.get_running_loop().create_future(), self._seq, order)
+        self.jobs.append(job)
+        self._count(len(texts))
+        self.wakeup.set()
         return await job.future
 
-    async def _next_batch(self, first: _Job) -> tuple[list[_Job], bool]:
-        """`first` plus whatever arrives within max_wait_ms, up to max_batch_size texts."""
+    def _count(self, texts: int) -> None:
+        self.pending_texts += texts
+        self.metrics.queue_texts.set(self.pending_texts)
+
+    def _drop(self, job: _Job) -> None:
+        self.jobs.remove(job)
+        self._count(-job.remaining)
+
+    def _plan(self) -> list[tuple[_Job, np.ndarray]]:
+        """The next model call: (job, indices into job.texts) pairs, at most one per job."""
+        for job in [job for job in self.jobs if job.future.done()]:
+            self._drop(job)  # its client went away (timeout, disconnect): nobody waits for the rest
+        room, call = self.settings.max_batch_size, []
+        # A round, in which every waiting request would get one slice, takes this many calls; a request
+        # passed over for a whole round goes first.
+        round_calls = -(-sum(min(job.remaining, room) for job in self.jobs) // room)
+        ranked = sorted(self.jobs, key=lambda job: (job.skipped < round_calls, job.slices, job.remaining, job.seq))
+        for job in ranked:
+            if room == 0:
+                break
+            # The first request takes a slice of up to a whole call; the others join only when all
+            # they have left fits, so a small request never waits for a slice of a large one that rode
+            # along in its call, and large requests take their turns one call each.
+            take = min(room, job.remaining) if not call else job.remaining if job.remaining <= room else 0
+            if take:
+                call.append((job, job.order[job.done : job.done + take]))
+                room -= take
+        return call
+
+    async def _gather(self) -> list[tuple[_Job, np.ndarray]]:
+        """The next call; if it has room and no request in it has started, waits up to max_wait_ms
+        for more requests to join."""
         loop = asyncio.get_running_loop()
-        jobs, count, stop = [first], len(first.texts), False
         deadline = loop.time() + self.settings.max_wait_ms / 1000
-        while count < self.settings.max_batch_size:
+        while True:
+            call = self._plan()
+            size = sum(len(chunk) for _, chunk in call)
+            remaining = deadline - loop.time()
+            if (
+                not call
+                or size >= self.settings.max_batch_size
+                or any(job.slices for job, _ in call)
+                or self.stopping
+                or remaining <= 0
+            ):
+                return call
+            self.wakeup.clear()
             try:
-                job = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            if job is None:
-                stop = True
-                break
-            if count + len(job.texts) > self.settings.max_batch_size:
-                self._carry = job
-                break
-            jobs.append(job)
-            count += len(job.texts)
-        return jobs, stop
+                await asyncio.wait_for(self.wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        stop = False
-        while not stop:
-            first = self._carry or await self.queue.get()
-            self._carry = None
-            if first is None:
-                break
-            jobs, stop = await self._next_batch(first)
-            texts = [text for job in jobs for text in job.texts]
-            self.pending_texts -= len(texts)
-            self.metrics.queue_texts.set(self.pending_texts)
-            self.metrics.batch_size.observe(len(texts))
-            self.metrics.batch_requests.observe(len(jobs))
-            started = time.perf_counter()
-            try:
-                probabilities = await loop.run_in_executor(self.executor, self.predict_proba, texts)
-            except Exception as exc:  # the worker keeps serving
-                if len(jobs) == 1:
-                    if not jobs[0].future.done():
-                        jobs[0].future.set_exception(exc)
-                    continue
-                # One request's texts must not fail the others merged into its batch: retry each alone.
-                for job in jobs:
-                    try:
-                        result = await loop.run_in_executor(self.executor, self.predict_proba, job.texts)
-                    except Exception as single:
-                        if not job.future.done():
-                            job.future.set_exception(single)
-                    else:
-                        if not job.future.done():
-                            job.future.set_result(result)
+        while True:
+            if not self.jobs:
+                if self.stopping:
+                    return
+                self.wakeup.clear()
+                await self.wakeup.wait()
                 continue
-            self.metrics.model_seconds.observe(time.perf_counter() - started)
-            self.metrics.texts.inc(len(texts))
-            start = 0
-            for job in jobs:
-                if not job.future.done():  # a client that went away cancelled its future
-                    job.future.set_result(probabilities[start : start + len(job.texts)])
-                start += len(job.texts)
-        if self._carry is not None:  # a stop arrived while a too-large job waited: still answer it
-            job = self._carry
-            result = await loop.run_in_executor(self.executor, self.predict_proba, job.texts)
-            if not job.future.done():
-                job.future.set_result(result)
+            call = await self._gather()
+            if call:
+                await self._run(call)
+
+    async def _run(self, call: list[tuple[_Job, np.ndarray]]) -> None:
+        loop = asyncio.get_running_loop()
+        texts = [job.texts[i] for job, chunk in call for i in chunk]
+        self.metrics.batch_size.observe(len(texts))
+        self.metrics.batch_requests.observe(len(call))
+        served = {id(job) for job, _ in call}
+        for job in self.jobs:
+            job.skipped = 0 if id(job) in served else job.skipped + 1
+        started = time.perf_counter()
+        try:
+            probabilities = np.asarray(await loop.run_in_executor(self.executor, self.predict_proba, texts))
+        except Exception as exc:  # the worker keeps serving
+            if len(call) == 1:
+                self._fail(call[0][0], exc)
+                return
+            # One request's texts must not fail the others merged into its call: retry each alone.
+            for job, chunk in call:
+                try:
+                    result = await loop.run_in_executor(
+                        self.executor, self.predict_proba, [job.texts[i] for i in chunk]
+                    )
+                except Exception as single:
+                    self._fail(job, single)
+                else:
+                    self._store(job, chunk, np.asarray(result))
+            return
+        self.metrics.model_seconds.observe(time.perf_counter() - started)
+        self.metrics.texts.inc(len(texts))
+        start = 0
+        for job, chunk in call:
+            self._store(job, chunk, probabilities[start : start + len(chunk)])
+            start += len(chunk)
+
+    def _store(self, job: _Job, chunk: np.ndarray, probabilities: np.ndarray) -> None:
+        if job not in self.jobs:
+            return
+        if job.result is None:
+            job.result = np.zeros((len(job.texts), probabilities.shape[1]), dtype=probabilities.dtype)
+        job.result[chunk] = probabilities
+        job.done += len(chunk)
+        job.slices += 1
+        self._count(-len(chunk))
+        if job.remaining == 0:
+            self.jobs.remove(job)
+            if not job.future.done():  # a client that went away cancelled its future
+                job.future.set_result(job.result)
+
+    def _fail(self, job: _Job, exc: Exception) -> None:
+        if job in self.jobs:
+            self._drop(job)
+        if not job.future.done():
+            job.future.set_exception(exc)
 
 
 # ---- the app ----------------------------------------------------------------------------------
@@ -240,16 +323,23 @@ def _json_by_default(scope):
     return None
 
 
+def _header_text(scope, name: bytes) -> str:
+    return next((v for k, v in scope["headers"] if k == name), b"").decode("latin-1")[:100]
+
+
 class _Guard:
-    """Pure ASGI middleware: body-size limit (413 before parsing) and request metrics.
+    """Pure ASGI middleware: body-size limit (413 before parsing), body timeout (408) and request metrics.
 
     Pure ASGI rather than `@app.middleware("http")`, whose per-request task and stream wrapping
-    cost more than the model call of a small batch.
+    cost more than the model call of a small batch. uvicorn has no timeout for a request body (its
+    keep-alive timeout runs only between requests), so a client that declares 100 bytes and sends 7
+    would hold its request, and a connection, for ever; the body is read here against a deadline.
     """
 
-    def __init__(self, app, max_bytes: int, metrics: ServeMetrics):
+    def __init__(self, app, max_bytes: int, body_timeout_s: float, metrics: ServeMetrics):
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout_s = body_timeout_s
         self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
@@ -258,8 +348,14 @@ class _Guard:
         unsupported = None
         if scope["method"] == "POST":
             converted = _json_by_default(scope)
+            encoding = next((v for k, v in scope["headers"] if k == b"content-encoding"), b"identity")
             if converted is None:
-                unsupported = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+                unsupported = "Content-Type " + repr(_header_text(scope, b"content-type")) + ": send application/json"
+            elif encoding.strip().lower() not in (b"", b"identity"):
+                # A compressed body would otherwise be read as JSON and refused as malformed (422).
+                unsupported = (
+                    f"Content-Encoding {_header_text(scope, b'content-encoding')!r}: send the body uncompressed"
+                )
             else:
                 scope = converted
         started = time.perf_counter()
@@ -277,41 +373,54 @@ class _Guard:
                 return await _send_json(
                     send,
                     415,
-                    {
-                        "error": "unsupported_media_type",
-                        "detail": f"Content-Type {unsupported.decode('latin-1')[:100]!r}: send application/json",
-                    },
+                    {"error": "unsupported_media_type", "detail": unsupported},
                 )
-            receive = await self._limited(scope, receive)
-            if receive is None:
-                status = 413
-                return await _send_json(
-                    send, 413, {"error": "body_too_large", "detail": f"request body over {self.max_bytes} bytes"}
-                )
+            refused, receive = await self._read_body(scope, receive)
+            if refused is not None:
+                status, detail = refused if isinstance(refused, tuple) else (refused, None)
+                if status == 422:
+                    return await _send_json(send, 422, {"error": "invalid_request", "detail": detail})
+                if status == 408:
+                    self.metrics.timeouts.labels("body").inc()
+                    error, detail = "body_timeout", f"the request body did not arrive within {self.body_timeout_s:g} s"
+                else:
+                    error, detail = "body_too_large", f"request body over {self.max_bytes} bytes"
+                # The rest of the body is never read: the connection cannot carry another request.
+                return await _send_json(send, status, {"error": error, "detail": detail}, close=True)
             await self.app(scope, receive, tracking_send)
         finally:
             endpoint = getattr(scope.get("route"), "path", "other")
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
-    async def _limited(self, scope, receive):
-        """`receive` if the body fits (None if not); a chunked body is read here, within the limit."""
+    async def _read_body(self, scope, receive):
+        """(None, a receive that replays the body read here), or (413 or 408, None) when the body is
+        over the limit or has not fully arrived within body_timeout_s of the headers, or
+        ((422, detail), None) when its JSON repeats a key."""
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None:
-            # The server enforces Content-Length framing, so the declared size is the real one.
-            return receive if declared.isdigit() and int(declared) <= self.max_bytes else None
+        # The server enforces Content-Length framing, so the declared size is the real one.
+        if declared is not None and not (declared.isdigit() and int(declared) <= self.max_bytes):
+            return 413, None
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
-            return receive
+            return None, receive  # no route reads the body of other methods
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
         body, more = bytearray(), True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                return 408, None
             if message["type"] != "http.request":
-                return receive  # disconnected: let the app see it
+                return None, receive  # disconnected: let the app see it
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
-                return None
+                return 413, None
+        repeated = _repeated_key(bytes(body))
+        if repeated is not None:
+            return (422, f"the JSON body names {quote(repeated)} twice"), None
         replayed = False
 
         async def replay():
@@ -321,16 +430,43 @@ class _Guard:
                 return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()
 
-        return replay
+        return None, replay
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+class _Repeated(ValueError):
+    pass
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _Repeated(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _repeated_key(body: bytes) -> str | None:
+    """A key some JSON object in `body` names twice (`{"text": "a", "text": "b"}`, where json.loads keeps
+    the last and the client gets an answer about one text without a word); None when none does or the
+    body is no valid JSON (FastAPI's parser reports that)."""
+    try:
+        json.loads(body, object_pairs_hook=_no_repeats)
+    except _Repeated as exc:
+        return str(exc)
+    except (ValueError, RecursionError):
+        pass
+    return None
+
+
+async def _send_json(send, status: int, body: dict, close: bool = False) -> None:
     payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            "headers": headers + ([(b"connection", b"close")] if close else []),
         }
     )
     await send({"type": "http.response.body", "body": payload})
@@ -388,7 +524,9 @@ def create_app(predictor, settings: ServeSettings | None = None):
     app.state.metrics = metrics
     app.state.batcher = batcher
     app.state.predictor = predictor
-    app.add_middleware(_Guard, max_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        _Guard, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s, metrics=metrics
+    )
 
     def error(status: int, code: str, detail: Any) -> JSONResponse:
         return JSONResponse({"error": code, "detail": detail}, status_code=status)
@@ -596,6 +734,122 @@ def check_address(host: str, port: int) -> None:
         probe.close()
 
 
+MAX_HEADER_BYTES = 64 * 2**10
+"""Most bytes of a request line and headers; httptools alone would gather headers without bound."""
+
+
+class _ConnectionLimits:
+    """Mixed into uvicorn's HTTP protocol class (httptools, or h11 where httptools is absent).
+
+    uvicorn's only read timeout is the keep-alive timeout between requests, and every byte received
+    cancels it, so a client that sends a request line a byte at a time (slow loris) holds its
+    connection for ever; httptools also gathers headers without a size limit. Here a connection has
+    `header_timeout_s` from opening, and from the end of each response, to deliver a request's
+    headers, else it is closed (with a 408 if part of a request came); bytes received while no request
+    is being served are capped at MAX_HEADER_BYTES (431), and while one is, at that plus the body
+    limit. The body's own deadline is the ASGI guard's (408). Only the protocol's public callbacks
+    and its `cycle`, `transport` and `loop` attributes are used.
+    """
+
+    header_timeout_s: float = 10.0
+    max_body_bytes: int = 4 * 2**20
+    on_refused = staticmethod(lambda kind: None)
+
+    def connection_made(self, transport) -> None:
+        self._header_timer = None
+        self._received = 0  # bytes since the connection opened or the last response ended
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        self._received += len(data)
+        if self._serving():
+            if self._received > MAX_HEADER_BYTES + self.max_body_bytes:
+                self.on_refused("request_size")
+                self.transport.close()  # more than any request may hold: pipelined floods
+        elif self._received > MAX_HEADER_BYTES:
+            self.on_refused("header_size")
+            self._refuse(431, "request_headers_too_large", f"request line and headers over {MAX_HEADER_BYTES} bytes")
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._received = 0
+        self._arm_header_timer()
+
+    def _serving(self) -> bool:
+        """True while a request whose headers arrived has not had its whole response."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        if not self.transport.is_closing():
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_deadline)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_deadline(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or self._serving():
+            return  # the headers came in time; the response ending re-arms the timer
+        self.on_refused("header")
+        if self._received:
+            self._refuse(
+                408, "header_timeout", f"the request headers did not arrive within {self.header_timeout_s:g} s"
+            )
+        else:
+            self.transport.close()  # an idle connection: nothing to answer
+
+    def _refuse(self, status: int, code: str, detail: str) -> None:
+        from http import HTTPStatus
+
+        payload = json.dumps({"error": code, "detail": detail}).encode()
+        self.transport.write(
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n".encode()
+            + payload
+        )
+        self.transport.close()
+
+
+def uvicorn_options(app, base=None) -> dict:
+    """uvicorn.Config keywords that apply `app`'s connection limits (`create_app`'s settings).
+    `base` is uvicorn's HTTP protocol class to extend (default: httptools where installed, else h11,
+    as uvicorn chooses).
+
+    Example:
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000, **uvicorn_options(app))  # doctest: +SKIP
+    """
+    if base is None:
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol as base
+
+    settings, metrics = app.state.settings, app.state.metrics
+    protocol = type(
+        "SentituneHTTPProtocol",
+        (_ConnectionLimits, base),
+        {
+            "header_timeout_s": settings.header_timeout_s,
+            "max_body_bytes": settings.max_body_bytes,
+            "on_refused": staticmethod(lambda kind: metrics.timeouts.labels(kind).inc()),
+        },
+    )
+    return {
+        "http": protocol,
+        "ws": "none",  # no WebSocket routes: an upgrade request is an ordinary request
+        # uvicorn answers 503 once it holds `limit_concurrency` connections, counting the new one.
+        "limit_concurrency": settings.max_connections + 1,
+    }
+
+
 def run_server(app, *, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False) -> bool:
     """Serves `app` (from `create_app`) with uvicorn until SIGINT/SIGTERM; True when a SIGTERM stopped it.
 
@@ -612,7 +866,15 @@ def run_server(app, *, host: str = "127.0.0.1", port: int = 8000, access_log: bo
     terminated = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log, timeout_graceful_shutdown=15)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=access_log,
+            timeout_graceful_shutdown=15,
+            **uvicorn_options(app),
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
     return bool(terminated)

@@ -21,7 +21,8 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from sentitune.errors import TrainingError
+from sentitune import results
+from sentitune.errors import OutputNotWritable, TrainingError
 
 
 class Meter(TrainerCallback):
@@ -65,6 +66,62 @@ class Meter(TrainerCallback):
             self.steps += 1
 
 
+class ProgressFile(TrainerCallback):
+    """Writes `path` (a run's progress.json) while training: step, max_steps, the last logged loss,
+    samples/s and ETA over the steps this process ran, elapsed seconds. Rewritten atomically at most
+    every `every_s` seconds and at the end, so a reader (compare) never sees half a file. Best effort:
+    a failed write skips one update, never the run."""
+
+    def __init__(self, path: Path, every_s: float = 2.0):
+        self.path = Path(path)
+        self.every_s = every_s
+        self.loss: float | None = None
+        self._begin = self._written = 0.0
+        self._first_step = 0
+
+    def _write(self, args, state, force: bool = False) -> None:
+        now = time.monotonic()
+        if not state.is_world_process_zero or (not force and now - self._written < self.every_s):
+            return
+        self._written = now
+        elapsed = now - self._begin
+        steps = state.global_step - self._first_step
+        per_step = elapsed / steps if steps > 0 else None
+        # Samples per optimizer step as configured (a short last batch makes the figure a touch high).
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        remaining = max(state.max_steps - state.global_step, 0)
+        record = {
+            "step": state.global_step,
+            "max_steps": state.max_steps,
+            "epoch": state.epoch,
+            "loss": self.loss,
+            "samples_per_second": batch / per_step if per_step else None,
+            "elapsed_s": round(elapsed, 3),
+            "eta_s": round(per_step * remaining, 3) if per_step else None,
+            "updated": time.time(),
+        }
+        try:
+            results.atomic_write_json(self.path, record)
+        except (OSError, OutputNotWritable):
+            pass
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._begin = time.monotonic()
+        self._first_step = state.global_step  # after a resume, speed counts only this process's steps
+        self._write(args, state, force=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+            self._write(args, state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._write(args, state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write(args, state, force=True)
+
+
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped order drawn from (seed, epoch) alone. The stock sampler draws from the global RNG,
     whose state when an epoch starts depends on everything before it (dropout included), so a run
@@ -96,12 +153,31 @@ class MeasuredTrainer(Trainer):
         meter: Meter,
         sampler_seed: int,
         last_checkpoint: Callable[[Path], Path | None] | None = None,
+        class_weights: torch.Tensor | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.meter = meter
         self.sampler_seed = sampler_seed
         self.last_checkpoint = last_checkpoint
+        self.class_weights = class_weights
+        if class_weights is not None:
+            # compute_loss returns a per-micro-batch mean, which the Trainer divides by the accumulation steps.
+            self.loss_is_scaled_for_ga = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """With `class_weights`, weighted cross-entropy (the weighted mean over the micro-batch, as
+        torch's cross_entropy with `weight`); otherwise the model's own loss."""
+        if self.class_weights is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)  # the caller's batch keeps its labels (prediction_step reads them)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = torch.nn.functional.cross_entropy(
+            logits.float(), labels.to(logits.device), weight=self.class_weights.to(logits.device)
+        )
+        return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)

@@ -21,12 +21,22 @@ from typing import Any
 
 import numpy as np
 
-from sentitune import results, runtime
-from sentitune.config import ConfigError, RunConfig, scaffolding_differences
+from sentitune import modelcard, results, runtime
+from sentitune.config import LOWER_IS_BETTER, ConfigError, RunConfig, scaffolding_differences
 from sentitune.data import DatasetSplits, load_splits, tokenize_split
 from sentitune.errors import TrainingError
 from sentitune.methods import registry
-from sentitune.metrics import choose_thresholds, classification_metrics, multilabel_metrics, sigmoid, softmax
+from sentitune.metrics import (
+    choose_thresholds,
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    log_probabilities,
+    multilabel_metrics,
+    sigmoid,
+    softmax,
+    temperature_scale,
+)
 from sentitune.models import count_parameters, load_classifier, load_tokenizer, resolve_model
 
 # Provenance lives in runtime.py; the names stay importable from here for existing callers.
@@ -92,7 +102,14 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
     results.write_marker(output_dir)  # the first file of a new run folder (or of the one it continues)
 
 
-RESUME_MAY_CHANGE = ("compare", "train.threads", "train.dataloader_workers", "train.save_steps")
+RESUME_MAY_CHANGE = (
+    "compare",
+    "train.threads",
+    "train.dataloader_workers",
+    "train.save_steps",
+    "train.report_to",
+    "train.run_name",
+)
 """Fields a resumed run may set differently: how the run is computed or checkpointed, not what it
 learns (`compare` is not part of a run at all). Every other field must match the saved config.yaml."""
 
@@ -198,6 +215,43 @@ def resolve_precision(choice: str) -> str:
 # ---- neural training --------------------------------------------------------------------------
 
 
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
+"""`train.report_to` tracker -> the package (pip name = import name) the Trainer's integration needs."""
+
+
+def check_report_to(trackers: list[str]) -> None:
+    """Refuses, in one line naming what to install, a tracker whose package is missing (the Trainer
+    would fail only once the model is loaded, with a message about its own internals)."""
+    import importlib.util
+
+    for tracker in trackers:
+        package = TRACKER_PACKAGES.get(tracker)
+        if package and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"train.report_to: {tracker} is not installed; pip install {package}, or drop {tracker} from "
+                "train.report_to"
+            )
+
+
+def run_folder_name(folder: Path) -> str:
+    """The run folder's name, also while the run is built in its staging folder (results.staging_path)."""
+    import re
+
+    staged = re.fullmatch(r"\.(.+)\.staging-\d+(?:-\w+)?", folder.name)
+    return staged.group(1) if staged else folder.name
+
+
+def log_tensorboard_into(trainer, folder: Path) -> None:
+    """Points the Trainer's TensorBoard callback (train.report_to tensorboard) at the run folder's
+    tensorboard/. Its default is under the Trainer's output_dir, checkpoints/, which is removed when the
+    run finishes."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(folder)
+
+
 def training_arguments(cfg: RunConfig, checkpoint_dir: Path, precision: str):
     import torch
     from transformers import TrainingArguments
@@ -226,15 +280,15 @@ def training_arguments(cfg: RunConfig, checkpoint_dir: Path, precision: str):
         save_steps=t.save_steps or t.eval_steps,
         save_total_limit=1,
         load_best_model_at_end=evaluate,
-        # Multi-label: subset accuracy at 0.5 barely moves early on; micro-F1 ranks checkpoints better.
-        metric_for_best_model="micro_f1" if cfg.data.problem_type == "multi_label" else "accuracy",
-        greater_is_better=True,
+        metric_for_best_model=cfg.best_metric,
+        greater_is_better=cfg.best_metric not in LOWER_IS_BETTER,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         # The default replaces a NaN/inf step loss by the running mean, which hides divergence from
         # the history; training_step stops at the first non-finite loss instead.
         logging_nan_inf_filter=False,
-        report_to="none",
+        report_to=[name for name in t.report_to if name != "none"] or "none",
+        run_name=t.run_name or run_folder_name(checkpoint_dir.parent),
         dataloader_num_workers=t.dataloader_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         # bf16 on CPU is autocast; transformers asks for use_cpu to allow it (runtime.choose_precision
@@ -289,6 +343,53 @@ def _compute_metrics(prediction) -> dict[str, float]:
         metrics = classification_metrics(prediction.label_ids, softmax(logits))
     metrics.pop("loss")  # the Trainer reports its own eval_loss
     return metrics
+
+
+def validation_metrics(logits, labels, thresholds=None) -> dict[str, float]:
+    """The final model's scores on the validation slice (`validation_accuracy`, `validation_macro_f1`,
+    ...; the model card reports them beside the test ones), from its logits before any calibration;
+    empty when there are none. Multi-label scores are at the thresholds chosen on this same slice."""
+    if logits is None or labels is None or len(labels) == 0:
+        return {}
+    logits = np.asarray(logits, dtype=np.float64)
+    if thresholds is not None:  # multi-label
+        scores = multilabel_metrics(np.asarray(labels), sigmoid(logits), thresholds)
+    else:
+        scores = classification_metrics(np.asarray(labels, dtype=np.int64), softmax(logits))
+    scores.pop("loss")  # uncalibrated, and so not comparable with test_loss
+    return {f"validation_{name}": value for name, value in scores.items()}
+
+
+def class_weight_vector(cfg: RunConfig, splits: DatasetSplits) -> list[float] | None:
+    """train.class_weights as one weight per class in label-id order, or None for `none`. `balanced`
+    is n / (classes x count of the class) over the training split (scikit-learn's "balanced"). A list
+    of the wrong length, or `balanced` with a class the training split lacks, is a ConfigError."""
+    choice, names = cfg.train.class_weights, splits.label_names
+    if choice == "none" or cfg.data.problem_type == "multi_label":
+        return None
+    if choice == "balanced":
+        labels = np.asarray(splits.train.labels, dtype=np.int64)
+        counts = np.bincount(labels, minlength=len(names))
+        if not counts.all():
+            missing = names[int(np.flatnonzero(counts == 0)[0])]
+            raise ConfigError(
+                f"train.class_weights: balanced needs every class in the training split; {missing!r} has none"
+            )
+        return (len(labels) / (len(names) * counts)).tolist()
+    if len(choice) != len(names):
+        raise ConfigError(
+            f"train.class_weights: {len(choice)} weights for {len(names)} classes ({', '.join(names)}); give one "
+            "weight per class, in this order"
+        )
+    return list(choice)
+
+
+def best_evaluation(state) -> dict:
+    """The evaluation log row of the checkpoint kept at the end (the best by train.best_metric);
+    empty when the run never evaluated."""
+    step = getattr(state, "best_global_step", None)
+    rows = [row for row in state.log_history if step is not None and row.get("step") == step and "eval_loss" in row]
+    return rows[-1] if rows else {}
 
 
 def _history_rows(log_history: list[dict]) -> list[dict]:
@@ -372,9 +473,13 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
             lr=cfg.learning_rate,
         )
     # torch and transformers load here, not when sentitune.training is imported.
-    from sentitune.trainer import MeasuredTrainer, Meter
+    from transformers import EarlyStoppingCallback
+
+    from sentitune.trainer import MeasuredTrainer, Meter, ProgressFile
 
     meter = Meter(cfg.train.warmup_steps_excluded_from_throughput)
+    class_weights = class_weight_vector(cfg, splits)
+    early_stopping = cfg.train.early_stopping_patience is not None
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     if is_main_process():
         with results.writing(checkpoint_dir):  # marked: sentitune's to rotate and remove
@@ -388,12 +493,15 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         # Multiples of 8 feed tensor cores on GPU; on CPU they only add padding.
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if cuda else None),
         compute_metrics=_compute_metrics,
-        callbacks=[meter],
+        callbacks=[meter, ProgressFile(output_dir / results.PROGRESS_FILE)]
+        + ([EarlyStoppingCallback(cfg.train.early_stopping_patience)] if early_stopping else []),
         optimizers=(optimizer, None),
         meter=meter,
         sampler_seed=cfg.train.seed,
         last_checkpoint=last_complete_checkpoint,
+        class_weights=torch.tensor(class_weights, dtype=torch.float32) if class_weights else None,
     )
+    log_tensorboard_into(trainer, output_dir / results.TENSORBOARD_DIR)
     checkpoint = last_complete_checkpoint(checkpoint_dir) if resume else None
     train_started = time.perf_counter()
     try:
@@ -419,17 +527,20 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
     order = np.argsort(test_ds["length"], kind="stable")
     prediction = trainer.predict(test_ds.select(order), metric_key_prefix="test")
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    probabilities = np.empty((len(order), np.asarray(logits).shape[1]), dtype=np.float64)
-    probabilities[order] = (sigmoid if multi_label else softmax)(np.asarray(logits, dtype=np.float64))
+    test_logits = np.empty((len(order), np.asarray(logits).shape[1]), dtype=np.float64)
+    test_logits[order] = np.asarray(logits, dtype=np.float64)
+    probabilities = (sigmoid if multi_label else softmax)(test_logits)
     eval_seconds = prediction.metrics["test_runtime"]
     eval_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
     thresholds = None
+    # Per-label thresholds (multi-label) and the softmax temperature (single-label, in _train_in) come
+    # from the validation slice, so no decision ever looks at test labels.
+    validation = trainer.predict(validation_ds, metric_key_prefix="validation")
+    validation_logits = np.asarray(
+        validation.predictions[0] if isinstance(validation.predictions, tuple) else validation.predictions,
+        dtype=np.float64,
+    )
     if multi_label:
-        # Per-label thresholds come from the validation slice, so no decision ever looks at test labels.
-        validation = trainer.predict(validation_ds, metric_key_prefix="validation")
-        validation_logits = (
-            validation.predictions[0] if isinstance(validation.predictions, tuple) else validation.predictions
-        )
         thresholds = choose_thresholds(validation.label_ids, sigmoid(validation_logits)).tolist()
 
     if is_main_process():
@@ -439,6 +550,7 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
                 shutil.rmtree(model_dir)
             method.save(trainer.model, model_dir)
             tokenizer.save_pretrained(model_dir)
+            modelcard.make_adapter_portable(model_dir, cfg.model)
         results.atomic_write_csv(output_dir / results.HISTORY_FILE, _history_rows(trainer.state.log_history))
 
     if cuda:
@@ -471,7 +583,11 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         "throughput_measured_steps": meter.steps,
         "throughput_warmup_steps_excluded": cfg.train.warmup_steps_excluded_from_throughput,
         "tokenize_seconds": tokenize_seconds,
-        "validation_best_accuracy": trainer.state.best_metric,
+        "validation_best_accuracy": best_evaluation(trainer.state).get("eval_accuracy"),
+        "best_metric": cfg.best_metric if cfg.train.eval_strategy != "no" else None,
+        "validation_best": trainer.state.best_metric,
+        "class_weights": class_weights,
+        "early_stopped": early_stopping and trainer.state.global_step < trainer.state.max_steps,
         "eval_samples_per_second": len(test_ds) / eval_seconds if eval_seconds else math.nan,
         "eval_latency_ms_per_batch": 1000 * eval_seconds / num_batches,
         "eval_batch_size": cfg.train.eval_batch_size,
@@ -489,6 +605,10 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         "max_length": max_length,
         "model_location": source.location,
         "thresholds": thresholds,
+        "test_logits": test_logits,
+        "validation_logits": validation_logits,
+        "validation_labels": np.asarray(validation.label_ids),
+        **method.run_metrics(trainer.model),  # the resolved pooling
     }
 
 
@@ -497,9 +617,10 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
 
 def _train_classical(cfg: RunConfig, splits: DatasetSplits, output_dir: Path) -> dict[str, Any]:
     method = registry.get(cfg.method.name)
+    context = _fit_context(cfg, splits, output_dir) if method.neural else None
     rss_before = current_rss_mib()
     started = time.perf_counter()
-    model, history = method.fit(splits.train, splits.validation, cfg.method, cfg.train.seed)
+    model, history = method.fit(splits.train, splits.validation, cfg.method, cfg.train.seed, context)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     probabilities = model.predict_proba(splits.test.texts)
@@ -510,10 +631,16 @@ def _train_classical(cfg: RunConfig, splits: DatasetSplits, output_dir: Path) ->
         output_dir / results.HISTORY_FILE, [{"step": i + 1, **row} for i, row in enumerate(history)]
     )
     peak = peak_rss_mib()
-    # The fit covers every C in the grid; samples/s counts one pass per C over the training set.
-    samples = len(splits.train) * len(cfg.method.tfidf_c_grid)
+    # After the peak is read: scoring validation for the temperature fit is not part of training.
+    validation_probabilities = model.predict_proba(splits.validation.texts)
+    # What the fit processed, as the method counts it (tfidf: one pass per C over the training set).
+    samples = model.train_samples
     return {
         "probabilities": probabilities,
+        # A classical model gives probabilities only; their logs are its logits up to a per-row constant.
+        "test_logits": log_probabilities(probabilities),
+        "validation_logits": log_probabilities(validation_probabilities),
+        "validation_labels": np.asarray(splits.validation.labels),
         "params_trainable": model.num_parameters,
         "params_total": model.num_parameters,
         "train_runtime_seconds": train_seconds,
@@ -523,7 +650,6 @@ def _train_classical(cfg: RunConfig, splits: DatasetSplits, output_dir: Path) ->
         "throughput_measured_steps": len(history),
         "throughput_warmup_steps_excluded": 0,
         "validation_best_accuracy": max(row["eval_accuracy"] for row in history),
-        "tfidf_selected_c": model.c,
         "eval_samples_per_second": len(splits.test) / eval_seconds if eval_seconds else math.nan,
         "peak_memory_mib": peak,
         "peak_memory_how": "peak RSS of the training process (ru_maxrss)",
@@ -531,14 +657,76 @@ def _train_classical(cfg: RunConfig, splits: DatasetSplits, output_dir: Path) ->
         "memory_activations_mib": max(0.0, peak - rss_before),
         "memory_breakdown_how": "weights measured; the rest estimated as peak RSS growth during the fit",
         "precision": "fp32",
+        **method.run_metrics(model),  # the chosen C, the pooling; embed's frozen encoder in params_total
     }
+
+
+def _fit_context(cfg: RunConfig, splits: DatasetSplits, output_dir: Path):
+    """What a neural method that fits itself (embed, setfit) needs from the loop: it sits below models
+    and data, so the base model and tokenizer are loaded for it here."""
+    from sentitune.data import encode_texts
+    from sentitune.methods.base import FitContext
+
+    source = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(source)
+    max_length = cfg.data.resolved_max_length
+    return FitContext(
+        run=cfg,
+        location=source.location,
+        load_base=lambda: load_classifier(source, splits.label_names),
+        tokenizer=tokenizer,
+        tokenize=lambda texts: encode_texts(tokenizer, texts, max_length, cfg.data.truncation)[0]["input_ids"],
+        cache_dir=output_dir / results.EMBEDDINGS_DIR,
+        write_bytes=results.atomic_write_bytes,
+    )
+
+
+# ---- calibration ------------------------------------------------------------------------------
+
+
+def calibrate(test_logits, validation_logits, validation_labels, gold) -> tuple[np.ndarray, dict, dict]:
+    """Temperature scaling: one T fitted on the validation slice (metrics.fit_temperature), applied to
+    the test logits. The calibrated probabilities are what the run's Predictor serves, so they are the
+    ones predictions.csv stores; accuracy is unchanged (argmax of logits / T is argmax of logits).
+
+    Returns:
+        (calibrated test probabilities, calibration.json's content, metrics: temperature, test ECE and
+        loss before scaling (`*_uncalibrated`) and ECE after (`test_ece_calibrated`)).
+    """
+    validation_labels = np.asarray(validation_labels, dtype=np.int64)
+    temperature = fit_temperature(validation_logits, validation_labels)
+    raw, calibrated = softmax(test_logits), temperature_scale(test_logits, temperature)
+    validation_nll = [
+        classification_metrics(validation_labels, temperature_scale(validation_logits, t))["loss"]
+        for t in (1.0, temperature)
+    ]
+    stored = {
+        "temperature": temperature,
+        "fitted_on": "validation",
+        "validation_examples": int(len(validation_labels)),
+        "validation_nll_uncalibrated": validation_nll[0],
+        "validation_nll_calibrated": validation_nll[1],
+        "method": "temperature scaling: one T minimising validation NLL of softmax(logits / T)",
+    }
+    metrics = {
+        "temperature": temperature,
+        "test_ece_uncalibrated": expected_calibration_error(gold, raw)["ece"],
+        "test_ece_calibrated": expected_calibration_error(gold, calibrated)["ece"],
+        "test_loss_uncalibrated": classification_metrics(gold, raw)["loss"],
+    }
+    return calibrated, stored, metrics
 
 
 # ---- entry point ------------------------------------------------------------------------------
 
 
-def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def train(
+    cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resume: bool = False, selection_only: bool = False
+) -> dict[str, Any]:
     """Trains one run and writes its folder; returns the metrics dict (also in metrics.json).
+
+    `selection_only` (a tuning trial, `train --selection-only`): the test split is never read; the
+    final evaluation runs on the validation slice and its figures are named `validation_final_*`.
 
     A failure after the folder was created leaves metrics.json with status 'failed' and the error,
     then re-raises, so failed runs stay visible in comparisons. With `overwrite`, an earlier run is
@@ -552,10 +740,12 @@ def train(cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resum
     output_dir = Path(output_dir)
     if resume:  # before anything is written: a refused resume leaves the run folder as it was
         check_resume(cfg, output_dir, overwrite)
-    # Bad model names and bad data fail here, before anything is written or replaced.
+    # Bad model names, missing trackers and bad data fail here, before anything is written or replaced.
     if registry.get(cfg.method.name).neural:
         resolve_model(cfg.model)
-    splits = load_splits(cfg.data)
+    check_report_to(cfg.train.report_to)
+    splits = load_splits(cfg.data, with_test=not selection_only)
+    class_weight_vector(cfg, splits)  # weights of the wrong length fail here too
     main = is_main_process()
     # Under torchrun every rank must name the same staging folder: the launcher's PID, not its own.
     staged = overwrite and (world_size() > 1 or (output_dir.is_dir() and any(output_dir.iterdir())))
@@ -609,7 +799,7 @@ def _train_in(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: b
         method = registry.get(cfg.method.name)
         measured = (
             _train_neural(cfg, splits, output_dir, resume)
-            if method.neural
+            if method.uses_trainer
             else _train_classical(cfg, splits, output_dir)
         )
     except BaseException as exc:
@@ -629,8 +819,20 @@ def _train_in(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: b
                 pass  # a full or read-only disk: the original error says more than this one would
         raise
     probabilities = measured.pop("probabilities")
+    measured.setdefault("class_weights", None)  # methods that fit their own head train unweighted
     thresholds = measured.pop("thresholds", None)
     gold = np.asarray(splits.test.labels)
+    validation_scores = validation_metrics(
+        measured.get("validation_logits"), measured.get("validation_labels"), thresholds
+    )
+    calibration = None
+    if thresholds is None and "validation_logits" in measured:
+        probabilities, calibration, calibration_metrics = calibrate(
+            measured.pop("test_logits"), measured.pop("validation_logits"), measured.pop("validation_labels"), gold
+        )
+        measured.update(calibration_metrics)
+    for key in ("test_logits", "validation_logits", "validation_labels"):
+        measured.pop(key, None)
     if thresholds is not None:  # multi-label
         test = multilabel_metrics(gold, probabilities, thresholds)
         rows = results.multilabel_prediction_rows(
@@ -643,6 +845,8 @@ def _train_in(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: b
     if main:
         if thresholds is not None:
             results.atomic_write_json(output_dir / results.THRESHOLDS_FILE, measured["label_thresholds"])
+        if calibration is not None:
+            results.atomic_write_json(output_dir / results.CALIBRATION_FILE, calibration)
         results.atomic_write_csv(output_dir / results.PREDICTIONS_FILE, rows)
         shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)  # finished: the model folder is the result
     metrics = {
@@ -653,15 +857,26 @@ def _train_in(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: b
         "test_examples": len(gold),
         "train_examples": len(splits.train),
         "validation_examples": len(splits.validation),
+        **validation_scores,
         "params_trainable_percent": 100 * measured["params_trainable"] / measured["params_total"],
         **measured,
-        "checkpoint_size_mib": results.folder_size_mib(output_dir / results.MODEL_DIR, "*.safetensors"),
+        # What the method trained (methods.base.Method.checkpoint_pattern): head and bitfit folders
+        # also hold a full model copy for plain transformers, which is not what they need.
+        "checkpoint_size_mib": results.folder_size_mib(output_dir / results.MODEL_DIR, method.checkpoint_pattern),
         "data_source": splits.source,
         "data_notes": splits.notes,
+        "data_split": splits.carved,
         "label_names": splits.label_names,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - wall_started,
     }
+    if splits.evaluated_split != "test":
+        # A tuning trial never read test: its final figures were measured on the validation slice,
+        # and are named so (validation_final_accuracy, ...), never test_*.
+        final = f"{splits.evaluated_split}_final_"
+        metrics = {(final + k[len("test_") :] if k.startswith("test_") else k): v for k, v in metrics.items()}
+        metrics["evaluated_split"] = splits.evaluated_split
     if main:
+        modelcard.write_run_card(output_dir / results.MODEL_DIR, cfg, metrics)
         results.atomic_write_json(output_dir / results.METRICS_FILE, metrics)
     return metrics

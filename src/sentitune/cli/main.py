@@ -9,8 +9,15 @@ import importlib
 import os
 import sys
 
-from sentitune.cli.options import add_config_flags, add_runtime_arguments, dataclass_default
-from sentitune.config import ServeSettings
+from sentitune.cli.options import (
+    add_config_flags,
+    add_familiar_spellings,
+    add_model_argument,
+    add_runtime_arguments,
+    dataclass_default,
+    resolve_model_argument,
+)
+from sentitune.config import CompareConfig, ServeSettings
 from sentitune.errors import USER_ERRORS
 
 
@@ -44,10 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", help="run folder (default runs/<dataset>-<method>)")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    train.add_argument(
+        "--resume_from_checkpoint",
+        nargs="?",
+        const=True,
+        dest="resume",
+        metavar="PATH",
+        help="Hugging Face spelling of --resume; PATH, if given, must be --output-dir or a checkpoint in it",
+    )
+    train.add_argument(
+        "--selection-only",
+        action="store_true",
+        help="a tuning trial: never read the test split; score the final model on the validation slice "
+        "(validation_final_* in metrics.json)",
+    )
     train.set_defaults(handler=_command("train"))
 
     evaluate = sub.add_parser("evaluate", help="score a labelled CSV/TSV/JSONL file with a trained run")
-    evaluate.add_argument("run", help="run folder")
+    add_model_argument(evaluate, "run", "run folder")
     evaluate.add_argument("--data", required=True, help="labelled file")
     evaluate.add_argument("--text-column", help="default: sentence (TSV) or text")
     evaluate.add_argument("--label-column", help="default: label")
@@ -89,6 +110,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="model sweep: comma-separated aliases/folders/hub ids; every neural "
         "variant runs on each, named <model>-<variant>",
     )
+    compare.add_argument(
+        "--eval-file",
+        action="append",
+        metavar="NAME=PATH",
+        help="also score every finished run on this labelled CSV/TSV/JSONL file, reported per variant with "
+        "its CI and the Holm-corrected paired test against the reference (repeatable)",
+    )
+    compare.add_argument("--eval-text-column", help="text column of the --eval-file files (default: sentence/text)")
+    compare.add_argument("--eval-label-column", help="label column of the --eval-file files (default: label)")
+    compare.add_argument(
+        "--no-default-suites",
+        action="store_true",
+        help="do not score the shipped negation and contrast suite (eval set `negation`)",
+    )
+    compare.add_argument(
+        "--tune",
+        nargs="?",
+        const="learning_rate",
+        metavar="KNOBS",
+        help="search each variant's knobs on the validation slice first, with the same number of trials for "
+        "every variant (default knob: learning_rate; e.g. --tune learning_rate,lora_r); test is read once, "
+        "by the selected configuration's runs",
+    )
+    trials = dataclass_default(CompareConfig, "tune_trials")
+    compare.add_argument("--tune-trials", type=int, help=f"trials per variant (default {trials})")
+    compare.add_argument("--tune-sampler", choices=("grid", "tpe"), help="Optuna sampler (default grid)")
+    compare.add_argument(
+        "--tune-storage", help="Optuna storage URL to share a search (default: SQLite in <output-dir>/search/)"
+    )
+    compare.add_argument(
+        "--train-sizes",
+        help="learning curve: run every variant at each training-set size, nested and stratified, "
+        "e.g. 250,500,1000,2000,all",
+    )
+    compare.add_argument("--reference", help="variant the others are tested against (default: full when present)")
+    budgets = compare.add_argument_group("budgets for the recommendation (optional; none met is not an error)")
+    budgets.add_argument("--max-train-memory-mib", type=float, help="peak training memory")
+    budgets.add_argument("--min-inference-sentences-per-s", type=float, help="sentences/s scoring the test split")
+    budgets.add_argument("--max-checkpoint-mib", type=float, help="size of what the method trained, as saved")
+    budgets.add_argument("--max-train-minutes", type=float, help="training time")
     compare.add_argument("--output-dir", help="comparison folder (default results/<dataset>)")
     compare.add_argument("--parallel", type=int, default=1, help="runs at once (default 1: timings stay honest)")
     compare.add_argument(
@@ -101,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="predict labels for texts or a file")
     predict.add_argument("texts", nargs="*", help="texts to classify")
-    predict.add_argument("--model", required=True, help="run folder or exported folder")
+    add_model_argument(predict, "model", "run folder or exported folder (or the first text)", positional=False)
     predict.add_argument("--input", help="CSV/TSV/JSONL/TXT file, or - for stdin")
     predict.add_argument(
         "--input-format",
@@ -110,15 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--text-column", help="text column of --input (default: sentence for TSV, else text)")
     predict.add_argument("--output", help="JSONL output (default stdout)")
-    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument(
+        "--batch-size", "--per_device_eval_batch_size", type=int, default=64, help="texts per model call"
+    )
     add_runtime_arguments(predict)
     predict.set_defaults(handler=_command("predict"))
 
     export = sub.add_parser("export", help="merge LoRA, export to ONNX, quantise to int8")
-    export.add_argument("--model", required=True, help="run folder")
+    add_model_argument(export, "model", "run folder")
     export.add_argument("--format", choices=["hf", "onnx"], default="onnx")
     export.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation (ONNX Runtime)")
-    export.add_argument("--output", required=True, help="output folder")
+    export.add_argument("--output-dir", "--output", dest="output", required=True, help="output folder")
     export.add_argument("--parity-data", help="labelled file for the parity report (default: the run's test split)")
     export.add_argument("--text-column", help="text column of --parity-data (default: sentence for TSV, else text)")
     export.add_argument("--label-column", help="label column of --parity-data (default: label)")
@@ -129,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         return dataclass_default(ServeSettings, name)
 
     serve = sub.add_parser("serve", help="HTTP server with micro-batching")
-    serve.add_argument("--model", required=True, help="run folder or exported folder")
+    add_model_argument(serve, "model", "run folder or exported folder")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
@@ -160,6 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=serve_default("max_body_bytes"),
         help="max request body size (default %(default)s)",
     )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=serve_default("header_timeout_s"),
+        help="seconds a connection has to send a request's headers, else it is closed (default %(default)s)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=serve_default("body_timeout_s"),
+        help="seconds a request has to send its whole body, else 408 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=serve_default("max_connections"),
+        help="open connections at most; requests beyond them get 503 (default %(default)s)",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
     serve.add_argument(
         "--api-key",
@@ -169,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_command("serve"))
 
     analyze = sub.add_parser("analyze", help="error analysis of a run (or two)")
-    analyze.add_argument("run", help="run folder (or an evaluation folder inside it)")
+    add_model_argument(analyze, "run", "run folder (or an evaluation folder inside it)")
     analyze.add_argument("--against", help="second run for a paired comparison")
     analyze.add_argument("--top-k", type=int, default=20)
     analyze.add_argument("--slice", action="append", default=[], metavar="NAME=REGEX", help="user-defined slice")
@@ -177,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(handler=_command("analyze"))
 
     report = sub.add_parser("report", help="Markdown + self-contained HTML report of a comparison")
-    report.add_argument("results", help="comparison folder")
+    report.add_argument("results", nargs="?", metavar="RESULTS", help="comparison folder (or --output-dir)")
+    report.add_argument("--output-dir", dest="results_option", help="comparison folder: compare's --output-dir")
     report.add_argument("--open", action="store_true", help="open the HTML report in a browser")
     report.set_defaults(handler=_command("report"))
 
@@ -242,16 +324,43 @@ def build_parser() -> argparse.ArgumentParser:
     shrink.add_argument("--output-dir", required=True, help="new model folder; then use it with --model")
     shrink.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     shrink.set_defaults(handler=_command("shrink"))
+    add_familiar_spellings(parser)
     return parser
+
+
+def _empty_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The first option given an empty value. `--output-dir "$OUT"` with OUT unset used to mean the
+    default silently (the run went to runs/<name>), `--output ""` meant stdout. (An empty --api-key
+    has its own message.)"""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for action in commands[args.command]._actions:
+        if action.option_strings and action.dest != "api_key" and getattr(args, action.dest, None) == "":
+            return next((name for name in action.option_strings if name.startswith("--")), action.option_strings[-1])
+    return None
+
+
+def _one_line(message: object) -> str:
+    """`message` with control characters escaped: a path or value holding a line break (a file named
+    "a\nb.csv") must not split the one error line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    empty = _empty_option(parser, args)
+    if empty is not None:
+        print(
+            f"sentitune {args.command}: error: {empty} is empty; give a value or leave the option out "
+            "(an unset shell variable?)",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
     try:
+        resolve_model_argument(args)
         return args.handler(args) or 0
     except USER_ERRORS as exc:
-        print(f"sentitune {args.command}: error: {exc}", file=sys.stderr)
+        print(f"sentitune {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"sentitune {args.command}: interrupted", file=sys.stderr)
@@ -264,5 +373,5 @@ def main(argv: list[str] | None = None) -> int:
         mapped = not_writable(exc)
         if mapped is None:
             raise
-        print(f"sentitune {args.command}: error: {mapped}", file=sys.stderr)
+        print(f"sentitune {args.command}: error: {_one_line(mapped)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -7,7 +7,9 @@ flag (`--workers must be >= 1`) live here, so the domain modules never see a Nam
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import os
 
 from sentitune.config import ConfigError, load_config, parse_yaml, preset_names
 from sentitune.errors import DataError
@@ -16,7 +18,15 @@ from sentitune.errors import DataError
 # flag -> (dotted config field, type, help). CLI flags override YAML; YAML overrides defaults.
 RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--model": ("model", str, "hub id, local folder, or alias (minilm-l6 = bundled, offline)"),
-    "--dataset": ("data.dataset", str, "sst2, imdb, or files"),
+    "--dataset": (
+        "data.dataset",
+        str,
+        "sst2, imdb, files, a CSV/TSV/JSONL file (carved into train/validation/test) or a folder of train and "
+        "test files, or hub:OWNER/NAME[:CONFIG]",
+    ),
+    "--train-split": ("data.train_split", str, "training split of a hub: dataset (default train)"),
+    "--test-split": ("data.test_split", str, "test split of a hub: dataset (default: test, else carved from train)"),
+    "--test-size": ("data.test_size", float, "test slice carved when the data has no test split: fraction or count"),
     "--data-dir": ("data.data_dir", str, "local data folder (default: $SENTITUNE_DATA_DIR, else the hub)"),
     "--train-file": ("data.train_file", str, "training file for --dataset files (CSV/TSV/JSONL)"),
     "--test-file": ("data.test_file", str, "test file for --dataset files"),
@@ -43,10 +53,27 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--epochs": ("train.epochs", float, "training epochs"),
     "--max-steps": ("train.max_steps", int, "stop after N optimizer steps"),
     "--batch-size": ("train.batch_size", int, "per-device training batch size"),
+    "--eval-batch-size": ("train.eval_batch_size", int, "per-device batch size when scoring validation and test"),
     "--grad-accum": ("train.gradient_accumulation_steps", int, "gradient accumulation steps"),
     "--seed": ("train.seed", int, "training seed"),
     "--precision": ("train.precision", str, "auto, fp32, bf16 or fp16"),
     "--threads": ("train.threads", int, "torch CPU threads"),
+    "--report-to": ("train.report_to", str, "experiment trackers: none, or tensorboard,mlflow,wandb,trackio"),
+    "--run-name": ("train.run_name", str, "the run's name in the trackers (default: the run folder's name)"),
+    "--class-weights": ("train.class_weights", str, "none, balanced, or one weight per class: 1,9"),
+    "--best-metric": ("train.best_metric", str, "validation metric that picks the kept checkpoint: accuracy, macro_f1"),
+    "--early-stopping-patience": ("train.early_stopping_patience", int, "stop after N evaluations without improvement"),
+}
+
+
+# Hugging Face's names (Trainer, run_glue) for sentitune's flags; they answer alongside the dash
+# spellings. The underscore spelling of every dash flag is added by `add_familiar_spellings`.
+HF_NAMES: dict[str, str] = {
+    "--model": "--model_name_or_path",
+    "--epochs": "--num_train_epochs",
+    "--batch-size": "--per_device_train_batch_size",
+    "--eval-batch-size": "--per_device_eval_batch_size",
+    "--max-length": "--max_seq_length",
 }
 
 
@@ -64,7 +91,8 @@ def add_config_flags(parser: argparse.ArgumentParser, with_method: bool = True) 
 
         group.add_argument("--method", choices=registry.names(), help="adaptation method")
     for flag, (_, kind, help_text) in RUN_FLAGS.items():
-        group.add_argument(flag, type=kind, help=help_text, dest=dest(flag))
+        names = [flag, HF_NAMES[flag]] if flag in HF_NAMES else [flag]
+        group.add_argument(*names, type=kind, help=help_text, dest=dest(flag))
     group.add_argument(
         "--set",
         action="append",
@@ -148,3 +176,81 @@ def runtime_kwargs(args: argparse.Namespace) -> dict:
         "workers": getattr(args, "workers", None),
         "threads": getattr(args, "threads", None),
     }
+
+
+# ---- familiar spellings: --output_dir as well as --output-dir ---------------------------------
+
+
+UNDERSCORE_NOTE = "Every --dash-flag also answers to its underscore spelling (--output_dir for --output-dir)."
+
+
+class FamiliarHelpFormatter(argparse.HelpFormatter):
+    """Help lists each flag once: the underscore twins `add_familiar_spellings` adds stay out of it
+    (the parser's description says they exist)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        twins = getattr(action, "underscore_twins", ())
+        if not twins:
+            return super()._format_action_invocation(action)
+        shown = copy.copy(action)
+        shown.option_strings = [name for name in action.option_strings if name not in twins]
+        return super()._format_action_invocation(shown)
+
+
+def add_familiar_spellings(parser: argparse.ArgumentParser) -> None:
+    """Gives every `--dash-flag` of `parser` and its subcommands the underscore spelling Hugging Face
+    scripts use (`--output_dir`), unless that spelling already means something else."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                add_familiar_spellings(child)
+            continue
+        twins = []
+        for name in list(action.option_strings):
+            twin = "--" + name[2:].replace("-", "_")
+            if name.startswith("--") and twin != name and twin not in parser._option_string_actions:
+                action.option_strings.append(twin)
+                parser._option_string_actions[twin] = action
+                twins.append(twin)
+        if twins:
+            action.underscore_twins = tuple(twins)
+            if UNDERSCORE_NOTE not in (parser.epilog or ""):
+                parser.epilog = f"{parser.epilog} {UNDERSCORE_NOTE}" if parser.epilog else UNDERSCORE_NOTE
+    parser.formatter_class = FamiliarHelpFormatter
+
+
+# ---- the run folder: positional or --model, one form for every command ------------------------
+
+
+def add_model_argument(parser: argparse.ArgumentParser, dest: str, help_text: str, positional: bool = True) -> None:
+    """The folder a command works on, as a positional RUN or `--model RUN` (either; one is required;
+    `resolve_model_argument` checks them). The value lands in `args.<dest>`."""
+    if positional:
+        parser.add_argument("positional_model", nargs="?", metavar="RUN", help=f"{help_text} (or --model)")
+    parser.add_argument(
+        "--model", "--model_name_or_path", dest="option_model", metavar="RUN", help=f"{help_text} (or positional RUN)"
+    )
+    parser.set_defaults(model_dest=dest, positional_model=None)
+
+
+def resolve_model_argument(args: argparse.Namespace) -> None:
+    """Sets `args.<model_dest>` from the positional RUN or --model. predict's positional texts carry
+    the run folder first when --model is absent (`sentitune predict RUN "text"`)."""
+    target = getattr(args, "model_dest", None)
+    if target is None:
+        return
+    option, positional = args.option_model, args.positional_model
+    if positional is None and option is None and getattr(args, "texts", None):
+        positional = args.texts.pop(0)
+        if not os.path.isdir(positional):
+            raise DataError(
+                f"{positional!r} is not a folder: give the run folder first (or --model RUN), then the texts"
+            )
+    if option is not None and positional is not None and os.path.normpath(option) != os.path.normpath(positional):
+        raise ConfigError(
+            f"two run folders: positional {positional!r} and --model {option!r}; give one (they are the same option)"
+        )
+    value = option if option is not None else positional
+    if value is None:
+        raise ConfigError("no run folder: give it as the first argument or with --model RUN")
+    setattr(args, target, value)

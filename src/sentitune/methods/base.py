@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 # Config names and validates methods through the registry, so methods never import config, not even
@@ -12,15 +13,78 @@ from typing import Any
 MethodConfig = Any
 
 
+@dataclass
+class FitContext:
+    """What a neural method that fits itself (embed, setfit) gets from the training loop, which loads
+    the model and tokenizer for it: methods sit below models and data."""
+
+    run: Any
+    """The run's `config.RunConfig` (batch sizes, max_steps, seed, learning rate)."""
+    location: str
+    """Where the base model loads from: a local folder or a hub id."""
+    load_base: Callable[[], Any]
+    """The untrained base classifier (fresh head sized for the labels), as `Method.load` gets it."""
+    tokenizer: Any
+    tokenize: Callable[[list[str]], list[list[int]]]
+    """Token ids per text with [CLS]/[SEP], cut to the run's max_length by its truncation rule."""
+    cache_dir: Path | None = None
+    """Where computed embeddings are cached (the run folder's embeddings/); None: not cached."""
+    write_bytes: Callable[[Path, bytes], None] | None = None
+    """The run's one atomic writer (results.atomic_write_bytes: unique temp file, fsync, rename)."""
+
+
 class Method:
     name: str = ""
     default_learning_rate: float = 2e-5
     neural: bool = True
     summary: str = ""
+    extra_tunable_knobs: tuple[str, ...] = ()
+    """Method knobs of its own that `compare --tune` may search (lora: rank, alpha, dropout)."""
+
+    @property
+    def tunable_knobs(self) -> tuple[str, ...]:
+        """What `compare --tune` may search for this method: the optimiser's learning rate and
+        layer-wise decay for every method the training loop serves, plus its own knobs."""
+        shared = ("learning_rate", "layer_lr_decay") if self.neural else ()
+        return shared + self.extra_tunable_knobs
+
+    checkpoint_pattern: str = "*.safetensors"
+    """The files in the saved folder that `checkpoint_size_mib` measures: what the method trained.
+    Methods that also save a full copy for plain Hugging Face loading leave that copy out."""
+
+    uses_trainer: bool = True
+    """Trains in the shared Trainer loop; False: `fit` trains it (tfidf, embed, setfit). A neural method
+    that fits itself still predicts, exports and serves as a transformers classifier."""
+    supports_multi_label: bool = True
+    """Whether it trains on data.problem_type multi_label (a logistic-regression head does not)."""
 
     def prepare(self, model, cfg: MethodConfig):
-        """Returns the model to train, with exactly the intended parameters requiring grad."""
+        """Returns the model to train: `method.pooling` installed (methods/pooling.py), then exactly the
+        intended parameters requiring grad (`mark_trainable`). With mean pooling BERT's pooler is off
+        the path to the logits, so it stays frozen whatever the method trains."""
+        from sentitune.methods.pooling import model_pooling, resolve_pooling, set_pooling
+
+        set_pooling(model, resolve_pooling(cfg.pooling, getattr(model, "name_or_path", None)))
+        model = self.mark_trainable(model, cfg)
+        if model_pooling(model) == "mean":
+            for name, parameter in model.named_parameters():
+                if ".pooler." in f".{name}.":
+                    parameter.requires_grad = False
+        return model
+
+    def mark_trainable(self, model, cfg: MethodConfig):
+        """Sets requires_grad on exactly the parameters the method trains (or wraps the model in an
+        adapter); returns the model to train. The pooling is already installed."""
         raise NotImplementedError
+
+    def run_metrics(self, model) -> dict[str, Any]:
+        """Method-specific entries for the run's metrics.json, merged over the loop's own: what the run
+        resolved (the pooling, a chosen C) and what only the method can count."""
+        if not self.neural:
+            return {}
+        from sentitune.methods.pooling import model_pooling
+
+        return {"pooling": model_pooling(model)}
 
     def save(self, model, folder: Path) -> None:
         """Writes the trained state to `folder` as safetensors."""
@@ -37,7 +101,9 @@ class Method:
             folder, use_safetensors=True, ignore_mismatched_sizes=True, output_loading_info=True
         )
         check_loading_info(folder, info)
-        return model
+        from sentitune.methods.pooling import apply_saved_pooling
+
+        return apply_saved_pooling(model)  # config.json's classifier_pooling: transformers ignores it for BERT
 
 
 def check_loading_info(folder: Path, info) -> None:
@@ -62,9 +128,12 @@ def check_loading_info(folder: Path, info) -> None:
         )
 
 
-def head_module_names(cfg: MethodConfig) -> list[str]:
+def head_module_names(cfg: MethodConfig, pooling: str = "cls") -> list[str]:
     """Modules of a BERT classifier that form the trainable head. The pooler is named by its Linear
-    (`pooler.dense`): peft's unload/merge of IA3 fails on a wrapped container module."""
+    (`pooler.dense`): peft's unload/merge of IA3 fails on a wrapped container module. With mean
+    pooling the pooler is unused, so the head is the classifier whatever `method.head` says."""
+    if pooling == "mean":
+        return ["classifier"]
     return ["pooler.dense", "classifier"] if cfg.head == "pooler+classifier" else ["classifier"]
 
 
@@ -76,10 +145,15 @@ def freeze_all_but(model, module_names: list[str]) -> None:
 
 
 class FrozenBaseMethod(Method):
-    """Methods that keep (most of) the pretrained weights: they save only the trained tensors, so
-    the checkpoint is small and loading needs the base model."""
+    """Methods that keep (most of) the pretrained weights. The trained tensors alone go to
+    `trained.safetensors`, the checkpoint this method needs and the one `checkpoint_size_mib`
+    measures; the whole model goes beside it (`model.safetensors`), so that the folder loads with
+    plain transformers (`pipeline("text-classification", model=folder)`) without the base model.
+    Folders from before the full copy hold only `trained.safetensors`; they load on the base model."""
 
     weights_file = "trained.safetensors"
+    checkpoint_pattern = weights_file
+    full_model_files = ("model.safetensors", "model.safetensors.index.json")
 
     def save(self, model, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -87,12 +161,16 @@ class FrozenBaseMethod(Method):
         folder.mkdir(parents=True, exist_ok=True)
         trained = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trained, str(folder / self.weights_file), metadata={"method": self.name})
-        model.config.save_pretrained(folder)
+        model.save_pretrained(folder)  # config.json (id2label, label2id) + the full model
 
     def load(self, folder: Path, load_base):
         from safetensors.torch import load_file
 
-        model = load_base()
+        if any((folder / name).is_file() for name in self.full_model_files):
+            return super().load(folder, load_base)
+        from sentitune.methods.pooling import saved_pooling, set_pooling
+
+        model = set_pooling(load_base(), saved_pooling(folder))
         trained = load_file(str(folder / self.weights_file))
         missing = set(trained) - set(dict(model.named_parameters()))
         if missing:
@@ -110,7 +188,8 @@ class PeftMethod(Method):
     mergeable = True
     """Whether the adapter folds into the base weights at load (LoRA-like); prompt methods cannot."""
 
-    def peft_config(self, cfg: MethodConfig):
+    def peft_config(self, cfg: MethodConfig, pooling: str):
+        """The adapter's config; `pooling` decides whether the pooler belongs to the trained head."""
         raise NotImplementedError
 
     def adapt_base(self, model):
@@ -118,13 +197,22 @@ class PeftMethod(Method):
         load. Most methods need nothing."""
         return model
 
-    def prepare(self, model, cfg: MethodConfig):
+    def mark_trainable(self, model, cfg: MethodConfig):
         from peft import get_peft_model
 
-        return get_peft_model(self.adapt_base(model), self.peft_config(cfg))
+        from sentitune.methods.pooling import model_pooling
+
+        return get_peft_model(self.adapt_base(model), self.peft_config(cfg, model_pooling(model)))
 
     def save(self, model, folder: Path) -> None:
+        import json
+
+        from sentitune.methods.pooling import ADAPTER_POOLING_FILE, CONFIG_KEY, model_pooling
+
         model.save_pretrained(folder)  # adapter_model.safetensors + adapter_config.json only
+        # No config.json here: with one, transformers would take the folder for a whole model. The
+        # base model comes from the run's config, its pooling from this file.
+        (folder / ADAPTER_POOLING_FILE).write_text(json.dumps({CONFIG_KEY: model_pooling(model)}), encoding="utf-8")
 
     def load(self, folder: Path, load_base):
         from peft import PeftModel
@@ -132,6 +220,9 @@ class PeftMethod(Method):
         # peft would fall back to unpickling adapter_model.bin; only safetensors is accepted.
         if not (folder / "adapter_model.safetensors").exists():
             raise FileNotFoundError(f"No such file: {folder / 'adapter_model.safetensors'}")
-        model = PeftModel.from_pretrained(self.adapt_base(load_base()), folder)
+        from sentitune.methods.pooling import saved_pooling, set_pooling
+
+        base = set_pooling(load_base(), saved_pooling(folder))  # before adapt_base, which wraps forward
+        model = PeftModel.from_pretrained(self.adapt_base(base), folder)
         # Merging folds the adapter into the frozen weights, so inference pays nothing for it.
         return model.merge_and_unload() if self.mergeable else model

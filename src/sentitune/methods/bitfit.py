@@ -1,6 +1,7 @@
 """BitFit (Ben Zaken et al. 2022): only bias terms of the encoder train, plus the head."""
 
 from sentitune.methods.base import FrozenBaseMethod, freeze_all_but, head_module_names
+from sentitune.methods.pooling import model_pooling
 from sentitune.methods.registry import register
 
 
@@ -11,8 +12,8 @@ class BitFit(FrozenBaseMethod):
     default_learning_rate = 1e-3
     summary = "bias terms + head train, all weights frozen"
 
-    def prepare(self, model, cfg):
-        freeze_all_but(model, head_module_names(cfg))
+    def mark_trainable(self, model, cfg):
+        freeze_all_but(model, head_module_names(cfg, model_pooling(model)))
         for name, parameter in model.named_parameters():
             if name.endswith(".bias"):
                 parameter.requires_grad = True

@@ -12,7 +12,7 @@ class Full(Method):
     default_learning_rate = 5e-5
     summary = "every parameter trains"
 
-    def prepare(self, model, cfg):
+    def mark_trainable(self, model, cfg):
         for parameter in model.parameters():
             parameter.requires_grad = True
         return model

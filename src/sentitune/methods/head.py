@@ -1,6 +1,7 @@
 """Frozen encoder: only the head trains (classifier, or pooler + classifier per `method.head`)."""
 
 from sentitune.methods.base import FrozenBaseMethod, freeze_all_but, head_module_names
+from sentitune.methods.pooling import model_pooling
 from sentitune.methods.registry import register
 
 
@@ -11,6 +12,6 @@ class Head(FrozenBaseMethod):
     default_learning_rate = 1e-3
     summary = "encoder frozen; only the head trains"
 
-    def prepare(self, model, cfg):
-        freeze_all_but(model, head_module_names(cfg))
+    def mark_trainable(self, model, cfg):
+        freeze_all_but(model, head_module_names(cfg, model_pooling(model)))
         return model

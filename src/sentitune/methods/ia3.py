@@ -12,7 +12,7 @@ class Ia3(PeftMethod):
     default_learning_rate = 3e-3
     summary = "learned rescaling of keys, values and FFN activations + trainable head"
 
-    def peft_config(self, cfg):
+    def peft_config(self, cfg, pooling):
         from peft import IA3Config, TaskType
 
-        return IA3Config(task_type=TaskType.SEQ_CLS, modules_to_save=head_module_names(cfg))
+        return IA3Config(task_type=TaskType.SEQ_CLS, modules_to_save=head_module_names(cfg, pooling))

@@ -15,8 +15,9 @@ class Lora(PeftMethod):
     default_learning_rate = 1e-3
     summary = "low-rank adapters + trainable head, base frozen"
     use_dora = False
+    extra_tunable_knobs = ("lora_r", "lora_alpha", "lora_dropout")
 
-    def peft_config(self, cfg):
+    def peft_config(self, cfg, pooling):
         from peft import LoraConfig, TaskType
 
         targets = cfg.lora_target_modules
@@ -26,6 +27,6 @@ class Lora(PeftMethod):
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             target_modules="all-linear" if targets == ["all-linear"] else list(targets),
-            modules_to_save=head_module_names(cfg),
+            modules_to_save=head_module_names(cfg, pooling),
             use_dora=self.use_dora,
         )

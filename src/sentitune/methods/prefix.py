@@ -85,15 +85,18 @@ def accept_prefix_cache(model):
 @register
 class Prefix(PeftMethod):
     name = "prefix"
+    extra_tunable_knobs = ("prefix_tokens",)
     default_learning_rate = 1e-2
     summary = "trainable per-layer key/value prefixes + trainable head"
     mergeable = False
 
-    def peft_config(self, cfg):
+    def peft_config(self, cfg, pooling):
         from peft import PrefixTuningConfig, TaskType
 
         return PrefixTuningConfig(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.prefix_tokens, modules_to_save=head_module_names(cfg)
+            task_type=TaskType.SEQ_CLS,
+            num_virtual_tokens=cfg.prefix_tokens,
+            modules_to_save=head_module_names(cfg, pooling),
         )
 
     def adapt_base(self, model):

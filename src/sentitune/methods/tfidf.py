@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from sentitune.methods.base import Method
+from sentitune.methods.logreg import select_logistic_regression
 from sentitune.methods.registry import register
 
 
@@ -24,6 +25,8 @@ class TfidfClassifier:
         self.coef = coef
         self.intercept = intercept
         self.c = c
+        self.train_samples: int | None = None
+        """Examples the fit processed (one pass per C); set by `fit`."""
 
     def features(self, texts):
         from scipy.sparse import hstack
@@ -72,28 +75,29 @@ class Tfidf(Method):
     name = "tfidf"
     default_learning_rate = 0.0  # not gradient-trained
     neural = False
+    uses_trainer = False
+    supports_multi_label = False
     summary = "TF-IDF word+char n-grams + logistic regression"
 
-    def fit(self, train, validation, cfg, seed: int) -> tuple[TfidfClassifier, list[dict]]:
-        """Fits on train, picks C on validation; returns the model and one history row per C."""
+    def fit(self, train, validation, cfg, seed: int, context=None) -> tuple[TfidfClassifier, list[dict]]:
+        """Fits on train, picks C on validation; returns the model and one history row per C. Needs no
+        `context` (methods.base.FitContext): it has no encoder."""
         from scipy.sparse import hstack
-        from sklearn.linear_model import LogisticRegression
 
         vectorizers = _make_vectorizers(cfg)
         train_x = hstack([v.fit_transform(train.texts) for v in vectorizers.values()]).tocsr()
         validation_x = hstack([v.transform(validation.texts) for v in vectorizers.values()]).tocsr()
-        best, history = None, []
-        for c in cfg.tfidf_c_grid:
-            model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-            model.fit(train_x, train.labels)
-            accuracy = float((model.predict(validation_x) == np.asarray(validation.labels)).mean())
-            history.append({"C": c, "eval_accuracy": accuracy})
-            if best is None or accuracy > best[0]:
-                best = (accuracy, c, model)
-        _, c, model = best
-        return TfidfClassifier(
+        model, c, history = select_logistic_regression(
+            train_x, train.labels, validation_x, validation.labels, cfg.tfidf_c_grid, seed
+        )
+        classifier = TfidfClassifier(
             vectorizers, model.coef_.astype(np.float32), model.intercept_.astype(np.float32), c
-        ), history
+        )
+        classifier.train_samples = len(train) * len(cfg.tfidf_c_grid)
+        return classifier, history
+
+    def run_metrics(self, model: TfidfClassifier) -> dict:
+        return {"tfidf_selected_c": model.c}
 
     def prepare(self, model, cfg):  # pragma: no cover - not a neural method
         raise TypeError("tfidf is not a neural method")

@@ -406,3 +406,161 @@ def lora_rank_figure(points: Sequence[dict]) -> Figure:
     ax.set_title("LoRA rank sweep (error bar: std over seeds)", fontsize=10)
     ax.grid(True, alpha=0.3)
     return fig
+
+
+def eval_sets_figure(rows: Sequence[dict]) -> Figure:
+    """Accuracy with its 95% CI per eval set (x: the test split first, then each extra set) and variant
+    (colour), as dots with error bars, so a variant that holds on test but drops out of domain shows.
+
+    `rows`: variant, set, accuracy, ci95_low, ci95_high (fractions), examples.
+
+    Example:
+        >>> fig = eval_sets_figure([{"variant": "full", "set": "test", "accuracy": 0.9, "ci95_low": 0.88,
+        ...                          "ci95_high": 0.92, "examples": 872}])
+    """
+    variants = list(dict.fromkeys(row["variant"] for row in rows))
+    sets = list(dict.fromkeys(row["set"] for row in rows))
+    fig = Figure(figsize=(max(6.0, 1.1 * len(sets) * max(1.0, len(variants) ** 0.5) + 2.5), 4.2), layout="constrained")
+    ax = fig.subplots()
+    spread = 0.7 / max(1, len(variants))
+    lookup = {(row["variant"], row["set"]): row for row in rows}
+    for v, (variant, color) in enumerate(zip(variants, _colors(len(variants)))):
+        present = [(i, lookup[(variant, name)]) for i, name in enumerate(sets) if (variant, name) in lookup]
+        x = [i + (v - (len(variants) - 1) / 2) * spread for i, _ in present]
+        accuracy = [100 * row["accuracy"] for _, row in present]
+        # max(0, ...): a bound that equals the value up to rounding must not make a negative error bar.
+        low = [max(0.0, 100 * (row["accuracy"] - row["ci95_low"])) for _, row in present]
+        high = [max(0.0, 100 * (row["ci95_high"] - row["accuracy"])) for _, row in present]
+        ax.errorbar(x, accuracy, yerr=[low, high], fmt="o", capsize=3, color=color, label=variant)
+    examples = {row["set"]: row.get("examples") for row in rows}
+    ax.set_xticks(range(len(sets)), [f"{name}\n(n={examples[name]})" for name in sets], fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy on the test split and the extra eval sets (95% CI)", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(4, len(variants)))
+    return fig
+
+
+def learning_curve_figure(lines: Sequence[dict]) -> Figure:
+    """Test accuracy with its 95% CI against the number of training examples (log x), one line per method.
+
+    `lines`: label, reference (bool: drawn thicker, "(reference)" in the legend), points (examples,
+    accuracy, ci95_low, ci95_high; fractions). Lines are nudged apart a little along x so that error
+    bars at the same size do not hide one another.
+
+    Example:
+        >>> fig = learning_curve_figure([{"label": "full", "reference": True, "points": [
+        ...     {"examples": 500, "accuracy": 0.80, "ci95_low": 0.78, "ci95_high": 0.82},
+        ...     {"examples": 2000, "accuracy": 0.86, "ci95_low": 0.85, "ci95_high": 0.87}]}])
+    """
+    fig = Figure(figsize=(7.0, 4.4), layout="constrained")
+    ax = fig.subplots()
+    drawn = [line for line in lines if line["points"]]
+    for i, (line, color) in enumerate(zip(drawn, _colors(len(drawn)))):
+        points = sorted(line["points"], key=lambda p: p["examples"])
+        nudge = 1 + 0.025 * (i - (len(drawn) - 1) / 2)
+        x = [p["examples"] * nudge for p in points]
+        accuracy = [100 * p["accuracy"] for p in points]
+        # max(0, ...): a bound that equals the value up to rounding must not make a negative error bar.
+        low = [max(0.0, 100 * (p["accuracy"] - p["ci95_low"])) for p in points]
+        high = [max(0.0, 100 * (p["ci95_high"] - p["accuracy"])) for p in points]
+        ax.errorbar(
+            x,
+            accuracy,
+            yerr=[low, high],
+            fmt="o-",
+            capsize=3,
+            color=color,
+            linewidth=2.6 if line.get("reference") else 1.3,
+            label=line["label"] + (" (reference)" if line.get("reference") else ""),
+        )
+    sizes = sorted({p["examples"] for line in drawn for p in line["points"]})
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes], fontsize=8)
+    ax.set_xticks([], minor=True)  # the log axis's minor labels would crowd the measured sizes
+    ax.set_xlabel("training examples (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("learning curve (error bar: 95% CI of the mean)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def pareto_figure(points: Sequence[dict], panels: Sequence[dict], recommended: str | None = None) -> Figure:
+    """Test accuracy against each cost, one point per variant, the Pareto frontier of each panel as a
+    step line: the best accuracy to be had at that cost or less (or, where larger is better, at that
+    speed or more). The first panel is drawn large, the others small beside it.
+
+    `points`: label, accuracy (fraction), and one value per panel key. `panels`: key, label,
+    larger_is_better, frontier (the labels on that panel's frontier), budget (in the axis's unit, or
+    None). `recommended` gets a star. An x axis is log when it spans a decade or more.
+
+    Example:
+        >>> fig = pareto_figure(
+        ...     [{"label": "full", "accuracy": 0.9, "memory": 900.0},
+        ...      {"label": "lora", "accuracy": 0.88, "memory": 400.0}],
+        ...     [{"key": "memory", "label": "peak MiB", "larger_is_better": False, "frontier": ["full", "lora"],
+        ...       "budget": 500.0}], recommended="lora")
+    """
+    count = max(1, len(panels))
+    fig = Figure(figsize=(6.4 + 3.2 * (count - 1), 4.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, count, sharey=True, width_ratios=[2] + [1] * (count - 1), squeeze=False))
+    axes = axes.ravel()
+    color_of = dict(zip([p["label"] for p in points], _colors(len(points))))
+    for n, (ax, panel) in enumerate(zip(axes, panels)):
+        key, frontier = panel["key"], set(panel["frontier"])
+        shown = [p for p in points if p.get(key) is not None and math.isfinite(p[key])]
+        placed: dict[tuple, int] = {}
+        for p in shown:
+            on = p["label"] in frontier
+            star = p["label"] == recommended
+            # variants at (nearly) the same spot get their labels stacked instead of printed over each other
+            spot = (f"{p[key]:.2g}", f"{100 * p['accuracy']:.1f}")
+            stacked = placed[spot] = placed.get(spot, -1) + 1
+            ax.scatter(
+                [p[key]],
+                [100 * p["accuracy"]],
+                marker="*" if star else "o",
+                s=(190 if star else 55) * (1 if n == 0 else 0.7),
+                facecolors=color_of[p["label"]] if on else "none",
+                edgecolors=color_of[p["label"]],
+                linewidths=1.5,
+                zorder=3,
+            )
+            ax.annotate(
+                p["label"],
+                (p[key], 100 * p["accuracy"]),
+                textcoords="offset points",
+                xytext=(5, 5 - 10 * stacked),
+                fontsize=8 if n == 0 else 6.5,
+            )
+        front = sorted((p for p in shown if p["label"] in frontier), key=lambda p: p[key])
+        if len(front) >= 2:
+            # cheaper-is-better: the best accuracy holds from a point's cost onwards ("post");
+            # larger-is-better (speed): it holds up to and including a point's speed ("pre")
+            ax.step(
+                [p[key] for p in front],
+                [100 * p["accuracy"] for p in front],
+                where="pre" if panel["larger_is_better"] else "post",
+                color="black",
+                linewidth=1.2,
+                alpha=0.7,
+                zorder=2,
+            )
+        if panel.get("budget") is not None:
+            ax.axvline(panel["budget"], color="tab:red", linestyle="--", linewidth=1.2, label="budget")
+            ax.legend(fontsize=7, loc="lower right")
+        values = [p[key] for p in shown if p[key] > 0] + ([panel["budget"]] if panel.get("budget") else [])
+        wide = len(values) >= 2 and max(values) / min(values) >= 10
+        if wide:
+            ax.set_xscale("log")
+        direction = "higher is better" if panel["larger_is_better"] else "lower is better"
+        ax.set_xlabel(f"{panel['label']}{' (log scale)' if wide else ''}; {direction}", fontsize=8 if n else 9)
+        ax.margins(x=0.2, y=0.12)  # room for the point labels
+        ax.grid(True, which="both", alpha=0.3)
+        ax.tick_params(labelsize=7 if n else 8)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_title("accuracy vs cost: Pareto frontier (step line)", fontsize=10)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    return fig

@@ -1,9 +1,12 @@
 """Comparison folder -> report.md + self-contained report.html.
 
 The report is a pure function of the folder: it reads results.json for the list of runs (their
-variant names and statuses) and recomputes everything it shows from the run folders themselves
-(predictions.csv, history.csv, metrics.json, and analysis/analysis.json where `sentitune analyze` left
-one). Nothing is trained or predicted here.
+variant names, statuses and training-set sizes) and recomputes everything it shows from the run
+folders themselves (predictions.csv, history.csv, metrics.json, and analysis/analysis.json where
+`sentitune analyze` left one). Four things are taken from results.json as compare wrote them, because
+the run folders do not hold them: the reference variant (compare's, which honours --reference), the
+search records of `compare --tune`, the learning curve's "within 1 point" sizes, and the
+recommendation (Pareto-optimal variants under the budgets, and why). Nothing is trained or predicted here.
 
 Example:
     >>> md_path, html_path = build_report("results/sst2")  # doctest: +SKIP
@@ -24,6 +27,15 @@ import numpy as np
 
 from sentitune import results
 from sentitune.analysis import ANALYSIS_DIR, ANALYSIS_FILE, check_same_examples, slice_masks, slice_table
+from sentitune.compare import (
+    BUDGETS,
+    LEARNING_CURVE_POINTS,
+    PARETO_AXES,
+    EvalSet,
+    base_variant,
+    eval_set_statistics,
+    size_order,
+)
 from sentitune.metrics import (
     confusion_matrix,
     expected_calibration_error,
@@ -31,6 +43,7 @@ from sentitune.metrics import (
     finite_std,
     holm,
     paired_seed_test,
+    pareto_front,
     seed_summary,
 )
 from sentitune.results import Predictions, RunFolderError, load_predictions
@@ -64,6 +77,8 @@ class RunEntry:
     predictions: Predictions | None = None
     history: Any = None
     analysis: dict | None = None
+    train_size: int | str | None = None
+    """The learning-curve size the run belongs to (compare.train_sizes: a count or "all"), else None."""
 
     @property
     def ok(self) -> bool:
@@ -76,13 +91,28 @@ class Comparison:
     runs: list[RunEntry]
     fingerprint: str | None
     scaffolding: dict
+    eval_sets: list = field(default_factory=list)
+    """The extra eval sets compare scored the runs on (compare.EvalSet; names and files from
+    results.json); their numbers are recomputed from <run>/evaluations/<name>/."""
+    document: dict = field(default_factory=dict)
+    """results.json as compare wrote it ({} when the folder has none yet)."""
 
     @property
     def ok_runs(self) -> list[RunEntry]:
         return [r for r in self.runs if r.ok]
 
     def variants(self) -> list[str]:
-        return list(dict.fromkeys(r.variant for r in self.runs))
+        """Variant names grouped by training-set size (smallest first, `all` last), in compare's order
+        within a size: `full@500, lora@500, full@all, lora@all`."""
+        names = list(dict.fromkeys(r.variant for r in self.runs))
+        return sorted(names, key=lambda name: size_order(self.train_size(name)))
+
+    def train_size(self, variant: str) -> int | str | None:
+        return next((r.train_size for r in self.runs if r.variant == variant), None)
+
+    def train_sizes(self) -> list:
+        """The learning-curve sizes of the finished runs, smallest first ([None] without one)."""
+        return sorted(dict.fromkeys(r.train_size for r in self.ok_runs), key=size_order)
 
 
 def _listed_runs(folder: Path) -> tuple[list[dict], dict]:
@@ -107,6 +137,15 @@ def _listed_runs(folder: Path) -> tuple[list[dict], dict]:
     return rows, {}
 
 
+def _size_from_name(variant: str) -> int | str | None:
+    """The learning-curve size in a variant's name (`lora@500` -> 500, `lora@all` -> "all"), else None:
+    for a folder whose results.json compare has not written yet."""
+    if "@" not in variant:
+        return None
+    size = variant.rsplit("@", 1)[1]
+    return int(size) if size.isdigit() else size
+
+
 def load_comparison(folder: str | Path) -> Comparison:
     """Reads a comparison folder; raises RunFolderError when it holds no finished run."""
     folder = Path(folder)
@@ -125,6 +164,7 @@ def load_comparison(folder: str | Path) -> Comparison:
             path,
             row.get("error"),
         )
+        entry.train_size = row["train_size"] if "train_size" in row else _size_from_name(entry.variant)
         if (path / results.CONFIG_FILE).exists():
             try:
                 run = results.load_run(path)
@@ -142,7 +182,14 @@ def load_comparison(folder: str | Path) -> Comparison:
         elif entry.status == "ok":
             entry.status, entry.error = "missing", f"{path}: run folder not found"
         entries.append(entry)
-    comparison = Comparison(folder, entries, document.get("fingerprint"), document.get("scaffolding") or {})
+    comparison = Comparison(
+        folder, entries, document.get("fingerprint"), document.get("scaffolding") or {}, document=document
+    )
+    comparison.eval_sets = [
+        EvalSet(name, Path(entry.get("file", "")), bool(entry.get("builtin")))
+        for name, entry in (document.get("eval_sets") or {}).items()
+        if isinstance(entry, dict)
+    ]
     if not comparison.ok_runs:
         statuses = ", ".join(f"{r.name}: {r.status}" for r in entries) or "no runs listed"
         raise RunFolderError(f"{folder}: no finished runs to report ({statuses})")
@@ -199,6 +246,9 @@ def variant_summary(comparison: Comparison) -> list[dict]:
         ok = [r for r in group if r.ok]
         row: dict[str, Any] = {
             "variant": variant,
+            "base_variant": base_variant(variant),
+            "train_size": group[0].train_size,
+            "train_examples": next((r.metrics.get("train_examples") for r in ok), None),
             "method": group[0].method,
             "model": next((r.config.model for r in group if r.config is not None), None),
             "n_runs": len(group),
@@ -222,9 +272,13 @@ def variant_summary(comparison: Comparison) -> list[dict]:
                     "ci_method": stats["ci_method"],
                     "n_test": n_test,
                     "macro_f1_mean": _mean([r.metrics.get("test_macro_f1") for r in ok]),
+                    # ECE of the stored probabilities: after temperature scaling for runs that fitted
+                    # one (calibration.json), raw for runs made before it
                     "ece_mean": _mean(
                         [expected_calibration_error(r.predictions.gold, r.predictions.probabilities)["ece"] for r in ok]
                     ),
+                    "ece_uncalibrated_mean": _mean([r.metrics.get("test_ece_uncalibrated") for r in ok]),
+                    "temperature_mean": _mean([r.metrics.get("temperature") for r in ok]),
                     "params_trainable": first.get("params_trainable"),
                     "params_total": first.get("params_total"),
                     "params_trainable_percent": first.get("params_trainable_percent"),
@@ -239,6 +293,7 @@ def variant_summary(comparison: Comparison) -> list[dict]:
                     "train_sps": _mean([r.metrics.get("train_samples_per_second") for r in ok]),
                     "train_sps_std": _std([r.metrics.get("train_samples_per_second") for r in ok]),
                     "eval_sps": _mean([r.metrics.get("eval_samples_per_second") for r in ok]),
+                    "train_seconds": _mean([r.metrics.get("train_runtime_seconds") for r in ok]),
                     "checkpoint_mib": _mean([r.metrics.get("checkpoint_size_mib") for r in ok]),
                     "neural": _is_neural(group[0].method),
                     "lora_r": ok[0].config.method.lora_r
@@ -267,31 +322,67 @@ def slice_rows(comparison: Comparison) -> list[dict]:
     return rows
 
 
-def choose_reference(summary: list[dict]) -> str:
-    """The baseline the tradeoffs are stated against: full fine-tuning if it finished, else the most accurate."""
+def choose_reference(summary: list[dict], recorded: str | None = None) -> str:
+    """The baseline the tradeoffs are stated against: `recorded` (compare's reference from results.json,
+    which honours --reference) if it finished, else full fine-tuning if it finished, else the most accurate.
+
+    Example:
+        >>> rows = [{"variant": "full", "n_seeds": 1, "accuracy_mean": .8}, {"variant": "lora", "n_seeds": 2,
+        ...          "accuracy_mean": .9}]
+        >>> choose_reference(rows), choose_reference(rows, "lora"), choose_reference(rows[1:])
+        ('full', 'lora', 'lora')
+    """
     finished = [row for row in summary if row["n_seeds"]]
+    names = [row["variant"] for row in finished]
+    if recorded in names:
+        return recorded
     for row in finished:
-        if row["variant"] == "full":
-            return "full"
+        if row.get("base_variant", row["variant"]) == "full":
+            return row["variant"]
     return max(finished, key=lambda row: row["accuracy_mean"])["variant"]
 
 
-def paired_tests(comparison: Comparison, reference: str) -> list[dict]:
+def choose_references(summary: list[dict], document: dict | None = None) -> dict[Any, str]:
+    """Per training-set size with a finished run (the key None without a learning curve): the reference
+    variant of that size, choose_reference over that size's variants with results.json's
+    `references_by_train_size` (or, from an older compare, its single `reference`) as the recorded one."""
+    document = document or {}
+    recorded = document.get("references_by_train_size") or {}
+    sizes = sorted(dict.fromkeys(row["train_size"] for row in summary if row["n_seeds"]), key=size_order)
+    references = {}
+    for size in sizes:
+        named = recorded.get(str(size), document.get("reference") if len(sizes) == 1 else None)
+        references[size] = choose_reference([row for row in summary if row["train_size"] == size], named)
+    return references
+
+
+def _as_references(comparison: Comparison, references: str | dict[Any, str]) -> dict[Any, str]:
+    """A single reference name means: that variant for every run (a comparison without a learning curve)."""
+    if isinstance(references, str):
+        return dict.fromkeys((r.train_size for r in comparison.runs), references)
+    return references
+
+
+def paired_tests(comparison: Comparison, references: str | dict[Any, str]) -> list[dict]:
     """One paired test of every variant against the reference over all their shared seeds, overall
     and on the negation slice (metrics.paired_seed_test: exact McNemar on the discordant counts pooled
-    over seeds, paired bootstrap CI of the difference).
+    over seeds, paired bootstrap CI of the difference). `references` is one variant name, or per
+    training-set size the reference of that size (choose_references): with a learning curve a variant
+    is tested only against the reference trained on as many examples.
 
     Holm's correction runs within each slice's family: `p_holm` of the overall tests is corrected over
-    the overall tests against the reference (the same family, and so the same numbers, as compare's
+    the overall tests against the references (the same family, and so the same numbers, as compare's
     `p_holm_vs_reference`), the negation tests over the negation tests. `holm_tests` is the family's
     size K and `significant` means p_holm < 0.05. A slice with no examples gets no test.
     """
+    references = _as_references(comparison, references)
     texts = comparison.ok_runs[0].predictions.texts
     negation = slice_masks(texts)["negation"]["mask"]
     by_key = {(r.variant, r.seed): r for r in comparison.ok_runs}
     out = []
     for variant in comparison.variants():
-        if variant == reference:
+        reference = references.get(comparison.train_size(variant))
+        if reference is None or variant == reference:
             continue
         seeds = sorted({s for v, s in by_key if v == variant} & {s for v, s in by_key if v == reference}, key=str)
         if not seeds:
@@ -306,6 +397,7 @@ def paired_tests(comparison: Comparison, reference: str) -> list[dict]:
                 {
                     "variant": variant,
                     "reference": reference,
+                    "train_size": comparison.train_size(variant),
                     "seeds": seeds,
                     "slice": scope,
                     "count": int(mask.sum()),
@@ -491,15 +583,51 @@ def _curves(comparison: Comparison) -> list[dict]:
     return curves
 
 
-def build_figures(comparison: Comparison, summary: list[dict], slices: list[dict]) -> list[dict]:
-    """[{name, title, caption, png}] in report order; figures without data are left out."""
+def build_figures(
+    comparison: Comparison,
+    summary: list[dict],
+    slices: list[dict],
+    eval_rows: list[dict] | None = None,
+    curve_lines: list[dict] | None = None,
+    pareto: dict | None = None,
+) -> list[dict]:
+    """[{name, title, caption, png, section}] in report order; figures without data are left out.
+    `section` names the report section that shows the figure ("figures": the Figures section at the end).
+
+    `curve_lines` and `pareto` are learning_curve_context's and recommendation_context's figure data."""
     from sentitune.reporting import plots
 
     done = [row for row in summary if row["n_seeds"]]
     figures = []
 
-    def add(name: str, title: str, caption: str, fig) -> None:
-        figures.append({"name": name, "title": title, "caption": caption, "png": plots.png_bytes(fig)})
+    def add(name: str, title: str, caption: str, fig, section: str = "figures") -> None:
+        figures.append(
+            {"name": name, "title": title, "caption": caption, "png": plots.png_bytes(fig), "section": section}
+        )
+
+    if curve_lines and any(line["points"] for line in curve_lines):
+        add(
+            "learning_curve",
+            "Learning curve",
+            "Mean test accuracy over seeds against the number of training examples (log scale), one line per "
+            "method; error bars are the 95% CI of the mean (t over seeds; bootstrap over test examples with one "
+            "seed). The reference is drawn thicker.",
+            plots.learning_curve_figure(curve_lines),
+            "learning_curve",
+        )
+    if pareto:
+        frontiers = "; ".join(f"{p['label']}: {', '.join(p['frontier'])}" for p in pareto["panels"])
+        add(
+            "pareto",
+            "Accuracy against cost: the Pareto frontier",
+            "Mean test accuracy over seeds against each cost, one point per variant; filled points and the step "
+            "line are the frontier of that panel (no other variant is at least as accurate and at least as good on "
+            "that axis), "
+            f"hollow points are dominated, the star is the recommended variant, a dashed line a budget. Frontiers: "
+            f"{frontiers}.{pareto['memory_note']}",
+            plots.pareto_figure(pareto["points"], pareto["panels"], pareto.get("recommended")),
+            "recommendation",
+        )
 
     add(
         "accuracy_vs_params",
@@ -574,6 +702,15 @@ def build_figures(comparison: Comparison, summary: list[dict], slices: list[dict
         "negation and contrast are matched by word rules (see analysis.NEGATION_PATTERN).",
         plots.slice_figure([row for row in slices if row["count"]]),
     )
+    if eval_rows and len({row["set"] for row in eval_rows}) > 1:
+        add(
+            "eval_sets",
+            "Robustness and out-of-domain eval sets",
+            "Accuracy per variant on the test split and on each extra eval set (the shipped negation and "
+            "contrast suite, --eval-file sets), with the 95% CI of the mean over seeds (t over seeds; "
+            "bootstrap over the set's examples with one seed).",
+            plots.eval_sets_figure(eval_rows),
+        )
     if len({r["model"] for r in done if r["neural"]}) > 1:
         add(
             "models",
@@ -595,8 +732,11 @@ def build_figures(comparison: Comparison, summary: list[dict], slices: list[dict
                 ]
             ),
         )
+    largest = max((r["train_size"] for r in done), key=size_order, default=None)
     ranks = [
-        {"r": r["lora_r"], "accuracy": r["accuracy_mean"], "std": r["accuracy_std"]} for r in done if r.get("lora_r")
+        {"r": r["lora_r"], "accuracy": r["accuracy_mean"], "std": r["accuracy_std"]}
+        for r in done
+        if r.get("lora_r") and r["train_size"] == largest  # one point per rank: a learning curve's largest size
     ]
     if len({p["r"] for p in ranks}) >= 2:
         add(
@@ -617,6 +757,79 @@ def _fmt(value, spec: str, missing: str = "–") -> str:
     return format(value, spec)
 
 
+def _ece_cell(row: dict) -> str:
+    """'0.081 → 0.023': test ECE before and after temperature scaling; one number for runs without it."""
+    after = _fmt(row["ece_mean"], ".3f")
+    if row.get("ece_uncalibrated_mean") is None:
+        return after
+    return f"{row['ece_uncalibrated_mean']:.3f} → {after}"
+
+
+def eval_set_summary(comparison: Comparison, references: str | dict[Any, str]) -> dict:
+    """results.json's `eval_sets`, recomputed from the run folders' evaluations (the same function
+    compare uses, compare.eval_set_statistics), with the paired tests taken against `references`
+    (one name, or the reference per training-set size as paired_tests takes them)."""
+    rows = [
+        {"run_dir": str(r.path), "variant": r.variant, "seed": r.seed, "status": "ok", "train_size": r.train_size}
+        for r in comparison.ok_runs
+    ]
+    return eval_set_statistics(comparison.folder, rows, comparison.eval_sets, _as_references(comparison, references))
+
+
+def _eval_point(variant: str, name: str, entry: dict, examples) -> dict:
+    """One dot of plots.eval_sets_figure."""
+    return {
+        "variant": variant,
+        "set": name,
+        "accuracy": entry["mean"],
+        "ci95_low": entry["ci95_low"],
+        "ci95_high": entry["ci95_high"],
+        "examples": examples,
+    }
+
+
+def _eval_set_context(summary: list[dict], eval_sets: dict) -> dict:
+    """Table rows (test split first, then each set; one cell per variant), test rows and figure points."""
+    variants = [r["variant"] for r in summary if r["n_seeds"]]
+
+    def cell(entry: dict | None) -> str:
+        if not entry:
+            return "–"
+        return f"{100 * entry['mean']:.1f} ({100 * entry['ci95_low']:.1f}–{100 * entry['ci95_high']:.1f})"
+
+    done = {r["variant"]: r for r in summary if r["n_seeds"]}
+    test = {
+        v: {"mean": r["accuracy_mean"], "ci95_low": r["ci95_low"], "ci95_high": r["ci95_high"]} for v, r in done.items()
+    }
+    n_test = next((r["n_test"] for r in done.values()), None)
+    table = [{"set": "test split", "count": n_test, "cells": [cell(test.get(v)) for v in variants]}]
+    figure = [_eval_point(v, "test", e, n_test) for v, e in test.items()]
+    tests = []
+    for name, entry in eval_sets.items():
+        if not entry["variants"]:
+            continue
+        table.append(
+            {"set": name, "count": entry["examples"], "cells": [cell(entry["variants"].get(v)) for v in variants]}
+        )
+        figure += [_eval_point(v, name, e, entry["examples"]) for v, e in entry["variants"].items()]
+        k = entry["multiplicity"]["tests"]
+        tests += [
+            {
+                "set": name,
+                "variant": t["a"],
+                "reference": t["b"],
+                "seeds_text": ", ".join(str(s) for s in t["seeds"]),
+                "difference_text": f"{100 * t['difference']:+.1f} ({100 * t['difference_ci95_low']:+.1f} to "
+                f"{100 * t['difference_ci95_high']:+.1f})",
+                "p": f"{t['p_value']:.3g}",
+                "p_holm_text": f"{t['p_holm']:.3g} (over {k})",
+                "verdict": "significant" if t["significant"] else "not significant",
+            }
+            for t in entry["pairwise_vs_reference"]
+        ]
+    return {"eval_table": table if len(table) > 1 else [], "eval_tests": tests, "eval_figure_rows": figure}
+
+
 def _table_rows(summary: list[dict]) -> list[dict]:
     rows = []
     for r in summary:
@@ -630,6 +843,7 @@ def _table_rows(summary: list[dict]) -> list[dict]:
                     "ci": "",
                     "f1": "",
                     "ece": "",
+                    "temperature": "",
                     "params": "",
                     "memory": "",
                     "train_sps": "",
@@ -647,7 +861,8 @@ def _table_rows(summary: list[dict]) -> list[dict]:
                 "accuracy": f"{100 * r['accuracy_mean']:.2f}{std}",
                 "ci": f"{100 * r['ci95_low']:.1f}–{100 * r['ci95_high']:.1f}; {r['ci_method']}",
                 "f1": _fmt(r["macro_f1_mean"] and 100 * r["macro_f1_mean"], ".2f"),
-                "ece": _fmt(r["ece_mean"], ".3f"),
+                "ece": _ece_cell(r),
+                "temperature": _fmt(r.get("temperature_mean"), ".2f"),
                 "params": f"{r['params_trainable']:,} ({_fmt(r['params_trainable_percent'], '.3g')}%)",
                 "memory": _fmt(r["peak_memory_mib"], ",.0f") + (" (est. parts)" if r["memory_estimated"] else ""),
                 "train_sps": _fmt(r["train_sps"], ",.1f"),
@@ -691,7 +906,15 @@ def _setup(comparison: Comparison) -> dict:
         "dataset": data.get("dataset") or first.get("dataset"),
         "data_source": first.get("data_source", ""),
         "test_examples": len(comparison.ok_runs[0].predictions.texts),
-        "train_examples": first.get("train_examples"),
+        "train_examples": first.get("train_examples")
+        if len(comparison.train_sizes()) == 1
+        else " / ".join(
+            f"{examples:,}" if isinstance(examples, int) else str(examples)
+            for examples in sorted(
+                {r.metrics.get("train_examples") or r.train_size for r in comparison.ok_runs}, key=size_order
+            )
+        )
+        + " (learning curve)",
         "labels": ", ".join(comparison.ok_runs[0].predictions.label_names),
         "fingerprint": comparison.fingerprint or "unknown",
         "training": ", ".join(
@@ -730,13 +953,229 @@ def _probe_rows(comparison: Comparison) -> list[dict]:
     return rows
 
 
+def _value(value) -> str:
+    """A knob value as the tables show it: 2.5e-05, 16, q,v."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _examples(point: dict) -> str:
+    """A learning-curve point's number of training examples, '6,920', or its size when unknown."""
+    examples = point.get("train_examples")
+    return f"{examples:,}" if isinstance(examples, int) else str(point.get("train_size"))
+
+
+def learning_curve_context(curve: dict) -> dict:
+    """The learning-curve section from results.json's `learning_curve` (compare.learning_curve): one
+    table row and one figure line per method, and per method other than the reference the sentence
+    "X comes within 1 point of <reference> from N examples" (or that it never does). Empty without
+    compare.train_sizes."""
+    points_text = f"{LEARNING_CURVE_POINTS:g} point{'s' if LEARNING_CURVE_POINTS != 1 else ''}"
+    sizes = sorted({p["train_size"] for line in curve.values() for p in line["points"]}, key=size_order)
+    examples = {}
+    for line in curve.values():
+        for p in line["points"]:
+            examples.setdefault(p["train_size"], _examples(p))
+    lines, rows, statements = [], [], []
+    for method, line in curve.items():
+        reference = line.get("reference")
+        at = {p["train_size"]: p for p in line["points"]}
+        rows.append(
+            {
+                "method": method + (" (reference)" if method == reference else ""),
+                "cells": [
+                    f"{100 * at[s]['test_accuracy_mean']:.1f} ({100 * at[s]['test_accuracy_ci95_low']:.1f}–"
+                    f"{100 * at[s]['test_accuracy_ci95_high']:.1f})"
+                    if s in at
+                    else "–"
+                    for s in sizes
+                ],
+            }
+        )
+        lines.append(
+            {
+                "label": method,
+                "reference": method == reference,
+                "points": [
+                    {
+                        "examples": p.get("train_examples") or p["train_size"],
+                        "accuracy": p["test_accuracy_mean"],
+                        "ci95_low": p["test_accuracy_ci95_low"],
+                        "ci95_high": p["test_accuracy_ci95_high"],
+                    }
+                    for p in line["points"]
+                    if isinstance(p.get("train_examples") or p["train_size"], int)
+                ],
+            }
+        )
+        if method == reference:
+            continue
+        reached = line.get("within_reference_from")
+        if reference not in curve:
+            statements.append(f"{method}: no finished {reference} run to compare it with.")
+        elif reached is None:
+            tried = ", ".join(_examples(p) for p in line["points"])
+            statements.append(f"{method} never comes within {points_text} of {reference} (at {tried} examples).")
+        else:
+            statements.append(f"{method} comes within {points_text} of {reference} from {examples[reached]} examples.")
+    columns = [f"{examples[s]}" + (" (all)" if s == "all" and examples[s] != "all" else "") for s in sizes]
+    return {"curve_columns": columns, "curve_rows": rows, "curve_statements": statements, "curve_lines": lines}
+
+
+def search_context(search: dict) -> dict:
+    """The search section from results.json's `search` (compare --tune): per variant its trials (values
+    and validation accuracy), budget and selection, and the sentence on what the trials were scored on."""
+    variants = []
+    for name in sorted(search, key=lambda name: size_order(_size_from_name(name))):
+        record = search[name]
+        if not record.get("budget"):
+            variants.append({"variant": name, "tuned": False, "note": record.get("note") or "not tuned"})
+            continue
+        trials = record.get("trials") or []
+        knobs = list(record.get("space") or {}) or list(dict.fromkeys(k for t in trials for k in t["params"]))
+        selected = record.get("selected")
+        chosen = next(
+            (
+                t["number"]
+                for t in trials
+                if selected is not None
+                and t["params"] == selected
+                and t["validation_accuracy"] == record.get("selected_validation_accuracy")
+            ),
+            None,
+        )
+        variants.append(
+            {
+                "variant": name,
+                "tuned": True,
+                "budget": record["budget"],
+                "trials_run": record.get("trials_run", len(trials)),
+                "sampler": record.get("sampler", "?"),
+                "scored_on": record.get("scored_on", "?"),
+                "space": "; ".join(
+                    f"{k}: {', '.join(_value(v) for v in values)}" for k, values in (record.get("space") or {}).items()
+                ),
+                "knobs": knobs,
+                "trials": [
+                    {
+                        "number": t["number"],
+                        "cells": [_value(t["params"].get(k, "–")) for k in knobs],
+                        "accuracy": _fmt(t["validation_accuracy"] and 100 * t["validation_accuracy"], ".2f"),
+                        "status": t.get("status", "?") + (f": {t['error']}" if t.get("error") else ""),
+                        "selected": t["number"] == chosen,
+                    }
+                    for t in trials
+                ],
+                "selected": ", ".join(f"{k} = {_value(v)}" for k, v in selected.items())
+                if selected
+                else "none (every trial failed; the variant ran at its defaults)",
+                "selected_accuracy": _fmt(
+                    record.get("selected_validation_accuracy") and 100 * record["selected_validation_accuracy"], ".2f"
+                ),
+            }
+        )
+    tuned = [v for v in variants if v["tuned"]]
+    if not tuned:
+        return {"search": variants, "search_note": ""}
+    budgets = sorted({v["budget"] for v in tuned})
+    scored_on = sorted({v["scored_on"] for v in tuned})
+    budget = (
+        f"the same budget of {budgets[0]} trial{'s' if budgets[0] != 1 else ''}"
+        if len(budgets) == 1
+        else f"budgets of {', '.join(str(b) for b in budgets)} trials"
+    )
+    where = "the validation slice only" if scored_on == ["validation"] else f"{', '.join(scored_on)} (as recorded)"
+    note = (
+        f"Every tuned variant had {budget} ({', '.join(sorted({v['sampler'] for v in tuned}))} sampler). Each "
+        f"trial trained on the training split and was scored on {where}, never on test; the selected values "
+        "were then trained once per seed, and the test split was read once, by those final runs (the numbers "
+        "in Results)."
+    )
+    return {"search": variants, "search_note": note}
+
+
+PARETO_PANELS = (
+    # report summary field, compare summary field (PARETO_AXES, BUDGETS), axis label
+    ("peak_memory_mib", "peak_memory_mib_mean", "peak training memory (MiB)"),
+    ("train_seconds", "train_runtime_seconds_mean", "training time (s)"),
+    ("eval_sps", "eval_samples_per_second_mean", "inference: test sentences/s"),
+)
+
+
+def _budget_text(name: str, limit: float) -> str:
+    _, upper, unit, _ = BUDGETS.get(name, (None, True, name, 1.0))
+    return f"{'at most' if upper else 'at least'} {limit:,g} {unit}"
+
+
+def recommendation_context(summary: list[dict], document: dict) -> dict:
+    """The recommendation section: the Pareto points and frontiers of the variants at the size compare
+    recommended at (the largest), computed here from the run folders with metrics.pareto_front, and
+    results.json's `recommendation` (compare.recommend: Pareto-optimal variants, budgets, the choice and
+    its reason). `pareto` is None with fewer than two finished variants at that size."""
+    recorded = document.get("recommendation") or {}
+    sizes = sorted({r["train_size"] for r in summary if r["n_seeds"]}, key=size_order)
+    size = recorded["train_size"] if "train_size" in recorded else (sizes[-1] if sizes else None)
+    rows = [r for r in summary if r["n_seeds"] and r["train_size"] == size]
+    budgets = recorded.get("budgets") or {}
+    panels = []
+    for key, axis, label in PARETO_PANELS:
+        values = [r.get(key) if r.get(key) is not None else math.nan for r in rows]
+        if not any(math.isfinite(v) for v in values):
+            continue
+        larger = PARETO_AXES[axis]
+        front = pareto_front([(r["accuracy_mean"], v) for r, v in zip(rows, values)], (True, larger))
+        limit = next((budgets[n] / spec[3] for n, spec in BUDGETS.items() if spec[0] == axis and n in budgets), None)
+        panels.append(
+            {
+                "key": key,
+                "axis": axis,
+                "label": label,
+                "larger_is_better": larger,
+                "frontier": [rows[i]["variant"] for i in front],
+                "budget": limit,
+            }
+        )
+    hows = sorted({r.get("peak_memory_how") or "unknown" for r in rows})
+    pareto = None
+    if len(rows) >= 2 and panels:
+        pareto = {
+            "points": [
+                {"label": r["variant"], "accuracy": r["accuracy_mean"], **{p["key"]: r.get(p["key"]) for p in panels}}
+                for r in rows
+            ],
+            "panels": panels,
+            "recommended": recorded.get("recommended"),
+            "memory_note": ""
+            if len(hows) == 1
+            else f" Peak memory is measured in more than one way here ({'; '.join(hows)}): those points do not "
+            "share one memory axis.",
+        }
+    recommendation = None
+    if recorded.get("reason"):
+        recommendation = {
+            "reason": recorded["reason"],
+            "recommended": recorded.get("recommended"),
+            "pareto_optimal": ", ".join(recorded.get("pareto_optimal") or []) or "none",
+            "contenders": ", ".join(recorded.get("contenders") or []),
+            "budgets": [_budget_text(name, limit) for name, limit in budgets.items()],
+            "train_size": ""
+            if size is None
+            else f" Among the variants trained on {_examples(rows[0] if rows else {'train_size': size})} "
+            "examples, the largest training-set size.",
+        }
+    return {"recommendation": recommendation, "pareto": pareto}
+
+
 def _context(comparison: Comparison) -> dict:
     summary = variant_summary(comparison)
     slices = slice_rows(comparison)
-    reference = choose_reference(summary)
-    tests = paired_tests(comparison, reference)
+    references = choose_references(summary, comparison.document)
+    reference = references[max(references, key=size_order)]  # the largest size's, as compare's `reference`
+    tests = paired_tests(comparison, references)
     negation = {row["variant"]: row for row in slices if row["slice"] == "negation"}
-    statements = tradeoff_statements(summary, tests, reference, negation)
+    statements = []
+    for size, of_size in references.items():
+        group = [row for row in summary if row["train_size"] == size]
+        statements += tradeoff_statements(group, [t for t in tests if t["train_size"] == size], of_size, negation)
     slice_names = list(dict.fromkeys(row["slice"] for row in slices))
     lookup = {(row["variant"], row["slice"]): row for row in slices}
     counts = {row["slice"]: row["count"] for row in slices}  # one test set, so the same for every variant
@@ -774,6 +1213,7 @@ def _context(comparison: Comparison) -> dict:
         "table": _table_rows(summary),
         "failed": [line for row in summary for line in row["failed"]],
         "reference": reference,
+        "references": list(dict.fromkeys(references.values())),
         "statements": statements,
         "tests": test_rows,
         "holm_tests": holm_tests,
@@ -783,6 +1223,10 @@ def _context(comparison: Comparison) -> dict:
         "probe_rows": _probe_rows(comparison),
         "summary": summary,
         "slices": slices,
+        **_eval_set_context(summary, eval_set_summary(comparison, references)),
+        **learning_curve_context(comparison.document.get("learning_curve") or {}),
+        **search_context(comparison.document.get("search") or {}),
+        **recommendation_context(summary, comparison.document),
     }
 
 
@@ -831,7 +1275,14 @@ def write_report(results_dir: str | Path) -> tuple[Path, Path, dict]:
     `reference` and `statements` name the baseline and the tradeoffs stated against it)."""
     comparison = load_comparison(results_dir)
     context = _context(comparison)
-    figures = build_figures(comparison, context["summary"], context["slices"])
+    figures = build_figures(
+        comparison,
+        context["summary"],
+        context["slices"],
+        context["eval_figure_rows"],
+        context["curve_lines"],
+        context["pareto"],
+    )
     folder = comparison.folder
     figure_dir = folder / FIGURES_DIR
     figure_dir.mkdir(exist_ok=True)

@@ -14,14 +14,38 @@ from pathlib import Path
 from typing import Iterable
 
 from sentitune.cli.options import runtime_kwargs
-from sentitune.data import input_format, stream_texts
-from sentitune.errors import DataError
+from sentitune.data import input_format, is_blank, stream_texts
+from sentitune.errors import DataError, OutputNotWritable
 from sentitune.inference import Predictor, write_jsonl
+from sentitune.results import check_output_path, is_run_folder
 
 
 def progress_wanted() -> bool:
     """A progress bar on a terminal, or when SENTITUNE_PROGRESS=1 asks for one."""
     return sys.stderr.isatty() or os.environ.get("SENTITUNE_PROGRESS") == "1"
+
+
+def check_predict_output(output: str, source: str | None, model: str) -> None:
+    """Refuses an --output that would replace what this command reads: the --input file itself, or a
+    file inside the --model folder or any other run folder (its predictions.csv, labels.json or
+    weights; `--output run/predictions.csv` silently broke the run)."""
+    check_output_path(output, "--output", "file")  # a folder, or inside a file: said as such first
+    path = Path(output)
+    if source and source != "-" and path.exists() and Path(source).exists() and path.samefile(source):
+        raise OutputNotWritable(f"{output}: is the --input file; write the predictions to another --output")
+    target = path.resolve()
+    model_dir = Path(model).resolve()
+    for folder in target.parents:
+        try:
+            inside_run = is_run_folder(folder)
+        except OSError:  # a parent this user may pass through but not list
+            inside_run = False
+        if folder == model_dir or inside_run:
+            what = "the --model folder" if folder == model_dir else "a run folder"
+            raise OutputNotWritable(
+                f"{output}: inside {what} ({folder}); sentitune never writes predictions into a model "
+                "or run folder, so pick another --output"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
         raise DataError("nothing to predict: give texts as arguments, or --input FILE ('-' for stdin)")
     if args.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    blank = next((i for i, text in enumerate(args.texts) if is_blank(text)), None)
+    if blank is not None:
+        # The model would still answer, confidently, about nothing (as the server refuses it too).
+        raise DataError(f"text {blank + 1}: holds no visible characters; give the text to classify")
+    if args.output and args.output != "-":
+        check_predict_output(args.output, args.input, args.model)
     fmt = getattr(args, "input_format", None)
     if args.input and args.input != "-":
         input_format(args.input, fmt)  # unknown suffixes fail before the model loads

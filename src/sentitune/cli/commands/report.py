@@ -4,15 +4,22 @@ tradeoffs."""
 from __future__ import annotations
 
 import argparse
+import os
 import webbrowser
 
+from sentitune.errors import ConfigError
 from sentitune.reporting.render import write_report
 
 
 def run(args: argparse.Namespace) -> int:
-    md_path, html_path, context = write_report(args.results)
+    results = args.results or args.results_option
+    if results is None:
+        raise ConfigError("no comparison folder: give it as the first argument or with --output-dir")
+    if args.results_option and os.path.normpath(args.results_option) != os.path.normpath(results):
+        raise ConfigError(f"two comparison folders: {results!r} and --output-dir {args.results_option!r}; give one")
+    md_path, html_path, context = write_report(results)
     print(f"wrote {md_path} and {html_path}")
-    print(f"Tradeoffs (against {context['reference']}):")
+    print(f"Tradeoffs (against {', '.join(context['references'])}):")
     for statement in context["statements"]:
         print(f"  - {statement}")
     if args.open:

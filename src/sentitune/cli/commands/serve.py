@@ -23,6 +23,9 @@ def run(args: argparse.Namespace) -> int:
         max_chars=args.max_chars,
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
     )
     check_address(args.host, args.port)
     predictor = Predictor.load(args.model, **runtime_kwargs(args))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from sentitune.cli.options import config_from_args
+from sentitune.errors import ConfigError
 from sentitune.training import is_main_process, train
 
 
@@ -28,11 +30,28 @@ SHOWN = (
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    output_dir = args.output_dir or f"runs/{cfg.data.dataset}-{cfg.method.name}"
-    metrics = train(cfg, output_dir, overwrite=args.overwrite, resume=args.resume)
+    output_dir = args.output_dir or f"runs/{cfg.data.name}-{cfg.method.name}"
+    resume = resume_flag(args.resume, output_dir)
+    metrics = train(cfg, output_dir, overwrite=args.overwrite, resume=resume, selection_only=args.selection_only)
     if is_main_process():
         print_metrics(metrics, output_dir)
     return 0
+
+
+def resume_flag(value: bool | str | None, output_dir: str) -> bool:
+    """--resume, or --resume_from_checkpoint [PATH]: the run always continues from the newest complete
+    checkpoint in the run folder, so a PATH must name that folder or a checkpoint inside it."""
+    if not isinstance(value, str) or value.lower() == "true":
+        return bool(value)
+    if value.lower() == "false":
+        return False
+    run_dir, path = Path(output_dir).resolve(), Path(value).resolve()
+    if path != run_dir and run_dir not in path.parents:
+        raise ConfigError(
+            f"--resume_from_checkpoint {value}: not inside the run folder {output_dir}; sentitune resumes the "
+            "newest complete checkpoint of --output-dir (pass --output-dir to point at another run)"
+        )
+    return True
 
 
 def print_metrics(metrics: dict, output_dir: str) -> None:
