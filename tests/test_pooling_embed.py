@@ -14,9 +14,9 @@ import torch
 
 from sentitune.config import ConfigError, RunConfig
 from sentitune.inference import Predictor
+from sentitune.methods.pooled_bert import mean_pool
 from sentitune.methods.pooling import (
     declared_pooling,
-    mean_pool,
     model_pooling,
     resolve_pooling,
     saved_pooling,

@@ -189,14 +189,18 @@ def _entry(variant, accuracy, memory, seconds, speed=500.0, checkpoint=10.0):
     }
 
 
-def _test(a, b, difference, p_holm):
+def _test(a, b, difference, p_holm, half_width=0.01):
+    from sentitune.metrics import is_significant
+
+    low, high = difference - half_width, difference + half_width
     return {
         "a": a,
         "b": b,
         "difference": difference,
-        "difference_ci95_low": difference - 0.01,
-        "difference_ci95_high": difference + 0.01,
+        "difference_ci95_low": low,
+        "difference_ci95_high": high,
         "p_holm": p_holm,
+        "significant": is_significant(p_holm, low, high),
     }
 
 
@@ -212,10 +216,19 @@ def test_recommendation_picks_the_cheapest_variant_not_significantly_worse():
     assert "within 0.4 points of full" in chosen["reason"] and "Holm p = 0.4 (not significant)" in chosen["reason"]
     assert "38% less peak memory" in chosen["reason"] and "17% less training time" in chosen["reason"]
     assert chosen["pareto_optimal"] == ["full", "lora", "tfidf"]
-    # A significant gap: the most accurate one is recommended, with its evidence.
+    # p < 0.05 but a CI that spans 0 (seeds disagree): not significant, lora still wins.
     pairwise[0] = _test("full", "lora", 0.004, 0.01)
+    assert compare.recommend(summary, pairwise, {})["recommended"] == "lora"
+    # A significant gap (p and CI agree): the most accurate one is recommended, with its evidence.
+    pairwise[0] = _test("full", "lora", 0.004, 0.01, half_width=0.003)
     chosen = compare.recommend(summary, pairwise, {})
     assert chosen["recommended"] == "full" and "significantly more accurate" in chosen["reason"]
+    # The most accurate is also the cheapest contender: the sentence names the close ones.
+    summary[0]["peak_memory_mib_mean"] = 400
+    pairwise[0] = _test("full", "lora", 0.004, 0.40)
+    chosen = compare.recommend(summary, pairwise, {})
+    assert chosen["recommended"] == "full" and "also the cheapest" in chosen["reason"]
+    assert "lora -0.4 points [CI -1.4, +0.6], Holm p = 0.4" in chosen["reason"]
 
 
 def test_budgets_filter_and_none_met_names_the_closest():
@@ -241,3 +254,13 @@ def test_pareto_front_against_hand_cases():
     points = [(0.9, 100.0), (0.9, 200.0), (0.8, 50.0), (0.7, 60.0), (float("nan"), 1.0)]
     assert pareto_front(points, (True, False)) == [0, 2]
     assert pareto_front([(1.0, 1.0), (1.0, 1.0)], (True, True)) == [0, 1]  # ties dominate neither
+
+
+def test_seeds_that_all_score_the_same_get_the_test_sets_interval_not_a_zero_width_one():
+    from sentitune.metrics import seed_summary
+
+    correct = [1] * 75 + [0] * 25
+    same = seed_summary([0.75, 0.75], correct)
+    assert same["ci_method"] == "bootstrap over test examples (all 2 seeds scored the same)"
+    assert same["ci95_low"] < 0.7 and same["ci95_high"] > 0.8
+    assert seed_summary([0.74, 0.76], correct)["ci_method"] == "t over 2 seeds"

@@ -37,7 +37,7 @@ from sentitune import results, tuning
 from sentitune.config import SUITE_DIR, ConfigError, RunConfig, scaffolding_differences
 from sentitune.data import load_splits
 from sentitune.methods import registry
-from sentitune.metrics import finite_mean, holm, paired_seed_test, pareto_front, seed_summary
+from sentitune.metrics import finite_mean, holm, is_significant, paired_seed_test, pareto_front, seed_summary
 from sentitune.models import resolve_model
 from sentitune.runtime import COMPARED_PACKAGES, package_versions, version_differences
 from sentitune.runtime import version_mix as runtime_version_mix
@@ -685,7 +685,8 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             **{k: v for k, v in group[0].items() if k in method_knobs_keys(group[0])},
         }
         if ok:
-            stats = seed_summary([r["test_accuracy"] for r in ok], _correctness(out, ok[0]) if len(ok) == 1 else [])
+            accuracies = [r["test_accuracy"] for r in ok]
+            stats = seed_summary(accuracies, _correctness(out, ok[0]) if len(set(accuracies)) == 1 else [])
             entry.update(
                 {
                     "test_accuracy_mean": stats["mean"],
@@ -802,7 +803,11 @@ def pairwise_tests(out: Path, rows: list[dict[str, Any]], configured_reference: 
     vs_reference = dict(zip(against, holm([tests[i]["p_value"] for i in against])))
     for i, (test, p_holm) in enumerate(zip(tests, holm([t["p_value"] for t in tests]))):
         test.update(
-            p_holm=p_holm, p_holm_vs_reference=vs_reference.get(i), significant=bool(p_holm < SIGNIFICANCE_LEVEL)
+            p_holm=p_holm,
+            p_holm_vs_reference=vs_reference.get(i),
+            significant=is_significant(
+                p_holm, test["difference_ci95_low"], test["difference_ci95_high"], SIGNIFICANCE_LEVEL
+            ),
         )
     return tests
 
@@ -820,7 +825,8 @@ def write_results(out: Path, planned: list[PlannedRun]) -> dict[str, Any]:
         "reference": reference_variant(rows, configured),
         "references_by_train_size": {str(k): v for k, v in reference_variants(rows, configured).items()},
         "search": _read_searches(out),
-        "learning_curve": learning_curve(summary, configured or "full"),
+        # The curve's reference is the comparison's (reference_variant's fallback included), by base name.
+        "learning_curve": learning_curve(summary, base_variant(reference_variant(rows, configured) or "full")),
         "recommendation": recommend(
             summary, pairwise, {name: getattr(planned[0].config.compare, name) for name in BUDGETS}
         ),
@@ -928,7 +934,7 @@ def recommend(summary: list[dict], pairwise: list[dict], budgets: dict[str, floa
     contenders = [top]
     for e in feasible:
         test = _test_between(pairwise, e["variant"], top["variant"]) if e is not top else None
-        if test is not None and test["p_holm"] >= SIGNIFICANCE_LEVEL:
+        if test is not None and not test["significant"]:
             contenders.append(e)
 
     def cost(e: dict) -> tuple[float, float]:
@@ -958,9 +964,17 @@ def recommend(summary: list[dict], pairwise: list[dict], budgets: dict[str, floa
                 f"{runner['variant']}{evidence}"
             )
         else:
+            close = []
+            for e in contenders[1:]:
+                test = _test_between(pairwise, e["variant"], top["variant"])
+                low, high = 100 * test["difference_ci95_low"], 100 * test["difference_ci95_high"]
+                close.append(
+                    f"{e['variant']} {100 * test['difference']:+.1f} points [CI {low:+.1f}, {high:+.1f}], "
+                    f"Holm p = {test['p_holm']:.3g}"
+                )
             reason = (
-                f"{top['variant']}: the most accurate{within}, and no cheaper variant is within its "
-                "accuracy (the ones not significantly worse cost more)"
+                f"{top['variant']}: the most accurate{within} and also the cheapest of the variants not "
+                f"significantly less accurate than it ({'; '.join(close)}: not significant)"
             )
     else:
         test = _test_between(pairwise, chosen["variant"], top["variant"])
@@ -1172,7 +1186,7 @@ def eval_set_statistics(
             if not seeds:
                 continue
             accuracies = [float(correct[(variant, seed)].mean()) for seed in seeds]
-            stats = seed_summary(accuracies, correct[(variant, seeds[0])] if len(seeds) == 1 else [])
+            stats = seed_summary(accuracies, correct[(variant, seeds[0])] if len(set(accuracies)) == 1 else [])
             variants[variant] = {"seeds": seeds, **stats, "ece_mean": finite_mean(ece.get(variant, []))}
         size_of = {r["variant"]: r.get("train_size") for r in ok}
         tests = []
@@ -1192,7 +1206,12 @@ def eval_set_statistics(
                 {"a": variant, "b": reference, "train_size": size_of[variant], "seeds": seeds, **test, **discordant}
             )
         for test, p_holm in zip(tests, holm([t["p_value"] for t in tests])):
-            test.update(p_holm=p_holm, significant=bool(p_holm < SIGNIFICANCE_LEVEL))
+            test.update(
+                p_holm=p_holm,
+                significant=is_significant(
+                    p_holm, test["difference_ci95_low"], test["difference_ci95_high"], SIGNIFICANCE_LEVEL
+                ),
+            )
         examples = next(iter(correct.values())).size if correct else 0
         document[s.name] = {
             "file": str(s.path),

@@ -217,8 +217,10 @@ def seed_summary(seed_accuracies, correctness_of_one_run=()) -> dict[str, Any]:
 
     Args:
         seed_accuracies: test accuracy of each finished seed.
-        correctness_of_one_run: 0/1 per-example correctness of the single run (used only with one seed,
-            for the bootstrap interval; see accuracy_interval).
+        correctness_of_one_run: 0/1 per-example correctness of one run, for the bootstrap interval over
+            test examples (see accuracy_interval). Used with one seed, and with seeds that all scored
+            the same (a deterministic method such as embed or tfidf): a t-interval over identical
+            numbers has zero width and would hide the test set's sampling error.
 
     Returns:
         {n_seeds, mean, std (ddof=1; NaN with one seed), ci95_low, ci95_high, ci_method}.
@@ -229,7 +231,11 @@ def seed_summary(seed_accuracies, correctness_of_one_run=()) -> dict[str, Any]:
         (3, 0.82, 0.02, 't over 3 seeds')
     """
     accuracies = np.asarray(seed_accuracies, dtype=np.float64).ravel()
-    low, high, how = accuracy_interval(accuracies, correctness_of_one_run)
+    if accuracies.size >= 2 and np.ptp(accuracies) == 0 and len(correctness_of_one_run):
+        low, high, _ = accuracy_interval(accuracies[:1], correctness_of_one_run)
+        how = f"bootstrap over test examples (all {accuracies.size} seeds scored the same)"
+    else:
+        low, high, how = accuracy_interval(accuracies, correctness_of_one_run)
     return {
         "n_seeds": int(accuracies.size),
         "mean": float(accuracies.mean()) if accuracies.size else math.nan,
@@ -592,3 +598,21 @@ def pareto_front(points: list[tuple[float, ...]], maximize: tuple[bool, ...]) ->
         if not dominated:
             front.append(i)
     return front
+
+
+def is_significant(p_adjusted: float, ci_low: float | None, ci_high: float | None, alpha: float = 0.05) -> bool:
+    """A paired difference is called significant only when the (Holm-adjusted) McNemar p is below
+    `alpha` AND its bootstrap CI excludes 0. Pooled over seeds, McNemar treats every seed's examples as
+    independent draws and ignores how much the seeds disagree, while the bootstrap resamples seeds too:
+    with 2-3 seeds that differ by points, p can be tiny while the CI spans 0. Then the honest verdict is
+    "not significant". Without a CI (resamples=0), p decides alone.
+
+    Example:
+        >>> is_significant(0.03, -0.006, 0.042), is_significant(0.03, 0.001, 0.04), is_significant(0.2, 0.01, 0.05)
+        (False, True, False)
+    """
+    if not p_adjusted < alpha:
+        return False
+    if ci_low is None or ci_high is None or math.isnan(ci_low) or math.isnan(ci_high):
+        return True
+    return bool(ci_low > 0 or ci_high < 0)

@@ -7,7 +7,18 @@ from __future__ import annotations
 from transformers import BertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from sentitune.methods.pooling import mean_pool
+
+def mean_pool(hidden, mask):
+    """Mean of `hidden` (batch x tokens x width) over the tokens where `mask` is 1.
+
+    A mask longer than the hidden states (prefix tuning prepends its virtual tokens to the mask, not to
+    the states) is read from its end: the states belong to the real tokens.
+    """
+    if mask is None:
+        return hidden.mean(dim=1)
+    mask = mask[:, -hidden.shape[1] :].to(hidden.dtype).unsqueeze(-1)
+    # clamp: a row with no token (never produced by the tokenizer) gives zeros rather than NaN.
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 class MeanPoolingBertForSequenceClassification(BertForSequenceClassification):

@@ -129,19 +129,6 @@ def resolve_pooling(choice: str, location: str | None) -> str:
     return declared
 
 
-def mean_pool(hidden, mask):
-    """Mean of `hidden` (batch x tokens x width) over the tokens where `mask` is 1.
-
-    A mask longer than the hidden states (prefix tuning prepends its virtual tokens to the mask, not to
-    the states) is read from its end: the states belong to the real tokens.
-    """
-    if mask is None:
-        return hidden.mean(dim=1)
-    mask = mask[:, -hidden.shape[1] :].to(hidden.dtype).unsqueeze(-1)
-    # clamp: a row with no token (never produced by the tokenizer) gives zeros rather than NaN.
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-
-
 def _mean_pooling_class():
     from sentitune.methods.pooled_bert import MeanPoolingBertForSequenceClassification
 
@@ -220,5 +207,7 @@ def pooled_features(model, input_ids, attention_mask):
     masked mean of the last hidden states (`mean`). embed and setfit fit their head on these."""
     outputs = unwrap(model).bert(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
     if model_pooling(model) == "mean":
+        from sentitune.methods.pooled_bert import mean_pool
+
         return mean_pool(outputs.last_hidden_state, attention_mask)
     return outputs.pooler_output

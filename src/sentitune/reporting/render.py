@@ -42,6 +42,7 @@ from sentitune.metrics import (
     finite_mean,
     finite_std,
     holm,
+    is_significant,
     paired_seed_test,
     pareto_front,
     seed_summary,
@@ -258,7 +259,7 @@ def variant_summary(comparison: Comparison) -> list[dict]:
         }
         if ok:
             accuracies = [float(r.predictions.correct.mean()) for r in ok]
-            stats = seed_summary(accuracies, ok[0].predictions.correct if len(ok) == 1 else [])
+            stats = seed_summary(accuracies, ok[0].predictions.correct if len(set(accuracies)) == 1 else [])
             n_test = len(ok[0].predictions.texts)
             first = ok[0].metrics
             memory_how = first.get("memory_breakdown_how") or ""
@@ -373,7 +374,8 @@ def paired_tests(comparison: Comparison, references: str | dict[Any, str]) -> li
     Holm's correction runs within each slice's family: `p_holm` of the overall tests is corrected over
     the overall tests against the references (the same family, and so the same numbers, as compare's
     `p_holm_vs_reference`), the negation tests over the negation tests. `holm_tests` is the family's
-    size K and `significant` means p_holm < 0.05. A slice with no examples gets no test.
+    size K and `significant` is metrics.is_significant (p_holm < 0.05 and a CI that excludes 0).
+    A slice with no examples gets no test.
     """
     references = _as_references(comparison, references)
     texts = comparison.ok_runs[0].predictions.texts
@@ -411,7 +413,8 @@ def paired_tests(comparison: Comparison, references: str | dict[Any, str]) -> li
     for scope in ("all", "negation"):
         family = [t for t in out if t["slice"] == scope]
         for test, p_holm in zip(family, holm([t["p_value"] for t in family])):
-            test.update(p_holm=p_holm, holm_tests=len(family), significant=bool(p_holm < ALPHA))
+            ci = (test.get("difference_ci95_low"), test.get("difference_ci95_high"))
+            test.update(p_holm=p_holm, holm_tests=len(family), significant=is_significant(p_holm, *ci, ALPHA))
     return out
 
 
@@ -420,7 +423,8 @@ def paired_tests(comparison: Comparison, references: str | dict[Any, str]) -> li
 
 def _p_phrase(tests: list[dict]) -> str:
     """'McNemar p = 0.011, Holm p = 0.033 over 3 tests, significant'; pooled over seeds when there are
-    several ('McNemar p = 0.011 over 2 seeds, ...'). Significant only when the Holm-adjusted p < 0.05."""
+    several ('McNemar p = 0.011 over 2 seeds, ...'). Significant as metrics.is_significant says: the
+    Holm-adjusted p < 0.05 and the difference's CI excludes 0."""
     if not tests:
         return "no shared seed to test"
     test = tests[0]
@@ -428,7 +432,11 @@ def _p_phrase(tests: list[dict]) -> str:
     over = f" over {seeds} seeds" if seeds > 1 else ""
     k = test.get("holm_tests")
     family = f" over {k} test{'s' if k != 1 else ''}" if k else ""
-    verdict = "significant" if test["p_holm"] < ALPHA else "not significant"
+    ci = (test.get("difference_ci95_low"), test.get("difference_ci95_high"))
+    significant = test.get("significant", is_significant(test["p_holm"], *ci, ALPHA))
+    verdict = "significant" if significant else "not significant"
+    if test["p_holm"] < ALPHA and not significant:
+        verdict += " (its CI includes 0)"
     return f"McNemar p = {test['p_value']:.3g}{over}, Holm p = {test['p_holm']:.3g}{family}, {verdict}"
 
 
@@ -466,7 +474,7 @@ def tradeoff_statements(
 
     `summary` is variant_summary(), `tests` is paired_tests() (one test per variant and slice, with
     its Holm-adjusted `p_holm`), `negation_rows` maps variant -> its negation slice row (accuracy,
-    count). A difference is called significant only when its Holm-adjusted p < 0.05.
+    count). A difference is called significant only when its Holm-adjusted p < 0.05 and its CI excludes 0.
 
     Example:
         >>> summary = [{"variant": "full", "n_seeds": 1, "accuracy_mean": 0.9, "params_trainable": 100,
