@@ -55,7 +55,7 @@ def legacy_comparison(tiny_model_dir, tiny_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("legacy") / "quick"
     cfg = make_tiny_config(tiny_model_dir, tiny_data, "lora", **{"train.max_steps": 2})
-    cfg = cfg.override({"compare.methods": ["tfidf", "lora"], "compare.seeds": [1]})
+    cfg = cfg.override({"compare.methods": ["tfidf", "lora"], "compare.seeds": [1], "compare.suites": []})
     compare.run_comparison(cfg, out, echo=lambda *_: None)
     _as_old_main_wrote_it(out)
     return out

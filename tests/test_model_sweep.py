@@ -95,7 +95,12 @@ def test_two_model_comparison_and_report(tiny_config, shrunk, tmp_path):
 
     folder, _ = shrunk
     base = tiny_config("full", **{"train.max_steps": 2}).override(
-        {"compare.methods": ["full"], "compare.seeds": [1], "compare.models": [tiny_config().model, str(folder)]}
+        {
+            "compare.methods": ["full"],
+            "compare.seeds": [1],
+            "compare.models": [tiny_config().model, str(folder)],
+            "compare.suites": [],
+        }
     )
     # Runs trained in-process (compare's subprocess launching is tested in test_compare.py); compare
     # then finds them finished, checks their scaffolding and writes the results.

@@ -118,16 +118,18 @@ def test_tradeoffs_are_generated_from_the_run_folders(built):
     statement = next(line for line in section.splitlines() if line.startswith("- lora trains"))
     assert f"{lora['params_trainable_percent']:.3g}% of parameters" in statement
     assert f"({lora['params_trainable']:,} vs {full['params_trainable']:,} for full)" in statement
-    lora_mean = np.mean(
-        [json.loads((folder / "runs" / f"lora-s{s}" / "metrics.json").read_text())["test_accuracy"] for s in (1, 2)]
-    )
+    lora_accuracies = [
+        json.loads((folder / "runs" / f"lora-s{s}" / "metrics.json").read_text())["test_accuracy"] for s in (1, 2)
+    ]
+    lora_mean = np.mean(lora_accuracies)
     assert f"({100 * lora_mean:.1f}% vs {100 * full['test_accuracy']:.1f}%" in statement
     assert "per training step" in statement and "McNemar p = " in statement
     assert "significant" in statement and "(seed" not in statement  # one shared seed: a single p-value
     # lora and lora-r2 against full: a family of 2 overall tests, Holm-corrected
     assert ", Holm p = " in statement and " over 2 tests, " in statement and "over 1 seeds" not in statement
     assert "after Holm correction over 2 tests" in section
-    assert "t over 2 seeds" in text.split("## Results", 1)[1].split("## Tradeoffs", 1)[0]  # lora's CI method
+    lora_ci = "t over 2 seeds" if len({round(a, 12) for a in lora_accuracies}) == 2 else "all 2 seeds scored the same"
+    assert lora_ci in text.split("## Results", 1)[1].split("## Tradeoffs", 1)[0]  # lora's CI method
     assert "on negation (n = " in statement
     assert "Across LoRA ranks r = 2, 8" in section
     assert "| lora | full | 1 | all | 24 |" in section

@@ -17,8 +17,8 @@ def select_logistic_regression(train_x, train_y, validation_x, validation_y, c_g
     Example:
         >>> x = np.array([[0.0], [1.0], [0.1], [0.9]])
         >>> model, c, history = select_logistic_regression(x, [0, 1, 0, 1], x, [0, 1, 0, 1], [0.1, 10.0], 0)
-        >>> c, [row["eval_accuracy"] for row in history]
-        (10.0, [0.5, 1.0])
+        >>> c, [row["eval_accuracy"] for row in history]  # both separate the classes: the first of equals
+        (0.1, [1.0, 1.0])
     """
     from sklearn.linear_model import LogisticRegression
 
