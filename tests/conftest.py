@@ -18,6 +18,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # on CPUs with native bf16, would make that depend on the machine. tests/test_precision.py covers the
 # choice with the check mocked, and bf16 runs with it forced.
 os.environ.setdefault("SENTITUNE_CPU_BF16", "0")
+# Under pytest-xdist (the README's `-n 2`) each worker gets one core: two workers each running two
+# BLAS threads on two cores thrash (the brief measured 37 -> 5 samples/s for two trainings at once).
+# Child processes (CLI runs, servers) inherit the setting through the environment.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _thread_variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[_thread_variable] = "1"
 
 POSITIVE = [
     "a gorgeous , witty film",

@@ -81,25 +81,7 @@ def method_knobs(cfg: RunConfig) -> dict[str, Any]:
         knobs["head"] = m.head
     if m.name == "full" or (neural and m.layer_lr_decay != 1.0):
         knobs["layer_lr_decay"] = m.layer_lr_decay
-    if m.name in ("lora", "dora"):
-        knobs.update(
-            lora_r=m.lora_r,
-            lora_alpha=m.lora_alpha,
-            lora_dropout=m.lora_dropout,
-            lora_target_modules=",".join(m.lora_target_modules),
-        )
-    if m.name == "prefix":
-        knobs["prefix_tokens"] = m.prefix_tokens
-    if m.name in ("embed", "setfit"):
-        knobs["logreg_c_grid"] = str(m.logreg_c_grid)
-    if m.name == "setfit":
-        knobs.update(setfit_pairs=m.setfit_pairs, setfit_epochs=m.setfit_epochs)
-    if m.name == "tfidf":
-        knobs.update(
-            tfidf_word_ngrams=str(m.tfidf_word_ngrams),
-            tfidf_char_ngrams=str(m.tfidf_char_ngrams),
-            tfidf_c_grid=str(m.tfidf_c_grid),
-        )
+    knobs.update(method.knob_values(m))
     return knobs
 
 
@@ -718,28 +700,10 @@ def summarize(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def method_knobs_keys(row: dict[str, Any]) -> list[str]:
-    return [
-        k
-        for k in (
-            "learning_rate",
-            "gradient_checkpointing",
-            "layer_lr_decay",
-            "head",
-            "pooling",
-            "lora_r",
-            "lora_alpha",
-            "lora_dropout",
-            "lora_target_modules",
-            "prefix_tokens",
-            "setfit_pairs",
-            "setfit_epochs",
-            "logreg_c_grid",
-            "tfidf_word_ngrams",
-            "tfidf_char_ngrams",
-            "tfidf_c_grid",
-        )
-        if k in row
-    ]
+    """The knob columns of a result row: the shared ones, then every registered method's own."""
+    shared = ("learning_rate", "gradient_checkpointing", "layer_lr_decay", "head", "pooling")
+    own = dict.fromkeys(knob for name in registry.names() for knob in registry.get(name).recorded_knobs)
+    return [k for k in (*shared, *own) if k in row]
 
 
 def size_order(size: int | str | None) -> float:

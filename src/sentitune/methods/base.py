@@ -40,6 +40,20 @@ class Method:
     summary: str = ""
     extra_tunable_knobs: tuple[str, ...] = ()
     """Method knobs of its own that `compare --tune` may search (lora: rank, alpha, dropout)."""
+    recorded_knobs: tuple[str, ...] = ()
+    """`method.*` fields of its own that shape what it learns: a comparison records them per run, and
+    they are the settings that may legitimately differ between its variants."""
+
+    def knob_values(self, cfg: MethodConfig) -> dict[str, Any]:
+        """This method's `recorded_knobs` as flat table values (lists of names joined with commas, other
+        sequences as their text), so that results.csv and the report can show them in a column."""
+        values: dict[str, Any] = {}
+        for knob in self.recorded_knobs:
+            value = getattr(cfg, knob)
+            if isinstance(value, (list, tuple)):
+                value = ",".join(value) if value and all(isinstance(v, str) for v in value) else str(value)
+            values[knob] = value
+        return values
 
     @property
     def tunable_knobs(self) -> tuple[str, ...]:

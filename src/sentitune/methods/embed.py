@@ -190,6 +190,7 @@ def embedding_metrics(fitted: EncoderClassifier) -> dict:
 @register
 class Embed(FrozenBaseMethod):
     name = "embed"
+    recorded_knobs = ("logreg_c_grid",)
     default_learning_rate = 0.0  # no gradient step
     summary = "frozen encoder; logistic regression on pooled embeddings (C chosen on validation)"
     uses_trainer = False

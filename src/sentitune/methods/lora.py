@@ -16,6 +16,7 @@ class Lora(PeftMethod):
     summary = "low-rank adapters + trainable head, base frozen"
     use_dora = False
     extra_tunable_knobs = ("lora_r", "lora_alpha", "lora_dropout")
+    recorded_knobs = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
     def peft_config(self, cfg, pooling):
         from peft import LoraConfig, TaskType

@@ -86,6 +86,7 @@ def accept_prefix_cache(model):
 class Prefix(PeftMethod):
     name = "prefix"
     extra_tunable_knobs = ("prefix_tokens",)
+    recorded_knobs = ("prefix_tokens",)
     default_learning_rate = 1e-2
     summary = "trainable per-layer key/value prefixes + trainable head"
     mergeable = False

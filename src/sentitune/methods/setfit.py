@@ -157,6 +157,7 @@ class SetFit(Method):
     uses_trainer = False
     supports_multi_label = False
     extra_tunable_knobs = ("setfit_pairs", "setfit_epochs")
+    recorded_knobs = ("setfit_pairs", "setfit_epochs", "logreg_c_grid")
 
     @property
     def tunable_knobs(self) -> tuple[str, ...]:

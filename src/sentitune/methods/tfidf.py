@@ -73,6 +73,7 @@ def _make_vectorizers(cfg) -> dict:
 @register
 class Tfidf(Method):
     name = "tfidf"
+    recorded_knobs = ("tfidf_word_ngrams", "tfidf_char_ngrams", "tfidf_c_grid")
     default_learning_rate = 0.0  # not gradient-trained
     neural = False
     uses_trainer = False
