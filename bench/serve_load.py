@@ -6,10 +6,12 @@
 Both servers run as separate uvicorn processes on loopback, one after the other, each under the same
 bounded load: `--concurrency` clients, each sending single-sentence POST requests back to back for
 `--seconds` (after a short warm-up). sentitune serves `--model` (default: the run exported to ONNX
-int8 in a temp folder). Output ends with exactly two lines:
+int8 in a temp folder) and then takes a second load shape: the same clients, each request carrying
+`--batch-texts` sentences (`{"texts": [...]}`). Output ends with exactly three lines:
 
-    ratio serve_vs_naive: R     (requests/s of sentitune over the naive server)
-    p99_ms: P                   (sentitune's 99th-percentile latency)
+    ratio serve_vs_naive: R     (requests/s of sentitune over the naive server, single sentences)
+    p99_ms: P                   (sentitune's 99th-percentile latency, single sentences)
+    sentences_per_s batched: X  (sentences/s of sentitune under the batched load shape)
 
 Targets: R >= 4, P <= 200, zero errors. The load generator shares the machine with the server, so
 run it on an otherwise idle machine.
@@ -34,6 +36,7 @@ from sentitune.runtime import machine_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+BATCHED = "sentitune serve, batched requests"
 
 
 # ---- the naive server (run in its own process by this script) -------------------------------------
@@ -141,13 +144,23 @@ class _Connection:
         self.reader = self.writer = None
 
 
-async def load(url: str, texts: list[str], concurrency: int, seconds: float, warmup_s: float) -> dict:
-    """`concurrency` clients sending one sentence per request back to back; latencies of the timed part."""
+async def load(
+    url: str, texts: list[str], concurrency: int, seconds: float, warmup_s: float, per_request: int = 1
+) -> dict:
+    """`concurrency` clients sending requests back to back, each of one sentence (`{"text"}`) or of
+    `per_request` sentences (`{"texts"}`); latencies of the timed part."""
     import json
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    bodies = [json.dumps({"text": text}).encode() for text in texts]
+    if per_request == 1:
+        bodies = [json.dumps({"text": text}).encode() for text in texts]
+    else:
+        # Every request a different run of neighbours, wrapping round: real batches mix lengths.
+        bodies = [
+            json.dumps({"texts": [texts[(start + j) % len(texts)] for j in range(per_request)]}).encode()
+            for start in range(0, len(texts), per_request)
+        ]
     connections = [_Connection(parts.hostname, parts.port) for _ in range(concurrency)]
     latencies: list[float] = []
     errors = 0
@@ -185,6 +198,7 @@ async def load(url: str, texts: list[str], concurrency: int, seconds: float, war
         "errors": errors,
         "seconds": elapsed,
         "requests_per_second": len(latencies) / elapsed,
+        "sentences_per_second": len(latencies) * per_request / elapsed,
         "latency_p50_ms": float(np.percentile(ms, 50)),
         "latency_p99_ms": float(np.percentile(ms, 99)),
     }
@@ -200,6 +214,10 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="sentitune serve --max-wait-ms")
+    parser.add_argument(
+        "--batch-texts", type=int, default=32, help="sentences per request of the batched load shape (0: skip it)"
+    )
+    parser.add_argument("--processes", type=int, default=1, help="sentitune serve --processes (server processes)")
     parser.add_argument("--export-dir", help="keep the exports here (default: a temp folder)")
     parser.add_argument("--naive-server", nargs=2, metavar=("MODEL_DIR", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -243,6 +261,8 @@ def main(argv=None) -> int:
             str(port),
             "--max-wait-ms",
             str(args.max_wait_ms),
+            "--processes",
+            str(args.processes),
         ],
     }
     rows = {}
@@ -254,20 +274,41 @@ def main(argv=None) -> int:
             rows[name] = asyncio.run(
                 load(f"http://127.0.0.1:{port}", texts, args.concurrency, args.seconds, args.warmup_seconds)
             )
+            if name == "sentitune serve" and args.batch_texts > 1:  # the naive server takes one text per request
+                print(
+                    f"loading {name}: {args.concurrency} clients x {args.batch_texts} sentences per request ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                rows[BATCHED] = asyncio.run(
+                    load(
+                        f"http://127.0.0.1:{port}",
+                        texts,
+                        args.concurrency,
+                        args.seconds,
+                        args.warmup_seconds,
+                        per_request=args.batch_texts,
+                    )
+                )
         finally:
             stop(process)
 
     print()
-    print(f"{'server':<30} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7}")
+    print(
+        f"{'server':<36} {'requests/s':>11} {'sentences/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} "
+        f"{'errors':>7}"
+    )
     for name, row in rows.items():
         print(
-            f"{name:<30} {row['requests_per_second']:>11.1f} {row['latency_p50_ms']:>8.1f} "
-            f"{row['latency_p99_ms']:>8.1f} {row['requests']:>9} {row['errors']:>7}"
+            f"{name:<36} {row['requests_per_second']:>11.1f} {row['sentences_per_second']:>12.1f} "
+            f"{row['latency_p50_ms']:>8.1f} {row['latency_p99_ms']:>8.1f} {row['requests']:>9} {row['errors']:>7}"
         )
     naive, ours = rows["naive (pipeline per request)"], rows["sentitune serve"]
     ratio = ours["requests_per_second"] / naive["requests_per_second"] if naive["requests_per_second"] else float("nan")
     print(f"ratio serve_vs_naive: {ratio:.2f}")
     print(f"p99_ms: {ours['latency_p99_ms']:.1f}")
+    if BATCHED in rows:
+        print(f"sentences_per_s batched: {rows[BATCHED]['sentences_per_second']:.1f}")
     return 0
 
 

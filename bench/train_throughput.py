@@ -179,6 +179,7 @@ def run_baseline(args) -> dict:
         "train_runtime_seconds": train_seconds,
         "test_accuracy": accuracy,
         "peak_memory_mib": peak_rss_mib(),
+        "precision": "fp32",  # the seed recipe sets neither bf16 nor fp16
     }
 
 
@@ -213,6 +214,7 @@ def run_sentitune(args) -> dict:
         "train_runtime_seconds",
         "test_accuracy",
         "peak_memory_mib",
+        "precision",  # train.precision auto: bf16 autocast on CPUs with native bf16, else fp32
     )
     return {key: metrics[key] for key in keep}
 
@@ -247,6 +249,7 @@ def print_table(results: dict[str, dict]) -> None:
         ("train runtime s", "train_runtime_seconds", "{:,.1f}"),
         ("GLUE dev accuracy", "test_accuracy", "{:.4f}"),
         ("peak RSS MiB", "peak_memory_mib", "{:,.0f}"),
+        ("precision", "precision", "{}"),
         ("process wall s", "process_seconds", "{:,.1f}"),
     ]
     sides = list(results)

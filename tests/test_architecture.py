@@ -31,11 +31,14 @@ LAYERS = {
     "pretraining": 5,
     "reporting.plots": 6,  # figures only (matplotlib in, Figure out); analysis draws with them
     "compare": 6,
+    "distill": 6,  # a teacher run's Predictor (inference) -> soft targets -> the one training loop
     "tuning": 5,  # the search (optuna) behind compare --tune; compare runs its trials
     "inference": 6,
+    "explain": 6,  # attributions over a loaded Predictor; analyze, serve and the explain command use it
     "analysis": 7,
     "export": 7,
     "serve": 7,
+    "scale": 7,  # Ray Data / Ray Serve / Triton around the Predictor, the app and the export; ray imported lazily
     "reporting": 8,
     "cli": 9,  # a package: cli.main (parser, dispatch), cli.options, cli.commands.<command>
     "__main__": 9,

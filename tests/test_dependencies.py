@@ -44,12 +44,17 @@ def _declared() -> set[str]:
     return {_normalise(re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0]) for r in requirements}
 
 
+PROVIDED_BY_THE_HOST = {"triton_python_backend_utils"}
+"""Modules that no package provides: the host process injects them (Triton's Python backend gives its
+model.py files `triton_python_backend_utils`; sentitune ships such a file in `export --format triton`)."""
+
+
 def test_every_imported_third_party_module_is_declared():
     distributions = packages_distributions()
     declared = _declared()
     undeclared = {}
     for module, files in _top_level_imports().items():
-        if module in sys.stdlib_module_names or module == "sentitune":
+        if module in sys.stdlib_module_names or module == "sentitune" or module in PROVIDED_BY_THE_HOST:
             continue
         providers = {_normalise(d) for d in distributions.get(module, [])}
         assert providers, f"{module} (imported by {files[0]}) is not installed, so no distribution provides it"

@@ -255,6 +255,7 @@ def test_server_exposes_only_its_routes_and_their_schema(trained_run):
     app = create_app(Predictor.load(trained_run("tfidf")))
     assert {route.path for route in app.routes} == {
         "/predict",
+        "/explain",
         "/health",
         "/metrics",
         "/",
@@ -264,7 +265,13 @@ def test_server_exposes_only_its_routes_and_their_schema(trained_run):
     }
     with TestClient(app) as client:
         schema = client.get("/openapi.json")
-        assert schema.status_code == 200 and set(schema.json()["paths"]) == {"/predict", "/health", "/metrics", "/"}
+        assert schema.status_code == 200 and set(schema.json()["paths"]) == {
+            "/predict",
+            "/explain",
+            "/health",
+            "/metrics",
+            "/",
+        }
         assert client.get("/docs").status_code == 200
         assert client.head("/health").status_code == 200
         for path in ("/redoc", "/static/../../etc/passwd", "/predict/../../etc/passwd"):

@@ -125,8 +125,9 @@ def test_class_weights_weight_the_cross_entropy():
         def forward(self, input_ids=None, attention_mask=None):
             return {"logits": torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])}
 
-    trainer = MeasuredTrainer.__new__(MeasuredTrainer)  # compute_loss reads class_weights only
+    trainer = MeasuredTrainer.__new__(MeasuredTrainer)  # compute_loss reads these two attributes only
     trainer.class_weights = torch.tensor([3.0, 1.0])
+    trainer.distillation = None
     labels = torch.tensor([0, 1, 0])
     loss = trainer.compute_loss(Fixed(), {"input_ids": torch.zeros(3, 1), "labels": labels})
     per_example = torch.nn.functional.cross_entropy(Fixed()()["logits"], labels, reduction="none")

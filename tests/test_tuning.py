@@ -153,8 +153,14 @@ def test_compare_tunes_every_variant_on_validation_then_runs_the_selection(tiny_
             "compare.suites": [],
         }
     )
-    document = compare.run_comparison(base, tmp_path, echo=lambda *_: None)
+    shown: list[str] = []
+    progress = compare.LineProgress(echo=shown.append, every_s=0.0)
+    document = compare.run_comparison(base, tmp_path, echo=lambda *_: None, progress=progress)
     assert [r["status"] for r in document["runs"]] == ["ok"] * 4
+    # every trial shows its steps, as the final runs do
+    for cell in ("full@24", "full@all"):
+        for number in (0, 1):
+            assert any(line.strip().startswith(f"{cell} trial {number}: step ") for line in shown), (cell, number)
     assert {r["variant"] for r in document["runs"]} == {"full@24", "full@all", "tfidf@24", "tfidf@all"}
     for cell in ("full@24", "full@all"):
         search = document["search"][cell]

@@ -51,7 +51,16 @@ SLICES_FILE = "slices.csv"
 CONFUSION_FILE = "confusion.png"
 RELIABILITY_FILE = "reliability.png"
 COMPARISON_FILE = "comparison.json"
-ANALYSIS_FILES = (ANALYSIS_FILE, ERRORS_FILE, SLICES_FILE, CONFUSION_FILE, RELIABILITY_FILE, COMPARISON_FILE)
+EXPLANATIONS_FILE = "explanations.json"
+ANALYSIS_FILES = (
+    ANALYSIS_FILE,
+    ERRORS_FILE,
+    SLICES_FILE,
+    CONFUSION_FILE,
+    RELIABILITY_FILE,
+    COMPARISON_FILE,
+    EXPLANATIONS_FILE,
+)
 """What analyze writes into its folder."""
 EVALUATION_FILES = (results.METRICS_FILE, results.PREDICTIONS_FILE, *ANALYSIS_FILES)
 """What evaluate writes into its folder."""
@@ -664,8 +673,10 @@ def write_analysis(
     probe: bool = True,
     against: Predictions | None = None,
     against_predictor=None,
+    explain: int = 0,
 ) -> dict:
     """Analyses `p` (and compares it with `against`), writes the files, returns the analysis dict.
+    With `explain` N, also explains the N most confident mistakes (explain_errors -> explanations.json).
 
     Example:
         >>> write_analysis("runs/sst2-lora/analysis", load_predictions("runs/sst2-lora"))  # doctest: +SKIP
@@ -676,6 +687,8 @@ def write_analysis(
     results.check_output_path(output_dir, "--output-dir")
     if against is not None:
         check_same_examples(p, against)  # before any work or file is written
+    if explain and (predictor is None and (p.run_dir is None or not (p.run_dir / results.MODEL_DIR).is_dir())):
+        raise ConfigError(f"--explain: {p.source} has no run folder with a model to explain its predictions")
     analysis = analyze_predictions(p, top_k, custom_slices)
     analysis["negation_probe"] = _probe_for(p, predictor) if probe else {"status": "skipped", "reason": "disabled"}
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -718,6 +731,10 @@ def write_analysis(
         results.atomic_write_json(output_dir / COMPARISON_FILE, _jsonable(comparison))
         analysis["comparison"] = comparison
     files = [ANALYSIS_FILE, ERRORS_FILE, SLICES_FILE, CONFUSION_FILE, RELIABILITY_FILE]
+    if explain:
+        analysis["explanations"] = explain_errors(p, analysis, explain, predictor)
+        results.atomic_write_json(output_dir / EXPLANATIONS_FILE, _jsonable(analysis["explanations"]))
+        files.append(EXPLANATIONS_FILE)
     analysis["files"] = files + ([COMPARISON_FILE] if against is not None else [])
     results.atomic_write_json(
         output_dir / ANALYSIS_FILE, _jsonable({k: v for k, v in analysis.items() if k != "comparison"})
@@ -758,23 +775,46 @@ def analyze_run(
     top_k: int = 20,
     slices: Sequence[str] = (),
     output_dir: str | Path | None = None,
+    explain: int = 0,
 ) -> dict:
     """`sentitune analyze` as a function: reads the predictions of `run` (a run folder or an evaluation
     folder) and of `against`, writes the analysis files into `output_dir` (default <run>/analysis) and
-    returns the analysis dict. `slices` are "NAME=REGEX" specs (parse_slices).
+    returns the analysis dict. `slices` are "NAME=REGEX" specs (parse_slices). `explain` N adds word
+    attributions for the N most confident mistakes (explanations.json; explain_errors).
 
     Example:
         >>> analysis = analyze_run("runs/sst2-lora", against="runs/sst2-full", top_k=10)  # doctest: +SKIP
     """
     if top_k < 1:
         raise ConfigError(f"--top-k: must be >= 1, got {top_k}")
+    if explain < 0:
+        raise ConfigError(f"--explain: must be >= 1 (mistakes to explain), got {explain}")
     custom = parse_slices(slices)
     p = load_predictions(run)
     other = load_predictions(against) if against else None
     if output_dir is not None:  # the default <run>/analysis is analyze's own
         results.check_foreign_files(output_dir, ANALYSIS_FILES, ours=(Path(output_dir) / ANALYSIS_FILE).is_file())
     output_dir = Path(output_dir) if output_dir else Path(run) / ANALYSIS_DIR
-    return write_analysis(output_dir, p, top_k, custom, against=other)
+    return write_analysis(output_dir, p, top_k, custom, against=other, explain=explain)
+
+
+def explain_errors(p: Predictions, analysis: dict, count: int, predictor=None) -> list[dict]:
+    """Word attributions (explain.explain_texts, the model's default method) for the `count` most
+    confident mistakes among the analysis's highest-loss examples: why the model said the wrong label.
+    Each explanation also carries the example's `id` and `gold` label.
+
+    Example:
+        >>> rows = explain_errors(p, analyze_predictions(p, 20), 3)  # doctest: +SKIP
+    """
+    from sentitune.explain import explain_texts
+    from sentitune.inference import Predictor
+
+    mistakes = [row for row in analysis["highest_loss"] if row["gold"] != row["pred"]][:count]
+    if not mistakes:
+        return []
+    predictor = predictor or Predictor.load(p.run_dir)
+    explained = explain_texts(predictor, [row["text"] for row in mistakes])
+    return [{"id": row["id"], "gold": row["gold"], **explanation} for row, explanation in zip(mistakes, explained)]
 
 
 # ---- `sentitune evaluate`: score a labelled file, then analyse it -------------------------------

@@ -29,12 +29,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from sentitune import results, tuning
-from sentitune.config import SUITE_DIR, ConfigError, RunConfig, scaffolding_differences
+from sentitune.config import SUITE_DIR, ConfigError, RunConfig, parse_distill_method, scaffolding_differences
 from sentitune.data import load_splits
 from sentitune.methods import registry
 from sentitune.metrics import finite_mean, holm, is_significant, paired_seed_test, pareto_front, seed_summary
@@ -61,6 +61,10 @@ class PlannedRun:
     knobs: dict[str, Any] = field(default_factory=dict)
     train_size: int | str | None = None
     """The learning-curve size this run belongs to (compare.train_sizes), else None."""
+    teacher: str | None = None
+    """A distilled student's teacher run (same seed and size, compare.methods `distill:...`): the
+    student starts once it finished ok, and fails unstarted when it did not."""
+    teacher_variant: str | None = None
 
 
 def method_knobs(cfg: RunConfig) -> dict[str, Any]:
@@ -113,6 +117,8 @@ def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
     c = base.compare
     variants: dict[str, dict[str, Any]] = {}
     for method in c.methods:
+        if parse_distill_method(method) is not None:
+            continue  # students come last, below
         variants[method] = {"method.name": method}
         if method == "lora":
             for r in c.lora_r_sweep:
@@ -139,6 +145,16 @@ def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
         name + llrd_suffix(o["method.name"], o.get("method.layer_lr_decay", base.method.layer_lr_decay)): o
         for name, o in variants.items()
     }
+    # Students last, so that one at a time their teachers run first. Until expand_runs turns it into the
+    # teacher run's folder, `distill.teacher` holds the teacher's variant name.
+    for method in c.methods:
+        if (spec := parse_distill_method(method)) is not None:
+            teacher, layers = spec
+            variants[distill_variant_name(teacher, layers)] = {
+                "method.name": "full",
+                "model": f"{base.model}{STUDENT_LAYERS}{layers}",
+                "distill.teacher": teacher + llrd_suffix(teacher, base.method.layer_lr_decay),
+            }
     if not c.models:
         return list(variants.items())
     # Model sweep: each neural variant once per model; the classical baseline has no encoder, so
@@ -146,7 +162,7 @@ def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for model, short in zip(c.models, short_model_names(c.models)):
         out += [
-            (f"{short}-{name}", {**overrides, "model": model})
+            (f"{short}-{name}", _on_model(overrides, model, short))
             for name, overrides in variants.items()
             if registry.get(overrides["method.name"]).neural
         ]
@@ -154,6 +170,33 @@ def expand_variants(base: RunConfig) -> list[tuple[str, dict[str, Any]]]:
         (name, overrides) for name, overrides in variants.items() if not registry.get(overrides["method.name"]).neural
     ]
     return out
+
+
+STUDENT_LAYERS = ":layers="
+"""A student's model is `<the comparison's model>:layers=K` (distill.parse_student: shrunk to K layers)."""
+
+
+def distill_variant_name(teacher: str, layers: int) -> str:
+    """The variant of compare.methods `distill:TEACHER->lK`: `distill-TEACHER-lK` (a folder name)."""
+    return f"distill-{teacher}-l{layers}"
+
+
+def _on_model(overrides: dict[str, Any], model: str, short: str) -> dict[str, Any]:
+    """A variant's overrides on one model of a sweep; a student shrinks that model and learns from
+    that model's teacher."""
+    if "distill.teacher" not in overrides:
+        return {**overrides, "model": model}
+    layers = overrides["model"].rsplit(STUDENT_LAYERS, 1)[1]
+    return {
+        **overrides,
+        "model": f"{model}{STUDENT_LAYERS}{layers}",
+        "distill.teacher": f"{short}-{overrides['distill.teacher']}",
+    }
+
+
+def source_model(run: PlannedRun) -> str:
+    """The model a run starts from: a student's before it is shrunk."""
+    return run.config.model.rsplit(STUDENT_LAYERS, 1)[0] if run.teacher is not None else run.config.model
 
 
 def short_model_name(name: str) -> str:
@@ -209,9 +252,26 @@ def expand_runs(base: RunConfig, selected: dict[str, dict[str, Any]] | None = No
     runs = []
     for (cell, overrides, size), seed in itertools.product(expand_cells(base), base.compare.seeds):
         tuned = {f"method.{knob}": value for knob, value in ((selected or {}).get(cell) or {}).items()}
+        teacher = teacher_variant = None
+        if "distill.teacher" in overrides:  # a student of this seed's (and size's) teacher run
+            teacher_variant = overrides["distill.teacher"] + ("" if size is None else f"@{size}")
+            teacher = f"{teacher_variant}-s{seed}"
+            overrides = {**overrides, "distill.teacher": f"{RUNS_DIR}/{teacher}"}  # _run_one puts it in <out>
         cfg = cell_config(base, {**overrides, **tuned}, size, seed)
-        runs.append(PlannedRun(f"{cell}-s{seed}", cell, cfg, method_knobs(cfg), size))
+        runs.append(PlannedRun(f"{cell}-s{seed}", cell, cfg, method_knobs(cfg), size, teacher, teacher_variant))
     return runs
+
+
+def scaffolding_config(cfg: RunConfig, model: str) -> RunConfig:
+    """`cfg` as the scaffolding check sees it: a distilled student's model is its variant's own (a
+    shrunk copy of `model`, the comparison's), so it is checked as if it were `model`."""
+    return cfg.override({"model": model}) if cfg.distill.teacher is not None else cfg
+
+
+def comparison_model(planned: list[PlannedRun]) -> str:
+    """The comparison's model: that of its first run that is not a student (there is one: every
+    student's teacher is a run of the comparison)."""
+    return next((r.config.model for r in planned if r.teacher is None), planned[0].config.model)
 
 
 def verify_same_scaffolding(configs: dict[str, RunConfig]) -> str:
@@ -268,10 +328,11 @@ def version_mix(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _check_existing(out: Path, planned: list[PlannedRun]) -> None:
-    configs = {"this comparison": planned[0].config}
+    model = comparison_model(planned)
+    configs = {"this comparison": scaffolding_config(planned[0].config, model)}
     for folder in sorted((out / RUNS_DIR).glob("*")):
         if (folder / results.CONFIG_FILE).exists():
-            configs[str(folder)] = RunConfig.from_yaml(folder / results.CONFIG_FILE)
+            configs[str(folder)] = scaffolding_config(RunConfig.from_yaml(folder / results.CONFIG_FILE), model)
     verify_same_scaffolding(configs)
 
 
@@ -279,7 +340,35 @@ def _check_existing(out: Path, planned: list[PlannedRun]) -> None:
 
 
 def _run_one(run: PlannedRun, out: Path) -> subprocess.Popen:
-    return _start_child(run.config, out / RUNS_DIR / run.name, out / LOGS_DIR / run.name)
+    config = run.config
+    if run.teacher is not None:
+        config = config.override({"distill.teacher": str(out / RUNS_DIR / run.teacher)})
+    return _start_child(config, out / RUNS_DIR / run.name, out / LOGS_DIR / run.name)
+
+
+def _fail_unstarted(run: PlannedRun, out: Path, error: str) -> None:
+    """Records a run that cannot start (its teacher did not finish ok) as failed, in its own folder,
+    so that the table says why and a re-run of the comparison retries it."""
+    run_dir = out / RUNS_DIR / run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run.config.override({"distill.teacher": str(out / RUNS_DIR / run.teacher)}) if run.teacher else run.config
+    results.atomic_write_text(run_dir / results.CONFIG_FILE, config.to_yaml())
+    results.atomic_write_json(run_dir / results.METRICS_FILE, {"status": "failed", "error": error})
+
+
+def prepare_students(planned: list[PlannedRun], out: Path) -> None:
+    """Shrinks each student model once, before any run starts (distill.student_folder, into the
+    folder its children look in): a bad layer count is refused now, and students of several seeds
+    running at once never write the same folder."""
+    from sentitune.distill import student_folder
+
+    for run in planned:
+        if run.teacher is None:
+            continue
+        try:
+            student_folder(run.config.model, out / RUNS_DIR / run.name)
+        except ConfigError as exc:
+            raise ConfigError(f"compare.methods: {run.variant}: {exc}") from None
 
 
 def _start_child(config: RunConfig, run_dir: Path, log_stem: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen:
@@ -313,10 +402,15 @@ def _start_child(config: RunConfig, run_dir: Path, log_stem: Path, extra: tuple[
         )
 
 
-def _run_to_end(process: subprocess.Popen) -> int:
-    """Waits for a child; Ctrl-C, SIGTERM or a bug here ends it too."""
+def _run_to_end(process: subprocess.Popen, while_running: Callable[[], None] | None = None) -> int:
+    """Waits for a child, calling `while_running` every 0.2 s; Ctrl-C, SIGTERM or a bug here ends it too."""
     try:
-        return process.wait()
+        if while_running is None:
+            return process.wait()
+        while process.poll() is None:
+            while_running()
+            time.sleep(0.2)
+        return process.returncode
     except BaseException:
         process.terminate()
         try:
@@ -337,15 +431,24 @@ def study_name(cell: str, base: RunConfig, space: dict[str, list], sampler: str)
     return f"{cell}:{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-def run_searches(base: RunConfig, out: Path, echo=print) -> dict[str, dict[str, Any]]:
+def run_searches(base: RunConfig, out: Path, echo=print, progress: Any = None) -> dict[str, dict[str, Any]]:
     """compare --tune: for every variant (and learning-curve size), `compare.tune_trials` trials of the
     tuned knobs, each a `train --selection-only` child that scores on the validation slice and never
-    reads the test split. Returns (and writes to search/searches.json) each variant's search record."""
+    reads the test split. Returns (and writes to search/searches.json) each variant's search record.
+    `progress` (LineProgress or the CLI's live display) shows each trial's steps as for the final runs."""
     c = base.compare
     (out / SEARCH_DIR).mkdir(parents=True, exist_ok=True)
     storage = search_storage(base, out)
     records: dict[str, dict[str, Any]] = {}
     for cell, overrides, size in expand_cells(base):
+        if "distill.teacher" in overrides:
+            records[cell] = {
+                "budget": 0,
+                "trials": [],
+                "selected": None,
+                "note": "a distilled student is not searched; it trains at full's defaults from its tuned teacher",
+            }
+            continue
         cfg = cell_config(base, overrides, size, c.seeds[0])
         space = tuning.search_space(cfg.method.name, cfg.learning_rate, c.tune, c.tune_trials)
         if not space:
@@ -363,9 +466,13 @@ def run_searches(base: RunConfig, out: Path, echo=print) -> dict[str, dict[str, 
             trial_cfg = cfg.override({f"method.{knob}": value for knob, value in params.items()})
             run_dir = out / SEARCH_DIR / cell / f"trial-{number}"
             (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
-            started = time.perf_counter()
+            started, wall_start = time.perf_counter(), time.time()
             log_stem = out / LOGS_DIR / f"search-{cell}-trial-{number}"
-            code = _run_to_end(_start_child(trial_cfg, run_dir, log_stem, ("--selection-only",)))
+            label = f"{cell} trial {number}"
+            watch = None if progress is None else lambda: progress.update(label, read_progress(run_dir, wall_start))
+            code = _run_to_end(_start_child(trial_cfg, run_dir, log_stem, ("--selection-only",)), watch)
+            if progress is not None:
+                progress.finish(label, read_progress(run_dir, wall_start))
             _mark_if_killed(run_dir, code)
             try:
                 metrics = results.load_run(run_dir).metrics
@@ -448,7 +555,7 @@ def run_comparison(
     )
     planned = expand_runs(base)
     # A missing model fails every run of its variants; say so once, before anything starts.
-    for model in dict.fromkeys(r.config.model for r in planned if registry.get(r.config.method.name).neural):
+    for model in dict.fromkeys(source_model(r) for r in planned if registry.get(r.config.method.name).neural):
         resolve_model(model)
     check_eval_files(base)  # a bad --eval-file is refused now, not after hours of training
     check_train_sizes(base)
@@ -458,9 +565,10 @@ def run_comparison(
     (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
     _check_existing(out, planned)
     check_versions(out, planned, allow_version_mix)
+    prepare_students(planned, out)
     results.atomic_write_text(out / BASE_CONFIG, base.to_yaml())
     if base.compare.tune:
-        searches = run_searches(base, out, echo)
+        searches = run_searches(base, out, echo, progress)
         planned = expand_runs(base, {cell: record["selected"] for cell, record in searches.items()})
     check_finished_knobs(out, planned)
     todo = [r for r in planned if results.read_status(out / RUNS_DIR / r.name) != "ok"]
@@ -484,6 +592,22 @@ def run_comparison(
         echo(f"    {run.name}: failed: {in_use[run.name]}")
         return True
 
+    def next_run() -> PlannedRun | None:
+        """The first queued run that may start: a student only once its teacher is neither queued nor running."""
+        waiting = {r.name for r in queue} | {r.name for r, *_ in running}
+        for i, run in enumerate(queue):
+            if run.teacher is None or run.teacher not in waiting:
+                return queue.pop(i)
+        return None
+
+    def teacher_failed(run: PlannedRun) -> bool:
+        if run.teacher is None or results.read_status(out / RUNS_DIR / run.teacher) == "ok":
+            return False
+        _fail_unstarted(run, out, f"its teacher {run.teacher} did not finish ok (see its row); not started")
+        echo(f"    {run.name}: failed: its teacher {run.teacher} did not finish ok; not started")
+        write_results(out, planned)
+        return True
+
     def terminate(*_) -> None:
         raise SystemExit(128 + signal.SIGTERM)
 
@@ -493,8 +617,10 @@ def run_comparison(
     try:
         while queue or running:
             while queue and len(running) < parallel:
-                run = queue.pop(0)
-                if held_by_other(run):
+                run = next_run()
+                if run is None:
+                    break  # every queued run waits for a teacher that is running
+                if held_by_other(run) or teacher_failed(run):
                     done += 1
                     continue
                 echo(f"[{done + len(running) + 1}/{len(planned)}] {run.name}: training ...")
@@ -621,6 +747,9 @@ def _row(out: Path, run: PlannedRun) -> dict[str, Any]:
         "status": "not started",
         **run.knobs,
     }
+    if run.teacher_variant is not None:
+        # with the agreement the student's metrics.json records (teacher_agreement, teacher_mcnemar_p_value)
+        row["teacher_variant"] = run.teacher_variant
     status = results.read_status(run_dir)
     if status is None:
         return row
@@ -781,9 +910,10 @@ def write_results(out: Path, planned: list[PlannedRun]) -> dict[str, Any]:
     configured = planned[0].config.compare.reference
     pairwise = pairwise_tests(out, rows, configured)
     summary = summarize(out, rows)
+    reference_config = scaffolding_config(planned[0].config, comparison_model(planned))
     document = {
-        "fingerprint": planned[0].config.fingerprint(),
-        "scaffolding": planned[0].config.scaffolding(),
+        "fingerprint": reference_config.fingerprint(),
+        "scaffolding": reference_config.scaffolding(),
         "runs": rows,
         "summary": summary,
         "reference": reference_variant(rows, configured),

@@ -136,8 +136,15 @@ def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
 
 
 NAMED_DATASETS = ("sst2", "imdb", "files")
-DATA_DEFAULTS = {"test_size": 0.2, "train_split": "train", "test_split": None}
+DATA_DEFAULTS = {
+    "test_size": 0.2,
+    "train_split": "train",
+    "test_split": None,
+    "long_text": "truncate",
+    "chunk_stride": None,
+}
 HUB_PREFIX = "hub:"
+LONG_TEXT_CHOICES = ("truncate", "chunk")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(:[\w.-]+)?")
 
 
@@ -248,6 +255,15 @@ class DataConfig:
     """Max tokens per example including [CLS]/[SEP]; default 128 for SST-2, 512 for IMDB and files."""
     truncation: str = "head"
     """`head` keeps the start, `tail` the end, `head+tail` the first quarter and the last three quarters."""
+    long_text: str = "truncate"
+    """Texts longer than max_length: `truncate` cuts them (data.truncation); `chunk` cuts them into
+    overlapping windows of max_length tokens, trains on every window (each with its text's label) and
+    predicts a text by averaging its windows' logits; data.truncation then goes unused (a preset's
+    `head+tail` stays valid, so `--set data.long_text=chunk` switches it). TF-IDF reads whole texts
+    either way; embed and setfit, which fit one embedding per text, refuse `chunk`."""
+    chunk_stride: int | None = None
+    """With long_text `chunk`: tokens from one window's start to the next's (at most max_length - 2, the
+    window without [CLS]/[SEP]); default half a window, so each token is seen in two windows."""
     problem_type: str = "single_label"
     """`single_label`: one class per text (softmax, cross-entropy). `multi_label`: any non-empty subset
     of the labels per text, written in the label column as one string joined by label_separator
@@ -259,6 +275,16 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_dataset(self.dataset)
         _check_choice("data", "truncation", self.truncation, ("head", "tail", "head+tail"))
+        _check_choice("data", "long_text", self.long_text, LONG_TEXT_CHOICES)
+        if self.chunk_stride is not None:
+            if self.long_text != "chunk":
+                raise ConfigError("data.chunk_stride: read only when data.long_text is 'chunk'")
+            window = self.resolved_max_length - 2
+            if not isinstance(self.chunk_stride, int) or not 1 <= self.chunk_stride <= window:
+                raise ConfigError(
+                    f"data.chunk_stride: must be a whole number of tokens from 1 to {window} (max_length - 2), "
+                    f"got {self.chunk_stride!r}"
+                )
         _check_choice("data", "problem_type", self.problem_type, ("single_label", "multi_label"))
         if not self.label_separator or self.label_separator.strip() != self.label_separator:
             raise ConfigError(
@@ -565,11 +591,39 @@ TUNABLE_KNOBS = (
 )
 """Method knobs `compare --tune` can search (tuning.KNOB_GRIDS holds their grids)."""
 
+DISTILL_PREFIX = "distill:"
+_DISTILL_STUDENT = re.compile(r"l(\d+)")
+
+
+def parse_distill_method(entry: str) -> tuple[str, int] | None:
+    """(teacher method, student layers) of a compare.methods entry `distill:TEACHER->lK`, None for a
+    plain method; ConfigError naming the entry when it is malformed.
+
+    Example:
+        >>> parse_distill_method("distill:full->l3"), parse_distill_method("lora")
+        (('full', 3), None)
+    """
+    if not entry.startswith(DISTILL_PREFIX):
+        return None
+    teacher, arrow, student = entry[len(DISTILL_PREFIX) :].partition("->")
+    match = _DISTILL_STUDENT.fullmatch(student.strip())
+    if not arrow or not teacher.strip() or match is None or int(match[1]) < 1:
+        # `--methods full,distill:full->l3` unquoted: the shell takes `>l3` as a redirection
+        shell = "; quote it in a shell, which reads '>' as a redirection" if not arrow else ""
+        raise ConfigError(
+            f"compare.methods: {quote(entry)}: expected distill:TEACHER->lK with K >= 1 student layers, "
+            f"e.g. distill:full->l3{shell}"
+        )
+    return teacher.strip(), int(match[1])
+
 
 @dataclass
 class CompareConfig:
     methods: list[str] = field(default_factory=lambda: ["full", "lora", "head", "tfidf"])
-    """Methods compared, each at its default knobs."""
+    """Methods compared, each at its default knobs. `distill:TEACHER->lK` adds, per seed, a student of
+    that seed's TEACHER run (a neural method listed here): the comparison's model (each model of a
+    sweep) keeping its bottom K encoder layers, trained with `full` on the teacher's soft labels
+    (section `distill`: alpha, temperature, unlabelled); variant `distill-TEACHER-lK`."""
     seeds: list[int] = field(default_factory=lambda: [42])
     """Training seeds; each (variant, seed) is one run in its own process."""
     lora_r_sweep: list[int] = field(default_factory=list)
@@ -638,8 +692,21 @@ class CompareConfig:
             raise ConfigError(f"compare.models: duplicates in {self.models}")
         if not self.methods:
             raise ConfigError("compare.methods: name at least one method")
-        for name in self.methods:
+        plain = [name for name in self.methods if parse_distill_method(name) is None]
+        for name in plain:
             _check_choice("compare", "methods", name, tuple(registry.names()))
+        for name in self.methods:
+            teacher = (parse_distill_method(name) or (None,))[0]
+            if teacher is not None and teacher not in plain:
+                raise ConfigError(
+                    f"compare.methods: {name}: its teacher {quote(teacher)} is not a method of this comparison "
+                    f"({', '.join(plain) or 'none'}); list it too, e.g. {teacher},{name}"
+                )
+            if teacher is not None and not registry.get(teacher).neural:
+                raise ConfigError(
+                    f"compare.methods: {name}: {teacher} has no neural network to distil from; "
+                    "use a neural teacher (full, lora, ...)"
+                )
         if not self.seeds:
             raise ConfigError("compare.seeds: give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
@@ -699,6 +766,42 @@ class CompareConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (`sentitune distill`): the run trains its model as a student on a
+    finished teacher run's soft labels as well as the gold ones. Off while `teacher` is null."""
+
+    teacher: str | None = None
+    """The teacher's run folder (status ok, single-label, same tokenizer vocabulary as the student).
+    Its logits over the training split (and `unlabelled`) are computed once, before training."""
+    alpha: float = 0.5
+    """Weight of the soft-label term on labelled rows: loss = alpha x T^2 x KL(teacher/T || student/T)
+    + (1 - alpha) x cross-entropy(gold). Rows from `unlabelled` carry the KL term alone (weight T^2)."""
+    temperature: float = 2.0
+    """Softmax temperature T of both teacher and student in the KL term (Hinton et al. 2015); the
+    T^2 factor keeps its gradients on the scale of the cross-entropy's."""
+    unlabelled: str | None = None
+    """Optional TXT/CSV/TSV/JSONL file of extra texts the teacher labels; the student trains on them
+    with the KL term only (augmentation is where distillation gains most)."""
+    unlabelled_column: str | None = None
+    """Text column of a CSV/TSV/JSONL `unlabelled` file (default: sentence for TSV, else text)."""
+
+    def __post_init__(self) -> None:
+        if self.teacher is not None and not self.teacher.strip():
+            raise ConfigError("distill.teacher: empty; give the teacher's run folder or leave it null")
+        _check_finite("distill", "alpha", self.alpha)
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"distill.alpha: must be between 0 and 1, got {quote(self.alpha)}")
+        _check_positive("distill", "temperature", self.temperature)
+        if self.unlabelled is not None and not self.unlabelled.strip():
+            raise ConfigError("distill.unlabelled: empty; give a text file or leave it null")
+        if self.teacher is None and (self.unlabelled is not None or self.unlabelled_column is not None):
+            field_name = "unlabelled" if self.unlabelled is not None else "unlabelled_column"
+            raise ConfigError(f"distill.{field_name}: read only with distill.teacher; give the teacher run too")
+        if self.unlabelled_column is not None and self.unlabelled is None:
+            raise ConfigError("distill.unlabelled_column: read only with distill.unlabelled; give the file too")
+
+
+@dataclass
 class RunConfig:
     model: str = "bert-base-uncased"
     """Hub id, local folder, or alias (`minilm-l6` = the bundled pretrained MiniLM, works offline)."""
@@ -707,9 +810,22 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     """Used by `sentitune compare` only; not part of a run's scaffolding."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Knowledge distillation from a teacher run (`sentitune distill`); off while distill.teacher is null."""
 
     def __post_init__(self) -> None:
         from sentitune.methods import registry
+
+        if self.distill.teacher is not None:
+            if not registry.get(self.method.name).uses_trainer:
+                raise ConfigError(
+                    f"method.name: {self.method.name} fits itself; distillation trains in the Trainer loop "
+                    "(full, lora, head, ...)"
+                )
+            if self.data.problem_type == "multi_label":
+                raise ConfigError("distill.teacher: distillation supports data.problem_type single_label only")
+            if self.train.class_weights != "none":
+                raise ConfigError("train.class_weights: not applied with distillation; leave it at none")
 
         if self.data.problem_type == "multi_label" and not registry.get(self.method.name).supports_multi_label:
             raise ConfigError(
@@ -777,6 +893,7 @@ class RunConfig:
         raw = self.to_dict()
         raw.pop("method")
         raw.pop("compare")
+        raw.pop("distill")  # like the method, a variant's own: a student is compared on its teacher's scaffolding
         if self.compare.models:
             raw.pop("model")  # a declared model sweep: the model is an axis of the comparison
         if self.compare.train_sizes:

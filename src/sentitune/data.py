@@ -910,10 +910,85 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, truncation: str =
     return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}, truncated
 
 
-def tokenize_split(tokenizer, split: Split, max_length: int, truncation: str):
-    """A `datasets.Dataset` with input_ids, attention_mask, labels and length (for length grouping)."""
+def default_chunk_stride(max_length: int) -> int:
+    """Half a window (max_length without [CLS]/[SEP]): every token is seen in two windows, and a
+    sentence cut at one window's edge sits whole inside the next."""
+    return max(1, (max_length - 2) // 2)
+
+
+def window_starts(count: int, window: int, stride: int) -> list[int]:
+    """Start offsets of the windows covering `count` tokens: every `stride` tokens, the last one moved
+    back to end at the text's end (so no window is mostly empty), one window for a short text.
+
+    Example:
+        >>> window_starts(10, 4, 3), window_starts(3, 4, 2), window_starts(8, 4, 2)
+        ([0, 3, 6], [0], [0, 2, 4])
+    """
+    if count <= window:
+        return [0]
+    starts = list(range(0, count - window, stride))
+    return [*starts, count - window]
+
+
+def encode_windows(tokenizer, texts: list[str], max_length: int, stride: int | None = None) -> tuple[dict, list[int]]:
+    """Each text as windows of at most max_length tokens (with [CLS]/[SEP]) `stride` tokens apart.
+
+    Returns:
+        (encoding of every window, in text order; the index of the text each window comes from).
+
+    Example:
+        >>> encoding, documents = encode_windows(tokenizer, ["a long review ..."], 512, 255)  # doctest: +SKIP
+    """
+    window = max_length - 2
+    stride = stride or default_chunk_stride(max_length)
+    body = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
+    input_ids, documents = [], []
+    for document, ids in enumerate(body):
+        for start in window_starts(len(ids), window, stride):
+            input_ids.append([tokenizer.cls_token_id, *ids[start : start + window], tokenizer.sep_token_id])
+            documents.append(document)
+    return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}, documents
+
+
+def mean_per_document(window_logits: np.ndarray, documents, count: int) -> np.ndarray:
+    """The mean of each document's window logits (count x k): a chunked text's prediction.
+
+    Example:
+        >>> mean_per_document(np.array([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]]), [0, 0, 1], 2).tolist()
+        [[2.0, 1.0], [5.0, 5.0]]
+    """
+    window_logits = np.asarray(window_logits, dtype=np.float64)
+    documents = np.asarray(documents, dtype=np.int64)
+    sums = np.zeros((count, window_logits.shape[1]))
+    np.add.at(sums, documents, window_logits)
+    return sums / np.bincount(documents, minlength=count)[:, None]
+
+
+def tokenize_split(
+    tokenizer, split: Split, max_length: int, truncation: str, long_text: str = "truncate", stride: int | None = None
+):
+    """A `datasets.Dataset` with input_ids, attention_mask, labels and length (for length grouping), and
+    the count of texts that did not fit max_length.
+
+    With `long_text="chunk"` a row per window (encode_windows), each with its text's label, and a
+    `document` column (the text's index: mean_per_document pools the windows' logits); the Trainer
+    drops that column before the model sees a batch, as it drops `length`.
+    """
     import datasets
 
+    if long_text == "chunk":
+        encoded, documents = encode_windows(tokenizer, split.texts, max_length, stride)
+        labels = [split.labels[d] for d in documents]
+        split_into = np.bincount(np.asarray(documents, dtype=np.int64), minlength=len(split.texts))
+        dataset = datasets.Dataset.from_dict(
+            {
+                **encoded,
+                "labels": [[float(v) for v in row] for row in labels] if labels and np.ndim(labels[0]) else labels,
+                "length": [len(ids) for ids in encoded["input_ids"]],
+                "document": documents,
+            }
+        )
+        return dataset, int((split_into > 1).sum())
     encoded, truncated = encode_texts(tokenizer, split.texts, max_length, truncation)
     dataset = datasets.Dataset.from_dict(
         {

@@ -228,8 +228,13 @@ def fuse_transformer_ops(path: Path, config, sample: dict[str, np.ndarray], tole
     return counts
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
+def quantize_int8(
+    fp32_path: Path, int8_path: Path, exclude: list[str] | None = None, only: list[str] | None = None
+) -> None:
     """Dynamic int8 quantisation (weights int8 once, activations quantised per call by ONNX Runtime).
+
+    `exclude` names nodes that stay fp32, `only` restricts quantisation to the named nodes (the names
+    of int8_node_names; what the sensitivity measurement uses).
 
     Every operator type ONNX Runtime can quantise dynamically is included: the MatMuls (the compute)
     and the embedding Gather (a 47 MiB table for MiniLM, so the int8 file is about 23 MiB instead of
@@ -260,10 +265,234 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
             int8_path,
             weight_type=QuantType.QInt8,
             per_channel=True,
+            nodes_to_quantize=only,
+            nodes_to_exclude=exclude,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     finally:
         root.setLevel(level)
+
+
+# ---- which layers stay fp32 in the int8 model ----------------------------------------------------
+
+INT8_KEEP_CHOICES = ("auto", "none")
+"""`--int8-keep-fp32`: auto (measure, keep the outliers), none (quantise every layer), or node names."""
+SENSITIVITY_EXAMPLES = 128
+"""Validation sentences each layer's sensitivity is measured on: the measure is a mean probability
+difference, which settles on far fewer sentences than an accuracy does."""
+SENSITIVE_FACTOR = 2.0
+"""A layer is an outlier when quantising it alone moves the probabilities at least this many times as
+much as quantising the median layer alone."""
+MAX_KEPT_FP32 = 4
+"""At most this many layers stay fp32 under auto: each one gives back some of int8's speed."""
+KEPT_MUST_IMPROVE = 0.95
+"""auto keeps its choice only if the int8 model with it moves validation probabilities by at most this
+fraction of what the all-int8 model does; otherwise every layer is quantised."""
+
+
+def int8_node_names(int8_path: Path) -> list[str]:
+    """Names of the nodes quantize_int8 quantised in `int8_path`, in graph order (the names
+    `exclude` and `only` take: ONNX Runtime calls the quantised node `<name>_quant`)."""
+    import onnx
+
+    return [
+        node.name.removesuffix("_quant")
+        for node in onnx.load(str(int8_path), load_external_data=False).graph.node
+        if node.name.endswith("_quant")
+    ]
+
+
+def describe_node(name: str) -> str:
+    """A reader's name for a quantisable node of a BERT-like graph (the node name where unknown).
+
+    Example:
+        >>> describe_node("/inner/bert/encoder/layer.5/output/dense/MatMul"), describe_node("Attention_2")
+        ('layer 5 FFN output', 'layer 2 attention (QKV)')
+    """
+    import re
+
+    layer = re.search(r"layer\.(\d+)/", name)
+    if layer:
+        for part, role in (
+            ("attention/output", "attention output"),
+            ("intermediate", "FFN input"),
+            ("output/dense", "FFN output"),
+            ("attention/self", "attention (QKV)"),
+        ):
+            if part in name:
+                return f"layer {layer.group(1)} {role}"
+    fused = re.fullmatch(r"Attention_(\d+)", name)  # the optimiser numbers fused attention in layer order
+    if fused:
+        return f"layer {fused.group(1)} attention (QKV)"
+    for part, label in (("classifier", "classifier"), ("pooler", "pooler"), ("EmbedLayerNormalization", "embeddings")):
+        if part in name:
+            return label
+    return name
+
+
+def validation_texts(run_dir: str | Path, limit: int = SENSITIVITY_EXAMPLES, seed: int = 0) -> list[str]:
+    """Up to `limit` sentences of the run's validation slice, re-derived from its config with the test
+    split never read (load_splits(with_test=False)): layer choices must not be fitted on test."""
+    from sentitune.data import load_splits
+
+    run = results.load_run(run_dir, require_ok=True)
+    texts = load_splits(run.config.data, with_test=False).validation.texts
+    if len(texts) > limit:
+        texts = [texts[i] for i in np.sort(np.random.default_rng(seed).choice(len(texts), limit, replace=False))]
+    return list(texts)
+
+
+def _onnx_probabilities(path: Path, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rows: int) -> np.ndarray:
+    from sentitune.inference import onnx_session
+
+    session = onnx_session(path)
+    out = None
+    for chunk, input_ids, mask in batches:
+        logits = session.run(["logits"], {"input_ids": input_ids, "attention_mask": mask})[0]
+        if out is None:
+            out = np.zeros((rows, logits.shape[1]))
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        out[chunk] = shifted / shifted.sum(axis=1, keepdims=True)
+    return out
+
+
+def _difference(probabilities: np.ndarray, reference: np.ndarray) -> dict:
+    return {
+        "mean_abs_probability_diff": float(np.abs(probabilities - reference).mean()),
+        "flipped": int((probabilities.argmax(1) != reference.argmax(1)).sum()),
+    }
+
+
+def choose_fp32_layers(sensitivity: dict[str, dict], factor: float = SENSITIVE_FACTOR, limit: int = MAX_KEPT_FP32):
+    """{node: reason} for the layers auto keeps in fp32: those whose sensitivity (the mean probability
+    change when only they are quantised) is at least `factor` times the median layer's, most
+    sensitive first, at most `limit`.
+
+    Example:
+        >>> s = {n: {"mean_abs_probability_diff": d} for n, d in [("a", 0.001), ("b", 0.002), ("c", 0.01)]}
+        >>> list(choose_fp32_layers(s))
+        ['c']
+    """
+    values = {name: row["mean_abs_probability_diff"] for name, row in sensitivity.items()}
+    if not values:
+        return {}
+    median = float(np.median(list(values.values())))
+    chosen = {}
+    for name in sorted(values, key=values.get, reverse=True)[:limit]:
+        if values[name] > 0 and values[name] >= factor * median:
+            chosen[name] = (
+                f"quantised alone it moves validation probabilities by {values[name]:.2e} on average, "
+                f"{values[name] / median if median else float('inf'):.1f}x the median layer ({median:.2e})"
+            )
+    return chosen
+
+
+def quantize_keeping_sensitive_layers(
+    fp32_path: Path, int8_path: Path, tokenizer, texts: list[str], max_length: int | None, truncation: str = "head"
+) -> dict:
+    """Quantises `fp32_path` to `int8_path`, keeping in fp32 the layers whose int8 error stands out.
+
+    Each quantisable node is quantised alone and the change of the probabilities on `texts` (validation
+    sentences) against the fp32 graph is its sensitivity. The outliers (choose_fp32_layers) stay fp32,
+    and the choice is kept only if the resulting model is measurably closer to fp32 on the same
+    sentences than the all-int8 model (KEPT_MUST_IMPROVE); otherwise every layer is quantised.
+
+    Returns:
+        {"kept": {node: {label, reason, sensitivity...}}, "sensitivity": {node: {...}},
+        "validation": {"all_int8": {...}, "chosen": {...}, "examples": n}, "decision": text}
+    """
+    from sentitune.data import encode_texts
+    from sentitune.inference import _pad, plan_batches
+
+    ids = encode_texts(tokenizer, texts, max_length, truncation)[0]["input_ids"]
+    pad_id = tokenizer.pad_token_id or 0
+    batches = [
+        (chunk, *_pad([ids[i] for i in chunk], pad_id))
+        for chunk in plan_batches(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), 32)
+    ]
+    reference = _onnx_probabilities(fp32_path, batches, len(texts))
+    quantize_int8(fp32_path, int8_path)
+    all_int8 = _difference(_onnx_probabilities(int8_path, batches, len(texts)), reference)
+    sensitivity = {}
+    with tempfile.TemporaryDirectory(dir=int8_path.parent) as scratch:
+        single = Path(scratch) / "single.onnx"
+        for name in int8_node_names(int8_path):
+            quantize_int8(fp32_path, single, only=[name])
+            sensitivity[name] = {"label": describe_node(name)} | _difference(
+                _onnx_probabilities(single, batches, len(texts)), reference
+            )
+        outcome = {"sensitivity": sensitivity, "validation": {"examples": len(texts), "all_int8": all_int8}}
+        reasons = choose_fp32_layers(sensitivity)
+        if not reasons:
+            return outcome | {"kept": {}, "decision": "no layer stands out: every layer is int8"}
+        candidate = Path(scratch) / "candidate.onnx"
+        quantize_int8(fp32_path, candidate, exclude=list(reasons))
+        chosen = _difference(_onnx_probabilities(candidate, batches, len(texts)), reference)
+        outcome["validation"]["chosen"] = chosen
+        if chosen["mean_abs_probability_diff"] > KEPT_MUST_IMPROVE * all_int8["mean_abs_probability_diff"]:
+            return outcome | {
+                "kept": {},
+                "decision": (
+                    f"keeping {', '.join(sensitivity[n]['label'] for n in reasons)} in fp32 did not bring the "
+                    f"validation probabilities measurably closer ({chosen['mean_abs_probability_diff']:.2e} vs "
+                    f"{all_int8['mean_abs_probability_diff']:.2e} all int8): every layer is int8"
+                ),
+            }
+        candidate.replace(int8_path)
+    kept = {name: {**sensitivity[name], "reason": reason} for name, reason in reasons.items()}
+    return outcome | {
+        "kept": kept,
+        "decision": (
+            f"kept {len(kept)} layer(s) fp32: validation probabilities move {chosen['mean_abs_probability_diff']:.2e} "
+            f"on average against {all_int8['mean_abs_probability_diff']:.2e} all int8"
+        ),
+    }
+
+
+def quantize_for_export(run_dir: Path, predictor, fp32_path: Path, int8_path: Path, keep: str | None) -> dict:
+    """Writes `int8_path` with the layers `keep` names (or auto finds) left in fp32; returns the record
+    the manifest stores as int8_keep_fp32: {"choice", "kept": {node: {label, reason, ...}}, "decision", ...}.
+
+    auto re-derives the run's validation slice from its config; where that data is not at hand, every
+    layer is quantised and the record says why.
+    """
+    from sentitune.data import DataError
+
+    choice = (keep or "auto").strip()
+    if choice == "none":
+        quantize_int8(fp32_path, int8_path)
+        return {"choice": "none", "kept": {}, "decision": "every layer is int8 (--int8-keep-fp32 none)"}
+    if choice == "auto":
+        try:
+            texts = validation_texts(run_dir)
+        except (DataError, OSError) as exc:
+            quantize_int8(fp32_path, int8_path)
+            return {
+                "choice": "auto",
+                "kept": {},
+                "decision": f"skipped, no validation slice to measure on ({str(exc)[:200]}): every layer is int8",
+            }
+        outcome = quantize_keeping_sensitive_layers(
+            fp32_path, int8_path, predictor.tokenizer, texts, predictor.max_length, predictor.truncation
+        )
+        return {"choice": "auto", **outcome}
+    quantize_int8(fp32_path, int8_path)
+    names = int8_node_names(int8_path)
+    by_label = {describe_node(name): name for name in names}
+    wanted = [part.strip() for part in choice.split(",") if part.strip()]
+    unknown = [part for part in wanted if part not in names and part not in by_label]
+    if unknown:
+        raise DataError(
+            f"--int8-keep-fp32: no quantisable layer {unknown[0]!r}; expected auto, none, or names among "
+            f"{', '.join(list(by_label)[:6])}, ... (labels) or node names such as {names[-1]!r}"
+        )
+    kept = {by_label.get(part, part): part for part in wanted}
+    quantize_int8(fp32_path, int8_path, exclude=list(kept))
+    return {
+        "choice": choice,
+        "kept": {node: {"label": describe_node(node), "reason": "named by --int8-keep-fp32"} for node in kept},
+        "decision": f"kept {len(kept)} layer(s) fp32 as named",
+    }
 
 
 def parity_data(
@@ -347,6 +576,7 @@ def export_run(
     label_column: str | None = None,
     overwrite: bool = False,
     parity: bool = True,
+    int8_keep_fp32: str | None = None,
 ) -> dict:
     """Exports a run folder to `output` and returns the parity report (also saved as parity.json).
 
@@ -360,6 +590,9 @@ def export_run(
         text_column, label_column: columns of `parity_file`.
         overwrite: replace an existing export in `output`.
         parity: False skips the parity report (benchmarks measure the variants themselves).
+        int8_keep_fp32: which layers of the int8 model stay fp32: `auto` (the default; measured on
+            the run's validation slice, see quantize_keeping_sensitive_layers), `none`, or
+            comma-separated node names or labels (describe_node: "classifier", "layer 5 FFN output").
 
     Example:
         >>> export_run("runs/sst2-lora", "exported/sst2-lora-hf", fmt="hf")["variants"].keys()  # doctest: +SKIP
@@ -373,6 +606,10 @@ def export_run(
         raise DataError(f"--quantize {quantize!r}: only int8 is supported")
     if quantize and fmt != "onnx":
         raise DataError("--quantize int8 needs --format onnx (ONNX Runtime does the quantisation)")
+    if int8_keep_fp32 is not None and not quantize:
+        raise DataError("--int8-keep-fp32 needs --quantize int8")
+    if int8_keep_fp32 is not None and not int8_keep_fp32.strip(" ,"):
+        raise DataError("--int8-keep-fp32 '': expected auto, none or comma-separated layer names")
     output = Path(output)
     results.check_output_dir(
         output,
@@ -400,6 +637,9 @@ def export_run(
             "label_names": torch_predictor.label_names,
             "max_length": torch_predictor.max_length,
             "truncation": torch_predictor.truncation,
+            # chunk: the Predictor averages the logits of windows chunk_stride tokens apart (data.encode_windows).
+            "long_text": torch_predictor.long_text,
+            "chunk_stride": torch_predictor.chunk_stride,
             # The graph and the HF weights give raw logits; Predictor.load divides them by this
             # temperature (fitted on the run's validation slice). Other runtimes must do the same.
             "temperature": torch_predictor.temperature,
@@ -428,12 +668,16 @@ def export_run(
             )
             files = {"fp32": ONNX_FILES["fp32"]}
             if quantize:
-                quantize_int8(staging / ONNX_FILES["fp32"], staging / ONNX_FILES["int8"])
+                fp32_file, int8_file = staging / ONNX_FILES["fp32"], staging / ONNX_FILES["int8"]
+                manifest["int8_keep_fp32"] = quantize_for_export(
+                    run.path, torch_predictor, fp32_file, int8_file, int8_keep_fp32
+                )
                 files["int8"] = ONNX_FILES["int8"]
                 manifest["quantization"] = (
                     "onnxruntime quantize_dynamic: QInt8 weights per channel; every "
                     "operator it quantises dynamically (MatMul, Gather, and the fused "
-                    "Attention and EmbedLayerNormalization where fusion ran)"
+                    "Attention and EmbedLayerNormalization where fusion ran) except the nodes "
+                    "in int8_keep_fp32.kept"
                 )
             manifest["files"] = files
             manifest["default_variant"] = "int8" if quantize else "fp32"
@@ -463,6 +707,11 @@ def export_run(
             report["int8_within_tolerance"] = (
                 report["variants"]["onnx-int8"]["accuracy_drop_points"] <= INT8_MAX_DROP_POINTS
             )
+            choice = manifest["int8_keep_fp32"]
+            report["int8_fp32_layers"] = [
+                {"node": node, "label": row["label"], "reason": row["reason"]} for node, row in choice["kept"].items()
+            ]
+            report["int8_layer_choice"] = f"{choice['choice']}: {choice['decision']}"
         results.atomic_write_json(staging / PARITY_FILE, report)
         del variants  # ONNX Runtime keeps the files open on some platforms until the sessions go
         _make_readable(staging)
@@ -510,6 +759,9 @@ def format_report(report: dict) -> str:
             f"{row['max_abs_probability_diff']:>10.2e} {100 * row['prediction_agreement']:>6.1f}% "
             f"{row['sentences_per_second']:>9.1f} {row['size_mib']:>8.2f}"
         )
+    if "int8_layer_choice" in report:
+        lines.append(f"int8 layers kept fp32, {report['int8_layer_choice']}")
+        lines.extend(f"  {row['label']} ({row['node']}): {row['reason']}" for row in report["int8_fp32_layers"])
     return "\n".join(lines)
 
 

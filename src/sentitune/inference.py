@@ -281,9 +281,15 @@ class Predictor:
         batch_size: int = 64,
         thresholds: list[float] | None = None,
         temperature: float = 1.0,
+        long_text: str = "truncate",
+        chunk_stride: int | None = None,
     ):
         self.label_names = list(label_names)
         self.max_length = max_length
+        self.long_text = long_text
+        """`truncate` (cut by `truncation`) or `chunk`: a text longer than max_length is read as windows
+        `chunk_stride` tokens apart and predicted from the mean of their logits (data.encode_windows)."""
+        self.chunk_stride = chunk_stride
         self.truncation = truncation
         self.model = model
         self.tokenizer = tokenizer
@@ -430,6 +436,8 @@ class Predictor:
             source=str(run.path),
             thresholds=thresholds,
             temperature=temperature,
+            long_text=cfg.data.long_text,
+            chunk_stride=cfg.data.chunk_stride,
         )
 
     @classmethod
@@ -476,6 +484,9 @@ class Predictor:
             source=str(path),
             variant=variant,
             temperature=manifest.get("temperature", 1.0),
+            # Exports made before chunking existed truncate, as their runs did.
+            long_text=manifest.get("long_text", "truncate"),
+            chunk_stride=manifest.get("chunk_stride"),
         )
 
     @classmethod
@@ -521,6 +532,8 @@ class Predictor:
             source=str(path),
             # A plain HF folder carries no calibration; an export's manifest carries the run's temperature.
             temperature=(manifest or {}).get("temperature", 1.0),
+            long_text=(manifest or {}).get("long_text", "truncate"),
+            chunk_stride=(manifest or {}).get("chunk_stride"),
         )
 
     def describe(self) -> dict:
@@ -534,6 +547,8 @@ class Predictor:
             "max_length": self.max_length,
             "truncation": self.truncation,
             "temperature": self.temperature,
+            "long_text": self.long_text,
+            "chunk_stride": self.chunk_stride,
         }
         if self.backend == "onnx":
             info["onnx_sessions"] = len(self._runner.sessions)
@@ -548,24 +563,50 @@ class Predictor:
             (2, 2)
         """
         texts = list(texts)
+        if self.classical is not None and self.temperature == 1.0 and texts:
+            check_texts(texts)  # its own probabilities, exactly: no round trip through logs
+            return np.asarray(self.classical.predict_proba(texts), dtype=np.float64)
+        logits = self.logits(texts, batch_size)
+        if self.classical is None and self.thresholds is not None:
+            return sigmoid(logits)
+        return temperature_scale(logits, self.temperature)
+
+    def logits(self, texts: Iterable[str], batch_size: int | None = None) -> np.ndarray:
+        """The model's raw logits (n x k), in input order, before calibration or sigmoid: what a
+        distillation student learns from. A tf-idf model gives its log-probabilities.
+
+        Example:
+            >>> predictor.logits(["great", "awful"]).shape  # doctest: +SKIP
+            (2, 2)
+        """
+        texts = list(texts)
         if not texts:
             return np.zeros((0, len(self.label_names)))
         check_texts(texts)
         if self.classical is not None:
-            probabilities = np.asarray(self.classical.predict_proba(texts), dtype=np.float64)
-            if self.temperature == 1.0:
-                return probabilities
-            return temperature_scale(log_probabilities(probabilities), self.temperature)
-        from sentitune.data import encode_texts
+            return log_probabilities(np.asarray(self.classical.predict_proba(texts), dtype=np.float64))
+        return self._neural_logits(texts, batch_size)
 
-        batch_size = batch_size or self.batch_size
+    def _neural_logits(self, texts: list[str], batch_size: int | None) -> np.ndarray:
+        """`logits` of checked, non-empty texts through the torch or ONNX runner."""
+        from sentitune.data import encode_texts, encode_windows, mean_per_document
+
+        if self.long_text == "chunk":
+            encoded, documents = encode_windows(self.tokenizer, texts, self.max_length, self.chunk_stride)
+            logits = self._logits_of_ids(encoded["input_ids"], batch_size)
+            return mean_per_document(logits, documents, len(texts))
         ids = encode_texts(self.tokenizer, texts, self.max_length, self.truncation)[0]["input_ids"]
+        return self._logits_of_ids(ids, batch_size)
+
+    def _logits_of_ids(self, ids: list[list[int]], batch_size: int | None) -> np.ndarray:
+        """Logits of token id lists, length-sorted into batches (plan_batches), in input order."""
+        batch_size = batch_size or self.batch_size
         pad_id = self.tokenizer.pad_token_id or 0
-        out = np.zeros((len(texts), len(self.label_names)), dtype=np.float64)
+        out = np.zeros((len(ids), len(self.label_names)), dtype=np.float64)
         batches = plan_batches(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), batch_size)
         padded = ((chunk, *_pad([ids[i] for i in chunk], pad_id)) for chunk in batches)
         for chunk, logits in self._runner.map(padded):
-            out[chunk] = temperature_scale(logits, self.temperature) if self.thresholds is None else sigmoid(logits)
+            out[chunk] = logits
         return out
 
     def predict(self, texts: Iterable[str], batch_size: int | None = None) -> list[dict]:

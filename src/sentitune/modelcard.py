@@ -8,10 +8,13 @@ A run's `model/` loads with plain Hugging Face APIs:
   * LoRA, DoRA, IA3: `AutoPeftModelForSequenceClassification.from_pretrained("RUN/model")`, whose
     adapter_config.json names the base model by hub id (an alias's hub id, e.g. minilm-l6 ->
     sentence-transformers/all-MiniLM-L6-v2) or, for a local base folder, as the run named it;
-  * prefix: only through sentitune (peft 0.21 refuses prefixes on transformers 5's BERT; see
-    methods/prefix.py), which the card says;
-  * mean-pooled classifiers (`method.pooling: mean`, the default for minilm-l6): only through
-    sentitune, since plain transformers reads BERT through [CLS] (methods/pooling.py); the card says so.
+  * prefix: `AutoPeftModelForSequenceClassification` alone fails (peft 0.21 looks for
+    `past_key_values`, which transformers 5's BERT calls `cache`; methods/prefix.py), so the card
+    gives the three-line forward that renames it before `PeftModel.from_pretrained`;
+  * mean-pooled classifiers (`method.pooling: mean`, the default for minilm-l6): `pipeline` would read
+    BERT through [CLS] (methods/pooling.py), so the card shows plain transformers/peft code that loads
+    the same folder and applies the classifier to the masked mean by hand (no remote code), and
+    sentitune's command.
 
 Example:
     >>> card = run_card(cfg, metrics, "peft")  # doctest: +SKIP
@@ -113,9 +116,31 @@ def _usage(
             'classifier("A gorgeous, witty film.")\n```\n'
         )
     if kind == "peft" and adapter_type == "PREFIX_TUNING":
+        id2label = dict(enumerate(label_names))
+        label2id = {name: i for i, name in enumerate(label_names)}
         return (
-            "The prefixes load with sentitune only: peft 0.21 checks for a `past_key_values` argument "
-            "that transformers 5's BERT no longer has, and sentitune adds it at load.\n\n"
+            "`AutoPeftModelForSequenceClassification` alone fails on these prefixes: peft 0.21 checks for a "
+            "`past_key_values` argument that transformers 5's BERT now calls `cache`. Three lines give the "
+            "model that argument:\n\n"
+            "```python\nimport torch\nfrom peft import PeftConfig, PeftModel\n"
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+            'folder = "path/to/this/folder"\n'
+            "base = AutoModelForSequenceClassification.from_pretrained(\n"
+            "    PeftConfig.from_pretrained(folder).base_model_name_or_path,\n"
+            f"    num_labels={len(label_names)}, id2label={id2label}, label2id={label2id},\n"
+            ")\n"
+            "forward = type(base).forward\n\n\n"
+            "def prefix_forward(input_ids=None, attention_mask=None, past_key_values=None, **kwargs):\n"
+            "    return forward(\n"
+            "        base, input_ids=input_ids, attention_mask=attention_mask, cache=past_key_values, **kwargs\n"
+            "    )\n\n\n"
+            "base.forward = prefix_forward\n"
+            "model = PeftModel.from_pretrained(base, folder).eval()\n"
+            "tokenizer = AutoTokenizer.from_pretrained(folder)\n"
+            'inputs = tokenizer(["A gorgeous, witty film."], return_tensors="pt", padding=True)\n'
+            "with torch.no_grad():\n"
+            "    probabilities = model(**inputs).logits.softmax(-1)\n"
+            "```\n\nor with sentitune (which adds the same argument at load):\n\n"
             f'```bash\nsentitune predict --model {predict_target} "A gorgeous, witty film."\n```\n'
         )
     if kind == "peft":
@@ -141,7 +166,41 @@ def _usage(
             "transformers' BERT classifier does not do: loaded without sentitune, it would read [CLS] "
             "instead and predict differently.\n\n"
         )
+        if adapter_type != "PREFIX_TUNING":
+            why += _mean_pooling_usage(label_names, adapter_type) + "\nor with sentitune:\n\n"
     return why + f'```bash\nsentitune predict --model {predict_target} "A gorgeous, witty film."\n```\n'
+
+
+def _mean_pooling_usage(label_names: list[str], adapter_type: str | None) -> str:
+    """Plain transformers (and peft) code for a mean-pooled classifier: the classifier applied by hand
+    to the attention-masked mean of the last hidden states, as methods/pooled_bert.py computes it.
+    transformers has no BERT class that pools by the mean, and remote code is never asked for."""
+    if adapter_type is None:
+        load = (
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+            'model = AutoModelForSequenceClassification.from_pretrained("path/to/this/folder").eval()\n'
+        )
+    else:
+        id2label = dict(enumerate(label_names))
+        label2id = {name: i for i, name in enumerate(label_names)}
+        load = (
+            "from peft import AutoPeftModelForSequenceClassification\n"
+            "from transformers import AutoTokenizer\n\n"
+            "model = AutoPeftModelForSequenceClassification.from_pretrained(\n"
+            f'    "path/to/this/folder", num_labels={len(label_names)}, id2label={id2label}, label2id={label2id}\n'
+            ").merge_and_unload().eval()\n"
+        )
+    return (
+        "With plain transformers, pool by hand:\n\n```python\nimport torch\n"
+        + load
+        + 'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")\n'
+        'inputs = tokenizer(["A gorgeous, witty film."], return_tensors="pt", padding=True, truncation=True)\n'
+        "with torch.no_grad():\n"
+        "    hidden = model.base_model(**inputs).last_hidden_state\n"
+        '    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)\n'
+        "    probabilities = model.classifier((hidden * mask).sum(1) / mask.sum(1)).softmax(-1)\n"
+        "```\n"
+    )
 
 
 def run_card(

@@ -2,9 +2,11 @@
 
     POST /predict   {"text": "..."} -> {"label", "score", "probabilities"}
                     {"texts": ["...", ...]} -> {"predictions": [...]}
+    POST /explain   the same bodies (at most EXPLAIN_MAX_TEXTS texts) -> each prediction plus per-word
+                    attributions toward its label (sentitune.explain), computed one request at a time
     GET  /health    liveness + what model is loaded
     GET  /metrics   Prometheus text: requests, latency histogram, batch sizes, queue depth
-    GET  /          a small self-contained page to try a sentence
+    GET  /          a small self-contained page to try a sentence: probabilities as bars, words highlighted
 
 Requests wait for one worker, which builds each model call fairly from what is waiting (up to
 `max_batch_size` texts, at most one slice of each request, waiting at most `max_wait_ms` for more; see
@@ -511,12 +513,15 @@ def create_app(predictor, settings: ServeSettings | None = None):
         return predictor.predict_proba(texts, settings.max_batch_size)
 
     batcher = MicroBatcher(batched_predict, settings, metrics)
+    explain_pool = ThreadPoolExecutor(1, thread_name_prefix="sentitune-explain")
+    explaining = [0]  # /explain requests running or waiting for explain_pool
 
     @asynccontextmanager
     async def lifespan(app):
         await batcher.start()
         yield
         await batcher.stop()  # uvicorn has stopped accepting and waited for open requests
+        explain_pool.shutdown(wait=False, cancel_futures=True)
 
     # The schema and Swagger UI are public like /health: they describe the routes, not the model or data.
     app = FastAPI(title="sentitune", lifespan=lifespan, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
@@ -553,21 +558,21 @@ def create_app(predictor, settings: ServeSettings | None = None):
         if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
             raise HTTPException(401, ("unauthorized", "missing or wrong X-API-Key header"))
 
-    @app.post("/predict", dependencies=[Depends(require_key)])
-    async def predict(body: PredictRequest):
+    def refusal(body: PredictRequest, max_texts: int, max_chars: int) -> JSONResponse | None:
+        """The error answer for a request /predict or /explain must not run; None for a good one."""
         if (body.text is None) == (body.texts is None):
             return error(422, "invalid_request", "give exactly one of 'text' (a string) or 'texts' (a list)")
         texts = [body.text] if body.text is not None else body.texts
         if not texts:
             return error(422, "invalid_request", "'texts' is empty")
-        if len(texts) > settings.max_texts:
-            return error(413, "too_many_texts", f"{len(texts)} texts; at most {settings.max_texts} per request")
-        too_long = next((i for i, t in enumerate(texts) if len(t) > settings.max_chars), None)
+        if len(texts) > max_texts:
+            return error(413, "too_many_texts", f"{len(texts)} texts; at most {max_texts} per request")
+        too_long = next((i for i, t in enumerate(texts) if len(t) > max_chars), None)
         if too_long is not None:
             return error(
                 413,
                 "text_too_long",
-                f"text {too_long} has {len(texts[too_long])} characters; at most {settings.max_chars}",
+                f"text {too_long} has {len(texts[too_long])} characters; at most {max_chars}",
             )
         # JSON may escape lone surrogates ("\ud800"), which no tokenizer accepts; refused here, they
         # would fail the whole micro-batch they joined.
@@ -579,6 +584,14 @@ def create_app(predictor, settings: ServeSettings | None = None):
         blank = next((i for i, t in enumerate(texts) if is_blank(t)), None)
         if blank is not None:
             return error(422, "empty_text", f"text {blank} holds no visible characters")
+        return None
+
+    @app.post("/predict", dependencies=[Depends(require_key)])
+    async def predict(body: PredictRequest):
+        refused = refusal(body, settings.max_texts, settings.max_chars)
+        if refused is not None:
+            return refused
+        texts = [body.text] if body.text is not None else body.texts
         try:
             probabilities = await asyncio.wait_for(batcher.submit(texts), settings.request_timeout_s)
         except Overloaded as exc:
@@ -589,6 +602,35 @@ def create_app(predictor, settings: ServeSettings | None = None):
             return error(503, "timeout", f"no prediction within {settings.request_timeout_s} s")
         rows = [prediction_row(label_names, p) for p in probabilities]
         return rows[0] if body.text is not None else {"predictions": rows}
+
+    @app.post("/explain", dependencies=[Depends(require_key)])
+    async def explain(body: PredictRequest):
+        """Per-word attributions toward the predicted label (sentitune.explain): the /predict answer plus
+        `method`, `target`, `unit` and `words` (word, start, end in characters, attribution)."""
+        from sentitune.explain import explain_texts
+
+        max_chars = min(settings.max_chars, EXPLAIN_MAX_CHARS)
+        refused = refusal(body, EXPLAIN_MAX_TEXTS, max_chars)
+        if refused is not None:
+            return refused
+        texts = [body.text] if body.text is not None else body.texts
+        if explaining[0] >= EXPLAIN_MAX_WAITING:
+            return JSONResponse(
+                {"error": "overloaded", "detail": f"{explaining[0]} explanations are running or waiting; retry"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        explaining[0] += 1
+        try:
+            # One explanation at a time, in its own thread: the event loop and /predict's batcher go on.
+            work = asyncio.get_running_loop().run_in_executor(explain_pool, explain_texts, predictor, texts)
+            rows = await asyncio.wait_for(work, settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            return error(503, "timeout", f"no explanation within {settings.request_timeout_s} s")
+        finally:
+            explaining[0] -= 1
+        rows = [{key: value for key, value in row.items() if key != "text"} for row in rows]
+        return rows[0] if body.text is not None else {"explanations": rows}
 
     # Monitors often probe with HEAD; it stays out of the schema, where it would repeat GET's operation.
     @app.head("/health", include_in_schema=False)
@@ -617,6 +659,13 @@ def create_app(predictor, settings: ServeSettings | None = None):
     return app
 
 
+EXPLAIN_MAX_TEXTS = 8
+"""Texts per /explain request: an explanation costs dozens of model calls (IG steps, or one per word)."""
+EXPLAIN_MAX_CHARS = 2_000
+"""Characters per /explain text (also capped by --max-chars): a review, not a book."""
+EXPLAIN_MAX_WAITING = 4
+"""/explain requests running or queued at once; more get 503 overloaded rather than a long wait."""
+
 PAGE_HEADERS = {
     # Inline script and style only, requests only to this server: nothing else can load or run.
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -635,6 +684,8 @@ PAGE = """<!doctype html>
  .bar{height:.8rem;background:#4a7;display:inline-block;vertical-align:middle}
  .row{margin:.2rem 0} .name{display:inline-block;width:8rem} .err{color:#b00}
  #key{width:100%;box-sizing:border-box}
+ #explanation{margin-top:1rem;line-height:1.9} .tok{padding:.1rem .15rem;border-radius:.2rem}
+ #why{color:#555;font-size:.9rem}
 </style></head><body>
 <h1>sentitune</h1>
 <p>Labels: __LABELS__. Type a sentence and press Predict (or Ctrl+Enter).</p>
@@ -643,6 +694,8 @@ __KEY_FIELD__
 <button id="predict" type="button">Predict</button>
 <div id="result" aria-live="polite"></div>
 <div id="bars"></div>
+<div id="explanation"></div>
+<p id="why"></p>
 <script>
 const text = document.getElementById('text'), result = document.getElementById('result'),
       bars = document.getElementById('bars'), button = document.getElementById('predict');
@@ -666,9 +719,37 @@ async function predict() {
       const number = document.createElement('span'); number.textContent = ' ' + (100 * p).toFixed(1) + '%';
       row.append(label, bar, number); return row;
     }));
+    await explain(value, headers);
   } catch (e) {
     result.className = 'err'; result.textContent = 'error: ' + e.message; bars.replaceChildren();
   } finally { button.disabled = false; }
+}
+const explanation = document.getElementById('explanation'), why = document.getElementById('why');
+async function explain(value, headers) {
+  explanation.replaceChildren(); why.textContent = 'explaining…';
+  const response = await fetch('explain', {method: 'POST', headers, body: JSON.stringify({text: value})});
+  const body = await response.json();
+  if (!response.ok) {
+    why.textContent = 'no explanation: ' + (typeof body.detail === 'string' ? body.detail : response.status);
+    return;
+  }
+  // Offsets count Unicode code points (Python's str), as Array.from does; JS string indices would not.
+  const chars = Array.from(value), parts = [];
+  const scale = Math.max(1e-12, ...body.words.map(w => Math.abs(w.attribution)));
+  let cursor = 0;
+  for (const w of body.words) {
+    parts.push(document.createTextNode(chars.slice(cursor, w.start).join('')));
+    const span = document.createElement('span'); span.className = 'tok';
+    span.textContent = chars.slice(w.start, w.end).join('');
+    span.dataset.attribution = w.attribution;
+    const alpha = (0.75 * Math.abs(w.attribution) / scale).toFixed(3);
+    span.style.background = w.attribution >= 0 ? `rgba(40,160,80,${alpha})` : `rgba(210,50,50,${alpha})`;
+    span.title = (w.attribution >= 0 ? '+' : '') + w.attribution.toPrecision(3);
+    parts.push(span); cursor = w.end;
+  }
+  parts.push(document.createTextNode(chars.slice(cursor).join('')));
+  explanation.replaceChildren(...parts);
+  why.textContent = 'green: words pushing toward ' + body.target + ', red: against (' + body.method + ')';
 }
 button.addEventListener('click', predict);
 text.addEventListener('keydown', e => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) predict(); });
@@ -850,7 +931,9 @@ def uvicorn_options(app, base=None) -> dict:
     }
 
 
-def run_server(app, *, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False) -> bool:
+def run_server(
+    app, *, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False, sockets: list | None = None
+) -> bool:
     """Serves `app` (from `create_app`) with uvicorn until SIGINT/SIGTERM; True when a SIGTERM stopped it.
 
     uvicorn handles SIGINT/SIGTERM: stop accepting, finish open requests, run the lifespan exit (which
@@ -862,19 +945,92 @@ def run_server(app, *, host: str = "127.0.0.1", port: int = 8000, access_log: bo
     """
     import uvicorn
 
-    check_address(host, port)
+    if sockets is None:
+        check_address(host, port)
     terminated = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    options = dict(log_level="info", access_log=access_log, timeout_graceful_shutdown=15, **uvicorn_options(app))
     try:
-        uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            log_level="info",
-            access_log=access_log,
-            timeout_graceful_shutdown=15,
-            **uvicorn_options(app),
-        )
+        if sockets is None:
+            uvicorn.run(app, host=host, port=port, **options)
+        else:  # a listening socket shared with other server processes (serve_processes)
+            uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options)).run(sockets=sockets)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return bool(terminated)
+
+
+def serve_processes(make_app, processes: int, *, host: str = "127.0.0.1", port: int = 8000, access_log=False) -> bool:
+    """Serves with `processes` server processes that share one listening socket; the kernel hands each
+    new connection to one of them. Each process calls `make_app()` itself (its own model, batcher and
+    event loop), so JSON, validation and HTTP parsing, which hold Python's lock, run on every core
+    instead of one. /metrics counts the process that answers it.
+
+    SIGTERM or SIGINT to this (parent) process stops the children gracefully; True when a SIGTERM
+    stopped it. A child that fails (say, its model does not load) stops the others, and the error is
+    raised here.
+
+    Example:
+        >>> make_app = lambda: create_app(Predictor.load("exported/sst2-lora-int8", threads=1))
+        >>> serve_processes(make_app, 2)  # doctest: +SKIP
+    """
+    import os
+    import socket
+    import sys
+
+    check_address(host, port)
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(2048)
+    children = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:  # the child: load, serve, and never return into the parent's code
+            code = 0
+            try:
+                os.setpgrp()  # a terminal's Ctrl-C reaches the parent only, which stops each child once
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                run_server(make_app(), host=host, port=port, access_log=access_log, sockets=[listener])
+            except BaseException as exc:  # any failure reaches the parent as the exit code
+                if not isinstance(exc, KeyboardInterrupt):
+                    print(f"sentitune serve: a server process failed: {exc}", file=sys.stderr, flush=True)
+                    code = 2
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+    listener.close()
+
+    stopping: list[int] = []
+
+    def stop(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            for child in children:
+                try:
+                    os.kill(child, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    failed = 0
+    try:
+        running = set(children)
+        while running:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            running.discard(pid)
+            if os.waitstatus_to_exitcode(status) != 0 and not stopping:
+                failed += 1
+                stop(signal.SIGTERM, None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failed:
+        raise RunFolderError(f"{failed} of {processes} server processes failed (see the lines above); all stopped")
+    return bool(stopping) and stopping[0] == signal.SIGTERM

@@ -122,6 +122,44 @@ class ProgressFile(TrainerCallback):
         self._write(args, state, force=True)
 
 
+TEACHER_LOGITS = "teacher_logits"
+"""The training-set column holding a teacher's logits per row (distillation)."""
+
+UNLABELLED = -100
+"""The label of a row that has teacher logits but no gold label (torch's cross-entropy ignore index)."""
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Knowledge-distillation loss, the mean over the rows of the batch (Hinton et al. 2015).
+
+    A labelled row: alpha x T^2 x KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) x
+    cross-entropy(student, gold). A row labelled UNLABELLED (a text only the teacher labelled): the
+    T^2 x KL term alone. The T^2 factor keeps the soft term's gradients on the cross-entropy's scale.
+
+    Example:
+        >>> student, teacher, gold = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([0])
+        >>> ce = torch.nn.functional.cross_entropy(student, gold)
+        >>> bool(distillation_loss(student, teacher, gold, 0.0, 2.0) == ce)
+        True
+    """
+    student = student_logits.float()
+    log_student = torch.log_softmax(student / temperature, dim=-1)
+    log_teacher = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=-1) * temperature**2
+    labelled = labels != UNLABELLED
+    cross_entropy = torch.nn.functional.cross_entropy(
+        student, torch.where(labelled, labels, 0).long(), reduction="none"
+    )
+    per_row = torch.where(labelled, alpha * kl + (1 - alpha) * cross_entropy, kl)
+    return per_row.mean()
+
+
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped order drawn from (seed, epoch) alone. The stock sampler draws from the global RNG,
     whose state when an epoch starts depends on everything before it (dropout included), so a run
@@ -154,6 +192,7 @@ class MeasuredTrainer(Trainer):
         sampler_seed: int,
         last_checkpoint: Callable[[Path], Path | None] | None = None,
         class_weights: torch.Tensor | None = None,
+        distillation: tuple[float, float] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -161,13 +200,34 @@ class MeasuredTrainer(Trainer):
         self.sampler_seed = sampler_seed
         self.last_checkpoint = last_checkpoint
         self.class_weights = class_weights
-        if class_weights is not None:
+        self.distillation = distillation
+        """(alpha, temperature) when training rows carry `teacher_logits` (distillation_loss)."""
+        if class_weights is not None or distillation is not None:
             # compute_loss returns a per-micro-batch mean, which the Trainer divides by the accumulation steps.
             self.loss_is_scaled_for_ga = False
 
+    def _set_signature_columns_if_needed(self):
+        # The Trainer drops dataset columns the model's forward does not name; the teacher's logits
+        # are the loss's, not the model's, and must reach compute_loss.
+        super()._set_signature_columns_if_needed()
+        if self.distillation is not None and TEACHER_LOGITS not in self._signature_columns:
+            self._signature_columns.append(TEACHER_LOGITS)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """With `class_weights`, weighted cross-entropy (the weighted mean over the micro-batch, as
-        torch's cross_entropy with `weight`); otherwise the model's own loss."""
+        """With teacher logits in the batch (distillation), `distillation_loss`; with `class_weights`,
+        weighted cross-entropy (the weighted mean over the micro-batch, as torch's cross_entropy with
+        `weight`); otherwise the model's own loss."""
+        if self.distillation is not None and TEACHER_LOGITS in inputs:
+            inputs = dict(inputs)
+            labels, teacher = inputs.pop("labels"), inputs.pop(TEACHER_LOGITS)
+            outputs = model(**inputs)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            alpha, temperature = self.distillation
+            loss = distillation_loss(logits, teacher.to(logits.device), labels.to(logits.device), alpha, temperature)
+            return (loss, outputs) if return_outputs else loss
+        if self.distillation is not None and model.training:
+            # Without the column the student would train on gold labels alone, silently.
+            raise RuntimeError(f"a training batch lacks {TEACHER_LOGITS}; the Trainer dropped the column")
         if self.class_weights is None or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)  # the caller's batch keeps its labels (prediction_step reads them)

@@ -15,16 +15,17 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from sentitune import modelcard, results, runtime
-from sentitune.config import LOWER_IS_BETTER, ConfigError, RunConfig, scaffolding_differences
-from sentitune.data import DatasetSplits, load_splits, tokenize_split
-from sentitune.errors import TrainingError
+from sentitune.config import LOWER_IS_BETTER, ConfigError, DistillConfig, RunConfig, scaffolding_differences
+from sentitune.data import DatasetSplits, Split, load_splits, mean_per_document, read_texts, tokenize_split
+from sentitune.errors import DataError, TrainingError
 from sentitune.methods import registry
 from sentitune.metrics import (
     choose_thresholds,
@@ -32,6 +33,7 @@ from sentitune.metrics import (
     expected_calibration_error,
     fit_temperature,
     log_probabilities,
+    mcnemar,
     multilabel_metrics,
     sigmoid,
     softmax,
@@ -436,7 +438,95 @@ def last_complete_checkpoint(checkpoint_dir: Path, remove_torn: bool = True) -> 
     return best
 
 
-def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: bool) -> dict[str, Any]:
+# ---- distillation -----------------------------------------------------------------------------
+
+
+@dataclass
+class Teacher:
+    """A finished run a student learns from (distill.distill builds it from the run's Predictor:
+    training sits below inference, so it gets the teacher as a function from texts to logits)."""
+
+    logits: Callable[[list[str]], np.ndarray]
+    """Raw (uncalibrated) logits, one row per text in input order, columns in `label_names` order."""
+    label_names: list[str]
+    record: dict[str, Any] = field(default_factory=dict)
+    """What the student's metrics.json says about its teacher (teacher_run, teacher_method, ...)."""
+    unlabelled: list[str] = field(default_factory=list)
+    """Extra texts (distill.unlabelled) the teacher labels and the student learns from by KL alone."""
+
+
+def unlabelled_texts(cfg: DistillConfig) -> list[str]:
+    """The non-blank texts of distill.unlabelled (none when it is null); a missing file or one with no
+    usable text is one DataError line naming it."""
+    if cfg.unlabelled is None:
+        return []
+    path = Path(cfg.unlabelled)
+    if not path.is_file():
+        raise DataError(f"distill.unlabelled: {path}: {'is a folder' if path.is_dir() else 'file not found'}")
+    texts = [text.strip() for text in read_texts(path, cfg.unlabelled_column)]
+    if not texts:
+        raise DataError(f"distill.unlabelled: {path}: no usable text (every row is empty or blank)")
+    return texts
+
+
+def _teacher_logits(teacher: Teacher, texts: list[str], width: int) -> np.ndarray:
+    logits = np.asarray(teacher.logits(texts), dtype=np.float32)
+    if logits.shape != (len(texts), width):
+        raise TrainingError(f"the teacher gave logits of shape {logits.shape}, expected {(len(texts), width)}")
+    return logits
+
+
+def with_teacher_logits(teacher: Teacher, cfg: RunConfig, splits: DatasetSplits, train_ds, tokenizer):
+    """(the training set with the teacher's logits per row and the unlabelled texts appended with
+    label UNLABELLED, what metrics.json records about it)."""
+    import datasets
+
+    from sentitune.trainer import TEACHER_LOGITS, UNLABELLED
+
+    if teacher.label_names != splits.label_names:
+        raise ConfigError(
+            f"distill.teacher: its labels {teacher.label_names} differ from the data's {splits.label_names}; "
+            "the student trains on the teacher's data with its label order"
+        )
+    width = len(splits.label_names)
+    started = time.perf_counter()
+    dataset = train_ds.add_column(TEACHER_LOGITS, _teacher_logits(teacher, splits.train.texts, width).tolist())
+    extra = teacher.unlabelled
+    if extra:
+        unlabelled = Split(list(extra), [UNLABELLED] * len(extra))
+        extra_ds, _ = tokenize_split(tokenizer, unlabelled, cfg.data.resolved_max_length, cfg.data.truncation)
+        extra_ds = extra_ds.add_column(TEACHER_LOGITS, _teacher_logits(teacher, extra, width).tolist())
+        dataset = datasets.concatenate_datasets([dataset, extra_ds.cast(dataset.features)])
+    return dataset, {
+        **teacher.record,
+        "distill_alpha": cfg.distill.alpha,
+        "distill_temperature": cfg.distill.temperature,
+        "distill_labelled_examples": len(splits.train),
+        "distill_unlabelled_examples": len(extra),
+        "distill_teacher_seconds": time.perf_counter() - started,
+    }
+
+
+def teacher_agreement(teacher_logits, student_probabilities, gold) -> dict[str, Any]:
+    """How a student's test predictions relate to its teacher's on the same rows: the fraction of
+    identical predictions, both accuracies and the exact McNemar test (metrics.mcnemar) of the
+    teacher against the student."""
+    gold = np.asarray(gold, dtype=np.int64)
+    teacher = np.argmax(np.asarray(teacher_logits), axis=1)
+    student = np.argmax(np.asarray(student_probabilities), axis=1)
+    test = mcnemar(teacher == gold, student == gold)
+    return {
+        "teacher_agreement": float(np.mean(teacher == student)) if len(gold) else math.nan,
+        "teacher_paired_accuracy": float(np.mean(teacher == gold)) if len(gold) else math.nan,
+        "teacher_mcnemar_p_value": test["p_value"],
+        "teacher_only_correct": test["a_only_correct"],
+        "student_only_correct": test["b_only_correct"],
+    }
+
+
+def _train_neural(
+    cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: bool, teacher: Teacher | None = None
+) -> dict[str, Any]:
     import torch
     from transformers import DataCollatorWithPadding, set_seed
 
@@ -445,12 +535,24 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
     tokenizer = load_tokenizer(source)
     max_length = cfg.data.resolved_max_length
     started = time.perf_counter()
-    train_ds, truncated_train = tokenize_split(tokenizer, splits.train, max_length, cfg.data.truncation)
-    validation_ds, _ = tokenize_split(tokenizer, splits.validation, max_length, cfg.data.truncation)
+
+    def split_dataset(split):  # with long_text chunk: a row per window, plus its text's index (`document`)
+        return tokenize_split(
+            tokenizer, split, max_length, cfg.data.truncation, cfg.data.long_text, cfg.data.chunk_stride
+        )
+
+    train_ds, truncated_train = split_dataset(splits.train)
+    distilled: dict[str, Any] = {}
+    if teacher is not None and cfg.data.long_text == "chunk":
+        # The teacher gives one set of logits per text; a chunked training set has a row per window.
+        raise ConfigError("data.long_text: 'chunk' cannot be combined with distill.teacher; use truncate")
+    if teacher is not None:
+        train_ds, distilled = with_teacher_logits(teacher, cfg, splits, train_ds, tokenizer)
+    validation_ds, _ = split_dataset(splits.validation)
     # Evaluation runs in dataset order, so sorting by length keeps padding low; the validation
     # metrics do not depend on order.
     validation_ds = validation_ds.select(np.argsort(validation_ds["length"], kind="stable"))
-    test_ds, truncated_test = tokenize_split(tokenizer, splits.test, max_length, cfg.data.truncation)
+    test_ds, truncated_test = split_dataset(splits.test)
     tokenize_seconds = time.perf_counter() - started
 
     set_seed(cfg.train.seed)  # before the head is created, so its initialisation follows the seed
@@ -500,6 +602,7 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         sampler_seed=cfg.train.seed,
         last_checkpoint=last_complete_checkpoint,
         class_weights=torch.tensor(class_weights, dtype=torch.float32) if class_weights else None,
+        distillation=(cfg.distill.alpha, cfg.distill.temperature) if teacher is not None else None,
     )
     log_tensorboard_into(trainer, output_dir / results.TENSORBOARD_DIR)
     checkpoint = last_complete_checkpoint(checkpoint_dir) if resume else None
@@ -529,6 +632,9 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     test_logits = np.empty((len(order), np.asarray(logits).shape[1]), dtype=np.float64)
     test_logits[order] = np.asarray(logits, dtype=np.float64)
+    chunked = cfg.data.long_text == "chunk"
+    if chunked:  # a text's prediction is the mean of its windows' logits, as the Predictor computes it
+        test_logits = mean_per_document(test_logits, test_ds["document"], len(splits.test))
     probabilities = (sigmoid if multi_label else softmax)(test_logits)
     eval_seconds = prediction.metrics["test_runtime"]
     eval_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
@@ -540,8 +646,16 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         validation.predictions[0] if isinstance(validation.predictions, tuple) else validation.predictions,
         dtype=np.float64,
     )
+    validation_labels = np.asarray(validation.label_ids)
+    if chunked:  # per text, like the test split: thresholds and the temperature are fitted on texts
+        documents = validation_ds["document"]
+        validation_logits = mean_per_document(validation_logits, documents, len(splits.validation))
+        validation_labels = validation_labels[np.unique(documents, return_index=True)[1]]
     if multi_label:
-        thresholds = choose_thresholds(validation.label_ids, sigmoid(validation_logits)).tolist()
+        thresholds = choose_thresholds(validation_labels, sigmoid(validation_logits)).tolist()
+    if teacher is not None and splits.evaluated_split == "test":
+        teacher_test = _teacher_logits(teacher, splits.test.texts, len(splits.label_names))
+        distilled.update(teacher_agreement(teacher_test, probabilities, splits.test.labels))
 
     if is_main_process():
         model_dir = output_dir / results.MODEL_DIR
@@ -588,7 +702,8 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         "validation_best": trainer.state.best_metric,
         "class_weights": class_weights,
         "early_stopped": early_stopping and trainer.state.global_step < trainer.state.max_steps,
-        "eval_samples_per_second": len(test_ds) / eval_seconds if eval_seconds else math.nan,
+        # Texts per second: with long_text chunk a text costs all its windows.
+        "eval_samples_per_second": len(splits.test) / eval_seconds if eval_seconds else math.nan,
         "eval_latency_ms_per_batch": 1000 * eval_seconds / num_batches,
         "eval_batch_size": cfg.train.eval_batch_size,
         "peak_memory_mib": train_peak,
@@ -601,14 +716,17 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
         "memory_breakdown_how": "weights, gradients and optimizer state measured from tensor sizes; activations "
         + activations_how,
         "precision": precision,
-        "truncated_examples": truncated_train + truncated_test,
+        "truncated_examples": truncated_train + truncated_test,  # chunk: the texts cut into several windows
+        "train_windows": len(train_ds) if chunked else None,
+        "test_windows": len(test_ds) if chunked else None,
         "max_length": max_length,
         "model_location": source.location,
         "thresholds": thresholds,
         "test_logits": test_logits,
         "validation_logits": validation_logits,
-        "validation_labels": np.asarray(validation.label_ids),
+        "validation_labels": validation_labels,
         **method.run_metrics(trainer.model),  # the resolved pooling
+        **distilled,
     }
 
 
@@ -617,6 +735,11 @@ def _train_neural(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resum
 
 def _train_classical(cfg: RunConfig, splits: DatasetSplits, output_dir: Path) -> dict[str, Any]:
     method = registry.get(cfg.method.name)
+    if method.neural and cfg.data.long_text == "chunk":
+        raise ConfigError(
+            f"data.long_text: 'chunk' trains through the Trainer's windows; the {method.name} method fits "
+            "one embedding per text, so use data.long_text truncate for it"
+        )
     context = _fit_context(cfg, splits, output_dir) if method.neural else None
     rss_before = current_rss_mib()
     started = time.perf_counter()
@@ -721,12 +844,21 @@ def calibrate(test_logits, validation_logits, validation_labels, gold) -> tuple[
 
 
 def train(
-    cfg: RunConfig, output_dir: str | Path, overwrite: bool = False, resume: bool = False, selection_only: bool = False
+    cfg: RunConfig,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    resume: bool = False,
+    selection_only: bool = False,
+    teacher: Teacher | None = None,
 ) -> dict[str, Any]:
     """Trains one run and writes its folder; returns the metrics dict (also in metrics.json).
 
     `selection_only` (a tuning trial, `train --selection-only`): the test split is never read; the
     final evaluation runs on the validation slice and its figures are named `validation_final_*`.
+
+    `teacher` (distillation; distill.distill loads it from cfg.distill.teacher): the student trains on
+    the teacher's logits as well as the gold labels (trainer.distillation_loss), and metrics.json names
+    the teacher and records the student's agreement with it on the test split.
 
     A failure after the folder was created leaves metrics.json with status 'failed' and the error,
     then re-raises, so failed runs stay visible in comparisons. With `overwrite`, an earlier run is
@@ -738,6 +870,13 @@ def train(
     import contextlib
 
     output_dir = Path(output_dir)
+    if (cfg.distill.teacher is None) != (teacher is None):
+        raise ConfigError(
+            "distill.teacher: set, but no teacher was loaded; run it with sentitune distill (or sentitune train, "
+            "which loads it)"
+            if teacher is None
+            else "distill.teacher: a teacher was given but the config names none"
+        )
     if resume:  # before anything is written: a refused resume leaves the run folder as it was
         check_resume(cfg, output_dir, overwrite)
     # Bad model names, missing trackers and bad data fail here, before anything is written or replaced.
@@ -762,7 +901,7 @@ def train(
                 else:
                     _clean_unfinished(output_dir, resume)
         try:
-            metrics = _train_in(cfg, splits, work_dir, resume, main)
+            metrics = _train_in(cfg, splits, work_dir, resume, main, teacher)
         except BaseException:
             if main and staged:
                 shutil.rmtree(work_dir, ignore_errors=True)  # the old run stays as it was
@@ -773,7 +912,9 @@ def train(
     return metrics
 
 
-def _train_in(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: bool, main: bool) -> dict[str, Any]:
+def _train_in(
+    cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: bool, main: bool, teacher: Teacher | None = None
+) -> dict[str, Any]:
     """train()'s body: writes the run into `output_dir` (the run folder, or its staging folder)."""
     import torch
 
@@ -798,7 +939,7 @@ def _train_in(cfg: RunConfig, splits: DatasetSplits, output_dir: Path, resume: b
             results.atomic_write_json(output_dir / results.LABELS_FILE, splits.label_names)
         method = registry.get(cfg.method.name)
         measured = (
-            _train_neural(cfg, splits, output_dir, resume)
+            _train_neural(cfg, splits, output_dir, resume, teacher)
             if method.uses_trainer
             else _train_classical(cfg, splits, output_dir)
         )

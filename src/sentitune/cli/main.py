@@ -17,7 +17,7 @@ from sentitune.cli.options import (
     dataclass_default,
     resolve_model_argument,
 )
-from sentitune.config import CompareConfig, ServeSettings
+from sentitune.config import CompareConfig, DistillConfig, ServeSettings
 from sentitune.errors import USER_ERRORS
 
 
@@ -84,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="fair multi-method, multi-seed comparison")
     add_config_flags(compare, with_method=False)
-    compare.add_argument("--methods", help="comma-separated methods (default: full,lora,head,tfidf)")
+    compare.add_argument(
+        "--methods",
+        help="comma-separated methods (default: full,lora,head,tfidf); distill:TEACHER->lK adds a K-layer student "
+        "of each seed's TEACHER run, e.g. full,lora,distill:full->l3",
+    )
     compare.add_argument("--seeds", help="number of seeds (3) or a list (1,2,3)")
     compare.add_argument(
         "--lora-r-sweep", dest="lora_r_sweep", help="extra LoRA runs at these ranks, e.g. 1,2,4,8,16,64"
@@ -175,12 +179,62 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", "--per_device_eval_batch_size", type=int, default=64, help="texts per model call"
     )
     add_runtime_arguments(predict)
+    ray_group = predict.add_argument_group(
+        "--engine ray", "batch inference on a Ray cluster (pip install 'sentitune[scale]'); --output is then a folder"
+    )
+    ray_group.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (default); ray: Ray Data over an actor pool, --input may be a glob or folder "
+        "of CSV/TSV/JSONL/Parquet shards",
+    )
+    ray_group.add_argument(
+        "--address", help="Ray cluster to join (HOST:PORT, ray://HOST:PORT, auto); default: a local one"
+    )
+    ray_group.add_argument("--concurrency", type=int, default=2, help="actors, each holding one model (default 2)")
+    ray_group.add_argument("--num-cpus", type=float, default=1.0, help="CPUs each actor reserves (default 1)")
+    ray_group.add_argument("--num-gpus", type=float, default=0.0, help="GPUs each actor reserves (default 0)")
+    ray_group.add_argument("--cluster-cpus", type=int, help="CPUs of the local cluster started without --address")
+    ray_group.add_argument("--output-format", choices=["jsonl", "parquet"], default="jsonl", help="shard format")
+    ray_group.add_argument("--overwrite", action="store_true", help="replace an earlier --engine ray output folder")
     predict.set_defaults(handler=_command("predict"))
+
+    explain = sub.add_parser("explain", help="which words drove each prediction (captum attributions)")
+    explain.add_argument("texts", nargs="*", help="texts to explain")
+    add_model_argument(explain, "model", "run folder or exported folder (or the first text)", positional=False)
+    # Checked by the command (one line), not by argparse choices (usage text plus the error).
+    explain.add_argument(
+        "--method",
+        metavar="ig|occlusion",
+        help="ig: integrated gradients on the embeddings (torch models; the default for them); occlusion: "
+        "drop one word at a time (any model; the default for ONNX and TF-IDF)",
+    )
+    explain.add_argument("--json", action="store_true", help="one JSON object per text instead of coloured text")
+    add_runtime_arguments(explain)
+    explain.set_defaults(handler=_command("explain"))
 
     export = sub.add_parser("export", help="merge LoRA, export to ONNX, quantise to int8")
     add_model_argument(export, "model", "run folder")
-    export.add_argument("--format", choices=["hf", "onnx"], default="onnx")
+    export.add_argument(
+        "--format",
+        choices=["hf", "onnx", "triton"],
+        default="onnx",
+        help="hf, onnx, or triton: an NVIDIA Triton model repository (ONNX model + tokenizer + ensemble)",
+    )
+    export.add_argument("--triton-kind", choices=["cpu", "gpu"], default="cpu", help="Triton instance group kind")
+    export.add_argument("--triton-instances", type=int, default=1, help="Triton instances of the ONNX model")
+    export.add_argument("--triton-max-batch-size", type=int, default=64, help="Triton max_batch_size (default 64)")
+    export.add_argument(
+        "--triton-max-queue-delay-us", type=int, default=2000, help="Triton dynamic batching delay (default 2000)"
+    )
     export.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation (ONNX Runtime)")
+    export.add_argument(
+        "--int8-keep-fp32",
+        metavar="auto|none|NAMES",
+        help="layers the int8 model keeps in fp32: auto (default: those whose int8 error stands out, measured on "
+        "the run's validation slice), none, or comma-separated layer names ('classifier,layer 5 FFN output')",
+    )
     export.add_argument("--output-dir", "--output", dest="output", required=True, help="output folder")
     export.add_argument("--parity-data", help="labelled file for the parity report (default: the run's test split)")
     export.add_argument("--text-column", help="text column of --parity-data (default: sentence for TSV, else text)")
@@ -202,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="most texts in one model call (default %(default)s)",
     )
     add_runtime_arguments(serve)
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes sharing the port, each with its own copy of the model (default 1; with more, "
+        "--threads defaults to cores / processes)",
+    )
     serve.add_argument(
         "--max-wait-ms",
         type=float,
@@ -243,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--access-log", action="store_true", help="log every request (off: /metrics counts them)")
     serve.add_argument(
+        "--engine",
+        choices=["uvicorn", "ray"],
+        default="uvicorn",
+        help="uvicorn: this machine (default); ray: the same app on Ray Serve replicas ('sentitune[scale]')",
+    )
+    serve.add_argument("--replicas", type=int, default=1, help="--engine ray: replicas, each with its own model")
+    serve.add_argument("--min-replicas", type=int, help="--engine ray: autoscale down to this many replicas")
+    serve.add_argument("--max-replicas", type=int, help="--engine ray: autoscale up to this many replicas")
+    serve.add_argument("--address", help="--engine ray: Ray cluster to join (default: a local one)")
+    serve.add_argument(
         "--api-key",
         default=os.environ.get("SENTITUNE_API_KEY"),
         help="require this X-API-Key header (default $SENTITUNE_API_KEY)",
@@ -255,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--top-k", type=int, default=20)
     analyze.add_argument("--slice", action="append", default=[], metavar="NAME=REGEX", help="user-defined slice")
     analyze.add_argument("--output-dir", help="default: <run>/analysis")
+    analyze.add_argument(
+        "--explain",
+        nargs="?",
+        type=int,
+        const=5,
+        default=0,
+        metavar="N",
+        help="word attributions for the N most confident mistakes (default N: 5), into explanations.json",
+    )
     analyze.set_defaults(handler=_command("analyze"))
 
     report = sub.add_parser("report", help="Markdown + self-contained HTML report of a comparison")
@@ -317,6 +397,41 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--threads", type=int, help="torch CPU threads")
     pretrain.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     pretrain.set_defaults(handler=_command("pretrain"))
+
+    distill = sub.add_parser(
+        "distill",
+        help="train a smaller student on a finished run's soft labels (knowledge distillation)",
+        description="The student trains on the teacher's data (its config's data section) as a normal run "
+        "of --method (default full); flags override the teacher's config, or --config/--preset.",
+    )
+    distill.add_argument("--teacher", required=True, help="the teacher's run folder (status ok, single-label)")
+    distill.add_argument(
+        "--student",
+        required=True,
+        help="alias, local folder or hub id, or MODEL:layers=K (MODEL shrunk to its bottom K encoder layers)",
+    )
+    distill.add_argument("--output-dir", required=True, help="the student's run folder")
+    distill.add_argument(
+        "--alpha",
+        type=float,
+        help=f"weight of the soft-label KL term on labelled rows (default {dataclass_default(DistillConfig, 'alpha')})",
+    )
+    distill.add_argument(
+        "--temperature",
+        type=float,
+        help=f"softmax temperature of the KL term (default {dataclass_default(DistillConfig, 'temperature')})",
+    )
+    distill.add_argument("--unlabelled", help="TXT/CSV/TSV/JSONL file of extra texts the teacher labels")
+    distill.add_argument(
+        "--unlabelled-column", help="text column of --unlabelled (default: sentence for TSV, else text)"
+    )
+    distill.add_argument(
+        "--students-dir", help="where MODEL:layers=K students are shrunk to (default: students/ beside --output-dir)"
+    )
+    distill.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    distill.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    add_config_flags(distill)
+    distill.set_defaults(handler=_command("distill"))
 
     shrink = sub.add_parser("shrink", help="keep the first K encoder layers of a model (layer dropping)")
     shrink.add_argument("--model", required=True, help="alias, local folder or hub id")

@@ -39,6 +39,8 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--test-subset": ("data.test_subset", int, "test on this many examples (smoke runs only)"),
     "--max-length": ("data.max_length", int, "max tokens (default 128 sst2, 512 otherwise)"),
     "--truncation": ("data.truncation", str, "head, tail or head+tail"),
+    "--long-text": ("data.long_text", str, "truncate, or chunk: windows of max-length, logits averaged per text"),
+    "--chunk-stride": ("data.chunk_stride", int, "with --long-text chunk: tokens between windows (default half)"),
     "--learning-rate": ("method.learning_rate", float, "peak learning rate (default: per method)"),
     "--head": ("method.head", str, "classifier or pooler+classifier (head and lora methods)"),
     "--lora-r": ("method.lora_r", int, "LoRA rank"),
@@ -104,6 +106,11 @@ def add_config_flags(parser: argparse.ArgumentParser, with_method: bool = True) 
 
 def config_from_args(args: argparse.Namespace):
     """--config/--preset, then the run flags, then every --set KEY=VALUE -> a RunConfig."""
+    return load_config(args.config, args.preset, run_overrides(args))
+
+
+def run_overrides(args: argparse.Namespace) -> dict:
+    """The run flags, then every --set KEY=VALUE, as dotted config overrides (None: flag not given)."""
     overrides = {field: getattr(args, dest(flag)) for flag, (field, _, _) in RUN_FLAGS.items()}
     if getattr(args, "method", None):
         overrides["method.name"] = args.method
@@ -112,7 +119,7 @@ def config_from_args(args: argparse.Namespace):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
         overrides[key.strip()] = parse_yaml(value, f"--set {key.strip()}") if value.strip() else value
-    return load_config(args.config, args.preset, overrides)
+    return overrides
 
 
 def parse_list(text: str | None, kind=str, sep: str = ",") -> list | None:

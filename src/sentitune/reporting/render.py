@@ -881,6 +881,41 @@ def _table_rows(summary: list[dict]) -> list[dict]:
     return rows
 
 
+def distilled_rows(comparison: Comparison, summary: list[dict]) -> list[dict]:
+    """The "Distilled students" table (compare.methods `distill:TEACHER->lK`): per student variant, its
+    teacher, both accuracies and eval sentences/s (means over seeds, as in the results table), and the
+    student's agreement with its teacher and McNemar p against it on the test split, which each student
+    recorded in its metrics.json (agreement: mean over seeds; p: one per seed)."""
+    teacher_of = {
+        row["run_name"]: row["teacher_variant"]
+        for row in comparison.document.get("runs", [])
+        if isinstance(row, dict) and row.get("teacher_variant")
+    }
+    entry = {row["variant"]: row for row in summary if row["n_seeds"]}
+    rows = []
+    for variant in dict.fromkeys(r.variant for r in comparison.ok_runs if r.name in teacher_of):
+        students = [r for r in comparison.ok_runs if r.variant == variant]
+        teacher = teacher_of[students[0].name]
+        student_row, teacher_row = entry.get(variant, {}), entry.get(teacher, {})
+        agreement = _mean([r.metrics.get("teacher_agreement") for r in students])
+        p_values = [r.metrics.get("teacher_mcnemar_p_value") for r in students]
+        rows.append(
+            {
+                "student": variant,
+                "teacher": teacher,
+                "accuracy": _fmt(student_row.get("accuracy_mean") and 100 * student_row["accuracy_mean"], ".2f"),
+                "teacher_accuracy": _fmt(
+                    teacher_row.get("accuracy_mean") and 100 * teacher_row["accuracy_mean"], ".2f"
+                ),
+                "agreement": _fmt(agreement and 100 * agreement, ".1f"),
+                "p": ", ".join(_fmt(p, ".3g") for p in p_values),
+                "eval_sps": _fmt(student_row.get("eval_sps"), ",.1f"),
+                "teacher_eval_sps": _fmt(teacher_row.get("eval_sps"), ",.1f"),
+            }
+        )
+    return rows
+
+
 def _version_mix(comparison: Comparison) -> str:
     """'' when every finished run used the same compared library versions, else which runs used which."""
     from sentitune.runtime import version_mix
@@ -1219,6 +1254,7 @@ def _context(comparison: Comparison) -> dict:
         "folder": str(comparison.folder),
         "setup": _setup(comparison),
         "table": _table_rows(summary),
+        "distilled": distilled_rows(comparison, summary),
         "failed": [line for row in summary for line in row["failed"]],
         "reference": reference,
         "references": list(dict.fromkeys(references.values())),

@@ -1,4 +1,4 @@
-"""`sentitune analyze RUN [--against RUN] [--top-k K] [--slice NAME=REGEX] [--output-dir DIR]`:
+"""`sentitune analyze RUN [--against RUN] [--top-k K] [--slice NAME=REGEX] [--output-dir DIR] [--explain [N]]`:
 analysis.analyze_run -> the analysis files, then a console summary."""
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ from sentitune.analysis import analyze_run
 
 def run(args: argparse.Namespace) -> int:
     analysis = analyze_run(
-        args.run, against=args.against, top_k=args.top_k, slices=args.slice, output_dir=args.output_dir
+        args.run,
+        against=args.against,
+        top_k=args.top_k,
+        slices=args.slice,
+        output_dir=args.output_dir,
+        explain=args.explain,
     )
     print_summary(analysis)
     return 0
@@ -99,4 +104,11 @@ def print_summary(analysis: dict, console=None) -> None:
                 "significant" if row["significant"] else "not significant",
             )
         console.print(table)
+    if "explanations" in analysis:
+        from sentitune.cli.commands.explain import print_explanation
+
+        console.print(f"[bold]why the most confident mistakes[/bold] ({len(analysis['explanations'])}):")
+        for row in analysis["explanations"]:
+            console.print(f"gold {row['gold']}, predicted:", end=" ")
+            print_explanation(row, console)
     console.print(f"wrote {', '.join(analysis['files'])} to {analysis['output_dir']}")

@@ -13,7 +13,31 @@ from pathlib import Path
 from sentitune.export import PARITY_FILE, export_run, format_report, int8_warning
 
 
+def run_triton(args: argparse.Namespace) -> int:
+    from sentitune.scale.triton import export_triton
+
+    report = export_triton(
+        args.model,
+        args.output,
+        quantize=args.quantize,
+        kind=args.triton_kind,
+        instances=args.triton_instances,
+        max_batch_size=args.triton_max_batch_size,
+        max_queue_delay_us=args.triton_max_queue_delay_us,
+        overwrite=args.overwrite,
+        parity_file=args.parity_data,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        int8_keep_fp32=args.int8_keep_fp32,
+    )
+    print(format_report(report))
+    print(f"Triton model repository ({report['triton']['variant']}) -> {report['output']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.format == "triton":
+        return run_triton(args)
     report = export_run(
         args.model,
         args.output,
@@ -23,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         text_column=getattr(args, "text_column", None),
         label_column=getattr(args, "label_column", None),
         overwrite=getattr(args, "overwrite", False),
+        int8_keep_fp32=getattr(args, "int8_keep_fp32", None),
     )
     print(format_report(report))
     print(

@@ -48,7 +48,41 @@ def check_predict_output(output: str, source: str | None, model: str) -> None:
             )
 
 
+def run_ray(args: argparse.Namespace) -> int:
+    """`--engine ray`: --input is a path, glob or folder of shards, --output a folder."""
+    from sentitune.scale.ray_predict import predict_with_ray
+
+    if args.texts or not args.input or args.input == "-":
+        raise DataError("--engine ray reads files: give --input PATH_OR_GLOB (not texts or stdin)")
+    if not args.output or args.output == "-":
+        raise DataError("--engine ray writes a folder of shards: give --output DIR")
+    runtime = runtime_kwargs(args)
+    manifest = predict_with_ray(
+        args.model,
+        [args.input],
+        args.output,
+        text_column=args.text_column,
+        output_format=args.output_format,
+        address=args.address,
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        cluster_cpus=args.cluster_cpus,
+        overwrite=args.overwrite,
+        load_kwargs={k: v for k, v in runtime.items() if v is not None},
+    )
+    print(
+        f"{manifest['rows']} predictions -> {args.output} ({len(manifest['files'])} {args.output_format} shards, "
+        f"{manifest['sentences_per_second']} sentences/s on {args.concurrency} actors)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", "local") == "ray":
+        return run_ray(args)
     if args.texts and args.input:
         raise DataError("give texts as arguments or --input FILE, not both")
     if not args.texts and not args.input:

@@ -32,7 +32,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     output_dir = args.output_dir or f"runs/{cfg.data.name}-{cfg.method.name}"
     resume = resume_flag(args.resume, output_dir)
-    metrics = train(cfg, output_dir, overwrite=args.overwrite, resume=resume, selection_only=args.selection_only)
+    if cfg.distill.teacher is not None:  # a config with a distill section (compare runs one through train)
+        from sentitune.distill import distill
+
+        metrics = distill(cfg, output_dir, overwrite=args.overwrite, resume=resume, selection_only=args.selection_only)
+    else:
+        metrics = train(cfg, output_dir, overwrite=args.overwrite, resume=resume, selection_only=args.selection_only)
     if is_main_process():
         print_metrics(metrics, output_dir)
     return 0
@@ -54,11 +59,11 @@ def resume_flag(value: bool | str | None, output_dir: str) -> bool:
     return True
 
 
-def print_metrics(metrics: dict, output_dir: str) -> None:
+def print_metrics(metrics: dict, output_dir: str, extra: tuple[str, ...] = ()) -> None:
     table = Table(title=f"{metrics['method']} on {metrics['dataset']} ({metrics['model']}) -> {output_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in SHOWN:
+    for key in SHOWN + extra:
         if key in metrics and metrics[key] is not None:
             value = metrics[key]
             table.add_row(key, f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
