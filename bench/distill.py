@@ -2,6 +2,7 @@
 
     python bench/distill.py --teacher runs/sst2-full                      # reuse a teacher, distil minilm-l6:layers=3
     python bench/distill.py --preset sst2-quick --train-subset 200 --max-steps 20 --limit 64   # a smoke run
+    python bench/distill.py --teacher runs/sst2-full --hidden-weight 1 --workdir runs/hidden1  # + hidden states
 
 Without --teacher it first trains one (--teacher-method, default full, on --teacher-model, default minilm-l6,
 with the preset and size flags); then it distils --student (default minilm-l6:layers=3) from it with
@@ -72,6 +73,7 @@ def train_student(args: argparse.Namespace, teacher: Path, folder: Path) -> Path
         **size_overrides(args),
         "distill.alpha": args.alpha,
         "distill.temperature": args.temperature,
+        "distill.hidden_weight": args.hidden_weight,
         "distill.unlabelled": args.unlabelled,
     }
     print(f"distilling {args.student} from {teacher} -> {folder} ...", file=sys.stderr, flush=True)
@@ -118,6 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, help="training seed")
     parser.add_argument("--alpha", type=float, help="distill.alpha")
     parser.add_argument("--temperature", type=float, help="distill.temperature")
+    parser.add_argument("--hidden-weight", type=float, help="distill.hidden_weight (hidden-state matching; 0 = off)")
     parser.add_argument("--unlabelled", help="extra texts the teacher labels (distill.unlabelled)")
     parser.add_argument("--data", help="GLUE SST-2 dev.tsv to time on (default $SENTITUNE_DATA_DIR/sst2/dev.tsv)")
     parser.add_argument("--limit", type=int, help="only the first N dev sentences (smoke runs)")

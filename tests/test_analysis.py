@@ -373,6 +373,10 @@ def test_analyze_against_a_second_run(runs, tmp_path, capsys):
     assert 0 <= overall["p_value"] <= 1 and isinstance(overall["significant"], bool)
     assert comparison["negation_probe"]["b"]["status"] == "ok"
     assert "McNemar" in stdout
+    # Rerun in the same folder without --against: the earlier comparison.json goes with it.
+    assert run_cli(["analyze", str(runs["lora"]), "--output-dir", str(tmp_path / "cmp")], capsys)[0] == 0
+    assert not (tmp_path / "cmp" / "comparison.json").exists()
+    assert "comparison.json" not in strict_json(tmp_path / "cmp" / "analysis.json")["files"]
 
 
 def test_analyze_against_refuses_a_different_test_set(runs, tmp_path, capsys):

@@ -86,6 +86,181 @@ def test_the_distill_section_is_checked_and_stays_out_of_the_fingerprint(tiny_co
         type(plain).from_dict({**plain.to_dict(), "distill": {"alpah": 0.5}})
 
 
+# ---- hidden-state matching (TinyBERT style) --------------------------------------------------------
+
+
+def test_the_hidden_knobs_are_checked_and_stay_out_of_the_fingerprint(tiny_config):
+    from sentitune.config import ConfigError, DistillConfig
+
+    plain = tiny_config()
+    student = plain.override({"distill.teacher": "runs/teacher"})
+    hidden = student.override({"distill.hidden_weight": 2.0, "distill.hidden_layers": [0, 2]})
+    assert hidden.fingerprint() == plain.fingerprint()
+    assert hidden.to_dict()["distill"]["hidden_layers"] == [0, 2]
+    for overrides, message in [
+        ({"distill.hidden_weight": -0.5}, "distill.hidden_weight: must be >= 0"),
+        ({"distill.hidden_weight": float("nan")}, "distill.hidden_weight: must be a finite number"),
+        ({"distill.hidden_layers": [0, 1]}, "distill.hidden_layers: read only with distill.hidden_weight > 0"),
+        ({"distill.hidden_weight": 1.0, "distill.hidden_layers": [0, -1]}, "distill.hidden_layers: entries are"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            student.override(overrides)
+    with pytest.raises(ConfigError, match=re.escape("distill.hidden_weight: read only with distill.teacher")):
+        plain.override({"distill.hidden_weight": 1.0})
+
+    # The uniform map (TinyBERT): embeddings to embeddings, the student's last layer to the teacher's.
+    on = DistillConfig(teacher="t", hidden_weight=1.0)
+    assert on.layer_map(3, 6) == [0, 2, 4, 6] and on.layer_map(1, 2) == [0, 2] and on.layer_map(2, 2) == [0, 1, 2]
+    chosen = DistillConfig(teacher="t", hidden_weight=1.0, hidden_layers=[0, 1])
+    assert chosen.layer_map(1, 2) == [0, 1]
+    with pytest.raises(ConfigError, match=re.escape("distill.hidden_layers: 2 entries for a 2-layer student")):
+        chosen.layer_map(2, 2)
+    with pytest.raises(ConfigError, match=re.escape("distill.hidden_layers: 3 is out of range for a 2-layer")):
+        DistillConfig(teacher="t", hidden_weight=1.0, hidden_layers=[0, 3]).layer_map(1, 2)
+
+
+def _tiny_classifier(folder: Path):
+    from sentitune.models import ModelSource, load_classifier
+
+    return load_classifier(ModelSource(str(folder), str(folder), True), ["negative", "positive"])
+
+
+@pytest.fixture(scope="module")
+def tiny_batch(tiny_model_dir):
+    """A padded batch of three texts of different lengths, with gold labels and teacher logits."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = ["a warm , witty film", "dull", "flat , lifeless and far too long for what it has to say"]
+    batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    assert (batch["attention_mask"] == 0).any()  # padding present: the mask is exercised
+    return {
+        **batch,
+        "labels": torch.tensor([1, 0, 0]),
+        "teacher_logits": torch.tensor([[0.0, 1.0], [1.0, -1.0], [2.0, 0.0]]),
+    }
+
+
+def test_the_hidden_term_is_zero_for_a_copy_and_positive_with_gradients_otherwise(tiny_model_dir, tiny_batch):
+    import copy
+
+    import torch
+
+    from sentitune.trainer import HiddenMatching
+
+    torch.manual_seed(0)
+    student = _tiny_classifier(tiny_model_dir).eval()  # eval: no dropout, so a copy computes the same states
+    inputs = {k: v for k, v in tiny_batch.items() if k not in ("labels", "teacher_logits")}
+    matching = HiddenMatching(copy.deepcopy(student), 1.0, [0, 1, 2])
+    with torch.no_grad():
+        states = student(**inputs, output_hidden_states=True).hidden_states
+    assert float(matching.loss(inputs, states)) == pytest.approx(0.0, abs=1e-10)
+
+    # A teacher whose layers differ: a positive term that reaches the student's weights.
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for parameter in teacher.bert.encoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    student.train()
+    loss = HiddenMatching(teacher, 1.0, [0, 1, 2]).loss(
+        inputs, student(**inputs, output_hidden_states=True).hidden_states
+    )
+    assert float(loss) > 0
+    loss.backward()
+    grads = [p.grad for p in student.bert.encoder.parameters()]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+    assert all(p.grad is None for p in teacher.parameters())  # the teacher is read, never trained
+
+    # Padding is left out: changing the teacher's states at padded positions does not change the term.
+    from sentitune.trainer import hidden_state_loss
+
+    mask = inputs["attention_mask"]
+    teacher_states = [s.detach().clone() for s in states]
+    shifted = [s + 5.0 * (mask == 0).unsqueeze(-1) for s in teacher_states]
+    assert float(hidden_state_loss(states, shifted, mask, [0, 1, 2])) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_the_trainer_adds_the_weighted_hidden_term_and_nothing_at_weight_zero(tiny_model_dir, tiny_batch, tmp_path):
+    import copy
+
+    import torch
+    from transformers import TrainingArguments
+
+    from sentitune.config import DistillConfig
+    from sentitune.trainer import MeasuredTrainer, Meter, distillation_loss, hidden_state_loss
+    from sentitune.training import Teacher, hidden_matching
+
+    torch.manual_seed(0)
+    student = _tiny_classifier(tiny_model_dir).eval()
+    teacher_model = copy.deepcopy(student)
+    with torch.no_grad():
+        for parameter in teacher_model.bert.encoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    teacher = Teacher(logits=lambda texts: None, label_names=["negative", "positive"], model=teacher_model)
+    assert hidden_matching(teacher, DistillConfig(teacher="t"), student) is None  # the default: off
+
+    def loss_with(matching) -> float:
+        args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+        trainer = MeasuredTrainer(
+            model=student, args=args, meter=Meter(0), sampler_seed=0, distillation=(0.5, 2.0), hidden_matching=matching
+        )
+        with torch.no_grad():
+            return float(trainer.compute_loss(student, dict(tiny_batch)))
+
+    inputs = {k: v for k, v in tiny_batch.items() if k not in ("labels", "teacher_logits")}
+    with torch.no_grad():
+        outputs = student(**inputs, output_hidden_states=True)
+        before = float(distillation_loss(outputs.logits, tiny_batch["teacher_logits"], tiny_batch["labels"], 0.5, 2.0))
+        teacher_states = teacher_model(**inputs, output_hidden_states=True).hidden_states
+        hidden = float(hidden_state_loss(outputs.hidden_states, teacher_states, inputs["attention_mask"], [0, 2, 2]))
+    assert loss_with(None) == pytest.approx(before, rel=1e-6)
+    matching = hidden_matching(teacher, DistillConfig(teacher="t", hidden_weight=3.0, hidden_layers=[0, 2, 2]), student)
+    assert matching.layer_map == [0, 2, 2]
+    assert hidden > 0 and loss_with(matching) == pytest.approx(before + 3.0 * hidden, rel=1e-5)
+
+
+def test_a_student_with_hidden_matching_from_a_lora_teacher(trained_run, tiny_model_dir, tmp_path, capsys):
+    teacher = trained_run("lora")
+    out = tmp_path / "student"
+    argv = _argv(teacher, f"{tiny_model_dir}:layers=1", out, "--hidden-weight", "0.5", "--max-steps", "2")
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["teacher_method"] == "lora"
+    assert metrics["distill_hidden_weight"] == 0.5 and metrics["distill_hidden_layers"] == [0, 2]
+    assert math.isfinite(metrics["train_loss"])
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["distill"]["hidden_weight"] == 0.5 and config["distill"]["hidden_layers"] == []
+
+
+def test_hidden_matching_refusals_are_one_line_and_write_nothing(trained_run, tiny_model_dir, tmp_path, capsys):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    teacher = trained_run("full")
+    student = f"{tiny_model_dir}:layers=1"
+    for extra, message in [
+        (["--set", "distill.hidden_layers=[0,5]"], "distill.hidden_layers: read only with distill.hidden_weight > 0"),
+        (["--hidden-weight", "1", "--set", "distill.hidden_layers=[0,5]"], "5 is out of range for a 2-layer teacher"),
+        (["--hidden-weight", "1", "--set", "distill.hidden_layers=[0,1,2]"], "3 entries for a 1-layer student"),
+        (["--hidden-weight", "-1"], "distill.hidden_weight: must be >= 0"),
+    ]:
+        line = _refused(_argv(teacher, student, tmp_path / "out", *extra), capsys)
+        assert message in line, line
+    # Another width: refused (no projection is learned), naming both sizes.
+    wide = tmp_path / "wide"
+    torch.manual_seed(0)
+    BertModel(
+        BertConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
+    ).save_pretrained(wide)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_model_dir / name).exists():
+            shutil.copy(tiny_model_dir / name, wide / name)
+    line = _refused(_argv(teacher, wide, tmp_path / "out", "--hidden-weight", "1"), capsys)
+    assert "distill.hidden_weight: the student's hidden size (48) differs from the teacher's (32)" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "students").exists()
+
+
 # ---- a student run ---------------------------------------------------------------------------------
 
 
@@ -125,7 +300,10 @@ def test_the_student_is_a_normal_run_that_names_its_teacher(student):
         "temperature": 3.0,
         "unlabelled": str(out.parent / "more.txt"),
         "unlabelled_column": None,
+        "hidden_weight": 0.0,
+        "hidden_layers": [],
     }
+    assert metrics["distill_hidden_weight"] == 0.0 and metrics["distill_hidden_layers"] is None
     assert config["train"]["seed"] == 7
     assert json.loads((Path(config["model"]) / "shrink.json").read_text())["layers_kept"] == 1
     # The student trained on the teacher's data: same test rows.

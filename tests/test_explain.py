@@ -70,6 +70,7 @@ def test_integrated_gradients_cover_only_the_window_the_model_reads(trained_run)
     long_text = " ".join(["gorgeous"] * 100)  # max_length 32 in the tiny runs
     row = explain_texts(predictor, [long_text], "ig")[0]
     assert row["tokens_total"] == 100 and row["tokens_explained"] == predictor.max_length - 2
+    assert row["windows"] == 1
     assert len(row["words"]) == predictor.max_length - 2
 
 
@@ -143,6 +144,27 @@ def test_analyze_explains_the_most_confident_mistakes(trained_run, tmp_path, cap
         assert row["method"] == "integrated_gradients" and row["words"]
     assert "explanations.json" in analysis["files"]
     assert "why the most confident mistakes" in capsys.readouterr().out
+
+
+def test_analyze_explain_loads_the_model_once_and_a_rerun_drops_its_old_explanations(
+    trained_run, tmp_path, monkeypatch
+):
+    run = trained_run("head")
+    out = tmp_path / "analysis"
+    loads = []
+    load = Predictor.load
+    monkeypatch.setattr(Predictor, "load", lambda *args, **kwargs: loads.append(args) or load(*args, **kwargs))
+    assert main(["analyze", str(run), "--explain", "2", "--output-dir", str(out)]) == 0
+    analysis = json.loads((out / "analysis.json").read_text())
+    # Both the negation probe and the explanations query the model: one load serves them.
+    assert analysis["negation_probe"]["status"] == "ok" and (out / "explanations.json").is_file()
+    assert len(loads) == 1
+    (out / "notes.txt").write_text("mine")
+    assert main(["analyze", str(run), "--output-dir", str(out)]) == 0
+    analysis = json.loads((out / "analysis.json").read_text())
+    # The rerun explained nothing: the earlier run's explanations.json would pass for this one's.
+    assert "explanations.json" not in analysis["files"] and not (out / "explanations.json").exists()
+    assert all((out / name).is_file() for name in analysis["files"]) and (out / "notes.txt").read_text() == "mine"
 
 
 def test_explain_route_shapes_limits_and_errors(trained_run):

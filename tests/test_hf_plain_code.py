@@ -4,7 +4,7 @@ the plain transformers/peft code their model cards give instead (no remote code)
 * mean-pooled runs (`method.pooling: mean`, minilm-l6's default): `pipeline` reads BERT through [CLS],
   so the card pools by hand;
 * prefix runs: peft 0.21 looks for `past_key_values`, which transformers 5's BERT calls `cache`, so
-  the card gives the model that argument.
+  the card gives the model that argument (and, for a mean-pooled prefix run, pools by hand in it).
 
 The code in the card is run here, as a user would paste it, and must give the Predictor's probabilities."""
 
@@ -23,7 +23,7 @@ from sentitune.metrics import temperature_scale
 TEXTS = ["a gorgeous , witty film", "a dull , lifeless mess", "i loved every minute", "painfully unfunny"]
 
 
-@pytest.mark.parametrize("method, pooling", [("full", "mean"), ("lora", "mean"), ("prefix", "cls")])
+@pytest.mark.parametrize("method, pooling", [("full", "mean"), ("lora", "mean"), ("prefix", "cls"), ("prefix", "mean")])
 def test_the_cards_plain_transformers_code_matches_the_predictor(method, pooling, tiny_config, tmp_path):
     from sentitune.training import train
 

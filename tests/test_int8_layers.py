@@ -113,3 +113,97 @@ def test_bad_keep_choices_are_one_line_refusals(lora_run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'layer 9 pooler'" in err[0]
     assert not (tmp_path / "b").exists()
+
+
+def tiny_graph_with_a_damaged_matmul(path, hidden: int = 8, vocab: int = 30522) -> str:
+    """An embedding + three MatMuls ONNX classifier whose middle MatMul quantises badly; returns its name.
+
+    Weights are quantised per output column, so an outlier column only coarsens itself; the damage
+    is an outlier row on an input feature that is always zero: it adds nothing to the fp32 output
+    but sets every column's int8 scale, so int8 rounds that MatMul's other weights to zero.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    first = np.eye(hidden, dtype=np.float32) + rng.normal(scale=0.1, size=(hidden, hidden)).astype(np.float32)
+    first[:, 0] = 0.0  # feature 0 of the damaged MatMul's input is exactly zero, in fp32 and int8
+    damaged = rng.normal(size=(hidden, hidden)).astype(np.float32)
+    damaged[0] = 1e4
+    weights = {
+        "table": rng.normal(size=(vocab, hidden)).astype(np.float32),
+        "bias": np.zeros(hidden, np.float32),  # an fp32 op between the Gather and the first MatMul
+        "w_in": first,
+        "w_damaged": damaged,
+        "w_out": rng.normal(scale=3.0, size=(hidden, 2)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["embedded"], name="embed"),
+        helper.make_node("Add", ["embedded", "bias"], ["shifted"], name="shift"),
+        helper.make_node("MatMul", ["shifted", "w_in"], ["h1"], name="first/MatMul"),
+        helper.make_node("MatMul", ["h1", "w_damaged"], ["h2"], name="damaged/MatMul"),
+        helper.make_node("Relu", ["h2"], ["h3"], name="relu"),
+        helper.make_node("ReduceMean", ["h3"], ["pooled"], name="pool", axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "w_out"], ["logits"], name="classifier/MatMul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "damaged",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return "damaged/MatMul"
+
+
+def test_auto_ranks_a_damaged_matmul_first_and_keeps_it_fp32(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    fp32, int8 = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
+    damaged = tiny_graph_with_a_damaged_matmul(fp32)
+    texts = ["a fine film", "dull and far too long", "the cast is wonderful", "not good", "an awful mess"] * 4
+    outcome = export.quantize_keeping_sensitive_layers(
+        fp32, int8, AutoTokenizer.from_pretrained(tiny_model_dir), texts, 16
+    )
+    sensitivity = outcome["sensitivity"]
+    assert set(sensitivity) == {"first/MatMul", "damaged/MatMul", "classifier/MatMul"}
+    ranking = sorted(sensitivity, key=lambda n: sensitivity[n]["mean_abs_probability_diff"], reverse=True)
+    assert ranking[0] == damaged
+    assert list(outcome["kept"]) == [damaged]
+    assert damaged not in int8_node_names(int8) and set(int8_node_names(int8)) == set(ranking[1:])
+    # Every node was measured in the one branched graph, none by a quantize_dynamic of its own.
+    validation = outcome["validation"]
+    assert validation["single_node_runs"] == {"quantize_dynamic": 0, "branches": 3}
+    assert validation["chosen"]["mean_abs_probability_diff"] < validation["all_int8"]["mean_abs_probability_diff"]
+
+
+def test_single_node_branches_compute_what_quantising_the_node_alone_does(lora_run, tmp_path):
+    """The branched graph is the old measurement, not an estimate: for every node of the fused tiny BERT
+    (EmbedLayerNormalization, Attention, MatMul, Gemm) it gives the probabilities of a graph that
+    quantize_dynamic quantised with only that node."""
+    import numpy as np
+
+    from sentitune.inference import _pad
+
+    export_run(lora_run, tmp_path / "e", quantize="int8", int8_keep_fp32="none", parity=False)
+    fp32, int8 = tmp_path / "e" / "model.onnx", tmp_path / "e" / "model.int8.onnx"
+    tokenizer = Predictor.load(tmp_path / "e").tokenizer
+    texts = ["a fine film", "dull and far too long , with a cast that never wakes up", "not good"]
+    ids = [tokenizer(text)["input_ids"] for text in texts]
+    batches = [(np.array([0, 1]), *_pad(ids[:2], tokenizer.pad_token_id)), (np.array([2]), *_pad(ids[2:], 0))]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    alone = export.single_int8_probabilities(fp32, int8, batches, len(texts), scratch)
+    ops, _ = float_and_quantised(int8)
+    assert set(alone) == set(int8_node_names(int8))
+    one_per_op = {ops[node + "_quant"]: node for node in alone}  # the quantised op types, one node each
+    assert set(one_per_op) >= {"QAttention", "MatMulInteger"}
+    for node in one_per_op.values():
+        probabilities = alone[node]
+        export.quantize_int8(fp32, scratch / "single.onnx", only=[node])
+        real = export._onnx_probabilities(scratch / "single.onnx", batches, len(texts))
+        np.testing.assert_allclose(probabilities, real, atol=1e-6, err_msg=node)

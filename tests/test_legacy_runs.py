@@ -41,7 +41,7 @@ def _as_old_main_wrote_it(out):
         (run / results.CALIBRATION_FILE).unlink(missing_ok=True)
         shutil.rmtree(run / results.EVALUATIONS_DIR, ignore_errors=True)
         metrics = json.loads((run / "metrics.json").read_text())
-        for key in ("cpu", "lock_sha256"):
+        for key in ("cpu", "lock_sha256", "code_digest"):  # no code digest back then
             metrics["provenance"].pop(key, None)
         metrics["provenance"]["versions"].pop("tokenizers", None)
         for key in ("temperature", "test_ece_uncalibrated", "test_ece_calibrated", "test_loss_uncalibrated"):

@@ -144,5 +144,43 @@ def test_explanations_of_a_chunked_run(chunked_run):
     # Occlusion goes through predict_proba: the whole text, its windows averaged.
     expected = predictor.predict_proba([LONG])[0]
     assert [occluded["probabilities"][name] for name in predictor.label_names] == pytest.approx(expected)
-    gradients = explain_texts(predictor, [LONG], "ig")[0]
-    assert gradients["tokens_explained"] == 6 < gradients["tokens_total"]  # the first window
+
+
+def test_integrated_gradients_of_a_chunked_run_explain_the_averaged_prediction(chunked_run, tokenizer):
+    import math
+
+    from test_explain import _sharpened
+
+    from sentitune.data import chunk_windows
+    from sentitune.explain import explain_texts
+
+    predictor = _sharpened(chunked_run)
+    row = explain_texts(predictor, [LONG], "ig")[0]
+    # The prediction explained is the one the Predictor reports: the mean of every window's logits.
+    expected = predictor.predict_proba([LONG])[0]
+    assert [row["probabilities"][name] for name in predictor.label_names] == pytest.approx(expected, abs=1e-5)
+    assert row["target"] == predictor.label_names[int(expected.argmax())]
+    encoded = tokenizer(LONG, add_special_tokens=False, return_offsets_mapping=True)
+    windows = chunk_windows(len(encoded["input_ids"]), predictor.max_length, predictor.chunk_stride)
+    assert row["windows"] == len(windows) > 3
+    assert row["tokens_explained"] == row["tokens_total"] == len(encoded["input_ids"])
+    # Every word of the whole text, in order, once (overlapping windows merged into one entry per word).
+    assert len(row["words"]) == len({word for word in encoded.word_ids() if word is not None})
+    assert [w["start"] for w in row["words"]] == sorted(w["start"] for w in row["words"])
+    assert row["words"][-1]["end"] == len(LONG)
+    # Words past the first window are read by the later windows, and get their attributions.
+    first_window_end = encoded["offset_mapping"][windows[0][-1]][1]
+    later = [w["attribution"] for w in row["words"] if w["start"] >= first_window_end]
+    assert len(later) > len(row["words"]) // 2 and all(value != 0.0 for value in later)
+    # Completeness for the averaged prediction. The baseline: every window [CLS] [PAD] ... [SEP]; all
+    # windows are equally long, so it is the prediction of one such window (the string "[PAD]" is the token).
+    target = predictor.label_names.index(row["target"])
+    window = predictor.max_length - 2
+    baseline = predictor.predict_proba([" ".join(["[PAD]"] * window)])[0, target]
+    assert row["baseline_log_probability"] == pytest.approx(math.log(baseline), abs=1e-5)
+    change = math.log(row["score"]) - math.log(baseline)
+    total = sum(word["attribution"] for word in row["words"])
+    assert abs(change) > 1e-4, "the sharpened model should separate the text from the all-[PAD] baseline"
+    assert total == pytest.approx(change, rel=0.02, abs=1e-6)
+    assert row["convergence_delta"] == pytest.approx(abs(total - change), abs=1e-5)
+    assert row["convergence_delta"] < 0.02 * abs(change)

@@ -689,6 +689,12 @@ def write_analysis(
         check_same_examples(p, against)  # before any work or file is written
     if explain and (predictor is None and (p.run_dir is None or not (p.run_dir / results.MODEL_DIR).is_dir())):
         raise ConfigError(f"--explain: {p.source} has no run folder with a model to explain its predictions")
+    earlier = _files_written_earlier(output_dir)
+    if explain and predictor is None:
+        from sentitune.inference import Predictor
+
+        # One load serves the negation probe and the explanations.
+        predictor = Predictor.load(p.run_dir)
     analysis = analyze_predictions(p, top_k, custom_slices)
     analysis["negation_probe"] = _probe_for(p, predictor) if probe else {"status": "skipped", "reason": "disabled"}
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -736,11 +742,25 @@ def write_analysis(
         results.atomic_write_json(output_dir / EXPLANATIONS_FILE, _jsonable(analysis["explanations"]))
         files.append(EXPLANATIONS_FILE)
     analysis["files"] = files + ([COMPARISON_FILE] if against is not None else [])
+    for name in set(earlier) - set(analysis["files"]):
+        # An earlier analyze wrote it (with --explain or --against) and this one did not: left there it
+        # would pass for this analysis's.
+        (output_dir / name).unlink(missing_ok=True)
     results.atomic_write_json(
         output_dir / ANALYSIS_FILE, _jsonable({k: v for k, v in analysis.items() if k != "comparison"})
     )
     analysis["output_dir"] = str(output_dir)
     return analysis
+
+
+def _files_written_earlier(output_dir: Path) -> list[str]:
+    """The optional files an earlier analysis in `output_dir` wrote, as its analysis.json lists them;
+    none when there is no readable analysis.json (the files there are then not known to be ours)."""
+    try:
+        listed = results.read_json(output_dir / ANALYSIS_FILE).get("files")
+    except RunFolderError:
+        return []
+    return [name for name in (COMPARISON_FILE, EXPLANATIONS_FILE) if isinstance(listed, list) and name in listed]
 
 
 def analyze_evaluation(

@@ -39,7 +39,14 @@ from sentitune.data import load_splits
 from sentitune.methods import registry
 from sentitune.metrics import finite_mean, holm, is_significant, paired_seed_test, pareto_front, seed_summary
 from sentitune.models import resolve_model
-from sentitune.runtime import COMPARED_PACKAGES, package_versions, version_differences
+from sentitune.runtime import (
+    COMPARED_PACKAGES,
+    SENTITUNE_CODE,
+    code_digest,
+    compared_versions,
+    package_versions,
+    version_differences,
+)
 from sentitune.runtime import version_mix as runtime_version_mix
 
 
@@ -289,21 +296,27 @@ def verify_same_scaffolding(configs: dict[str, RunConfig]) -> str:
 
 
 def run_versions(run_dir: Path) -> dict[str, str] | None:
-    """The library versions a finished run recorded (None for a run that has none)."""
+    """The library versions a finished run recorded, with its code digest under SENTITUNE_CODE when it
+    recorded one (runtime.compared_versions); None for a run that recorded no versions."""
     try:
         provenance = results.load_run(run_dir).metrics.get("provenance") or {}
     except results.RunFolderError:
         return None
-    versions = provenance.get("versions")
-    return versions if isinstance(versions, dict) else None
+    if not isinstance(provenance.get("versions"), dict):
+        return None
+    return compared_versions(provenance)
 
 
 def check_versions(out: Path, planned: list[PlannedRun], allow_mix: bool) -> None:
     """Refuses, in one line, to add runs made with this environment's libraries to runs made with
-    others: a version change can move accuracy and speed by more than the methods differ."""
+    others: a version change can move accuracy and speed by more than the methods differ. The same
+    for runs made by other sentitune code (runtime.code_digest): the fingerprint covers the config,
+    not the code, so a changed algorithm would otherwise join an old comparison silently. A run that
+    records no code digest (made before it existed) is not refused; version_mix names it."""
     if allow_mix:
         return
     here = package_versions(COMPARED_PACKAGES)
+    our_code = code_digest()
     for run in planned:
         run_dir = out / RUNS_DIR / run.name
         if results.read_status(run_dir) != "ok":
@@ -312,6 +325,14 @@ def check_versions(out: Path, planned: list[PlannedRun], allow_mix: bool) -> Non
         if versions is None:
             continue
         differences = version_differences(versions, here)
+        their_code = versions.get(SENTITUNE_CODE)
+        if their_code is not None and their_code != our_code:
+            raise ConfigError(
+                f"{run_dir} was made by sentitune code {their_code}, this is sentitune code {our_code} "
+                "(runtime.code_digest of the package's source); one comparison holds the code fixed: use "
+                "another --output-dir, or --allow-version-mix (the results and the report then say which "
+                "runs differ)"
+            )
         if differences:
             name, theirs, ours = differences[0]
             raise ConfigError(
@@ -1102,8 +1123,9 @@ def learning_curve(
     summary: list[dict[str, Any]], reference: str, within_points: float = LEARNING_CURVE_POINTS
 ) -> dict[str, Any]:
     """Per base variant: its test accuracy (mean and CI) at each training-set size, and the smallest size
-    at which its mean comes within `within_points` of the reference's mean at that size (None: never).
-    Empty without compare.train_sizes.
+    from which its mean stays within `within_points` of the reference's mean: at that size and at every
+    larger one (None: never). A variant that is close at a small size and falls behind at a larger one
+    has not "caught up", so it gets no size. Empty without compare.train_sizes.
 
     Example:
         >>> rows = [{"variant": f"{v}@{n}", "train_size": n, "n_seeds": 1, "test_accuracy_mean": a,
@@ -1111,6 +1133,9 @@ def learning_curve(
         ...         for v, n, a in [("full", 500, .80), ("lora", 500, .70), ("full", 2000, .85), ("lora", 2000, .845)]]
         >>> learning_curve(rows, "full")["lora"]["within_reference_from"]
         2000
+        >>> rows[1]["test_accuracy_mean"], rows[3]["test_accuracy_mean"] = .80, .80  # close at 500, not at 2000
+        >>> learning_curve(rows, "full")["lora"]["within_reference_from"] is None
+        True
     """
     curve: dict[str, Any] = {}
     done = [e for e in summary if e.get("train_size") is not None and e.get("n_seeds")]
@@ -1126,10 +1151,14 @@ def learning_curve(
         }
         line = curve.setdefault(name, {"points": [], "within_reference_from": None, "reference": reference})
         line["points"].append(point)
-        gap = reference_at.get(entry["train_size"])
-        if line["within_reference_from"] is None and gap is not None:
-            if 100 * (gap - entry["test_accuracy_mean"]) <= within_points:
+        reference_mean = reference_at.get(entry["train_size"])
+        if reference_mean is None:
+            continue
+        if 100 * (reference_mean - entry["test_accuracy_mean"]) <= within_points:
+            if line["within_reference_from"] is None:
                 line["within_reference_from"] = entry["train_size"]
+        else:
+            line["within_reference_from"] = None  # fell behind again at a larger size
     return curve
 
 

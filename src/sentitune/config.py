@@ -784,10 +784,29 @@ class DistillConfig:
     with the KL term only (augmentation is where distillation gains most)."""
     unlabelled_column: str | None = None
     """Text column of a CSV/TSV/JSONL `unlabelled` file (default: sentence for TSV, else text)."""
+    hidden_weight: float = 0.0
+    """Weight of an intermediate-layer term (TinyBERT, Jiao et al. 2020): loss += hidden_weight x the
+    mean over matched layers of the MSE between student and teacher hidden states at the real (attention
+    mask) tokens, on every row. 0 = off. When on, the teacher runs on each training batch for its hidden
+    states (never stored); the KL term keeps the logits computed before training. Student and teacher
+    must have the same hidden size (a `MODEL:layers=K` student of the teacher's model does)."""
+    hidden_layers: list[int] = field(default_factory=list)
+    """With hidden_weight: the teacher hidden state matched by each of the student's, bottom up, as
+    indices into hidden_states (0 = embeddings, k = output of layer k); a K-layer student takes K + 1
+    entries. Empty = the uniform map: student state i <- teacher state round(i x T / K) for a T-layer
+    teacher (embeddings to embeddings, last layer to last layer)."""
 
     def __post_init__(self) -> None:
         if self.teacher is not None and not self.teacher.strip():
             raise ConfigError("distill.teacher: empty; give the teacher's run folder or leave it null")
+        _check_positive("distill", "hidden_weight", self.hidden_weight, allow_zero=True)
+        for index in self.hidden_layers:
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise ConfigError(
+                    f"distill.hidden_layers: entries are hidden-state indices >= 0 (0 = embeddings), got {quote(index)}"
+                )
+        if self.hidden_layers and not self.hidden_weight:
+            raise ConfigError("distill.hidden_layers: read only with distill.hidden_weight > 0; set it too")
         _check_finite("distill", "alpha", self.alpha)
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"distill.alpha: must be between 0 and 1, got {quote(self.alpha)}")
@@ -799,6 +818,31 @@ class DistillConfig:
             raise ConfigError(f"distill.{field_name}: read only with distill.teacher; give the teacher run too")
         if self.unlabelled_column is not None and self.unlabelled is None:
             raise ConfigError("distill.unlabelled_column: read only with distill.unlabelled; give the file too")
+        if self.teacher is None and self.hidden_weight:
+            raise ConfigError("distill.hidden_weight: read only with distill.teacher; give the teacher run too")
+
+    def layer_map(self, student_layers: int, teacher_layers: int) -> list[int]:
+        """The teacher hidden-state index for each of the student's (hidden_layers, else the uniform
+        map), checked against both models' layer counts.
+
+        Example:
+            >>> DistillConfig(teacher="t", hidden_weight=1.0).layer_map(3, 6)
+            [0, 2, 4, 6]
+        """
+        if not self.hidden_layers:
+            return [round(i * teacher_layers / student_layers) for i in range(student_layers + 1)]
+        if len(self.hidden_layers) != student_layers + 1:
+            raise ConfigError(
+                f"distill.hidden_layers: {len(self.hidden_layers)} entries for a {student_layers}-layer student; "
+                f"give {student_layers + 1} (embeddings, then one per layer) or leave it empty for the uniform map"
+            )
+        for index in self.hidden_layers:
+            if index > teacher_layers:
+                raise ConfigError(
+                    f"distill.hidden_layers: {index} is out of range for a {teacher_layers}-layer teacher "
+                    f"(hidden states 0..{teacher_layers})"
+                )
+        return list(self.hidden_layers)
 
 
 @dataclass

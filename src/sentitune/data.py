@@ -930,6 +930,19 @@ def window_starts(count: int, window: int, stride: int) -> list[int]:
     return [*starts, count - window]
 
 
+def chunk_windows(count: int, max_length: int, stride: int | None = None) -> list[range]:
+    """The token positions of each window a chunked model reads of a text of `count` tokens (without
+    [CLS]/[SEP]): encode_windows's windows, which integrated gradients (explain.py) also need by position.
+
+    Example:
+        >>> chunk_windows(10, 6, 3)
+        [range(0, 4), range(3, 7), range(6, 10)]
+    """
+    window = max_length - 2
+    stride = stride or default_chunk_stride(max_length)
+    return [range(start, min(start + window, count)) for start in window_starts(count, window, stride)]
+
+
 def encode_windows(tokenizer, texts: list[str], max_length: int, stride: int | None = None) -> tuple[dict, list[int]]:
     """Each text as windows of at most max_length tokens (with [CLS]/[SEP]) `stride` tokens apart.
 
@@ -939,13 +952,11 @@ def encode_windows(tokenizer, texts: list[str], max_length: int, stride: int | N
     Example:
         >>> encoding, documents = encode_windows(tokenizer, ["a long review ..."], 512, 255)  # doctest: +SKIP
     """
-    window = max_length - 2
-    stride = stride or default_chunk_stride(max_length)
     body = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
     input_ids, documents = [], []
     for document, ids in enumerate(body):
-        for start in window_starts(len(ids), window, stride):
-            input_ids.append([tokenizer.cls_token_id, *ids[start : start + window], tokenizer.sep_token_id])
+        for window in chunk_windows(len(ids), max_length, stride):
+            input_ids.append([tokenizer.cls_token_id, *ids[window.start : window.stop], tokenizer.sep_token_id])
             documents.append(document)
     return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}, documents
 

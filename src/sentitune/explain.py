@@ -9,8 +9,12 @@ probability by a hair but its log by a visible amount.
   models (full, head, bitfit, LoRA merged at load, prefix and other PEFT wrappers alike). The baseline
   keeps [CLS] and [SEP] and replaces every other token by [PAD]; word pieces are summed into words.
   Completeness: the attributions sum to log p(x) - log p(baseline) up to `convergence_delta`. It
-  explains the window the model reads (`tokens_explained` of `tokens_total`); for a chunked model
-  (data.long_text chunk), the first window, and the prediction it reports is that window's.
+  explains what the Predictor reads: a truncated model's one window (`tokens_explained` of
+  `tokens_total` word pieces). A chunked model (data.long_text chunk) reads every window
+  (data.chunk_windows, `windows` of them) and reports the log-probability of their mean logits; that is
+  what is attributed, through all windows at once, so `tokens_explained` == `tokens_total`. Its
+  baseline is every window as [CLS] [PAD] ... [SEP]: the windows are all equally long, so it is one
+  such window's prediction. A word read by two overlapping windows gets the contributions of both.
 * `occlusion` (captum `FeatureAblation` over words): each word is dropped from the text in turn and the
   drop in log-probability is its attribution. It needs only `predict_proba`, so it works for every backend
   (ONNX exports and TF-IDF runs, which have no gradients), and it sees the whole text, chunked or not.
@@ -42,7 +46,7 @@ IG_STEPS = 50
 """Integration steps: on the tiny test BERT and on MiniLM, 50 Gauss-Legendre steps keep the
 completeness gap (`convergence_delta`) well below 1% of the probability."""
 IG_BATCH = 25
-"""Interpolated inputs per backward pass: bounds memory for 512-token texts."""
+"""Windows per backward pass (interpolated inputs times a chunked text's windows): bounds memory for 512-token texts."""
 LOG_FLOOR = 1e-30
 """Probabilities below this count as this in the occlusion's logs (a float64 softmax can give 0)."""
 MAX_FEATURES = 128
@@ -121,61 +125,76 @@ def _integrated_gradients(predictor, text: str, steps: int) -> dict:
     import torch
     from captum.attr import LayerIntegratedGradients
 
-    from sentitune.data import truncate_ids
+    from sentitune.data import chunk_windows, truncate_ids
 
     tokenizer, model = predictor.tokenizer, predictor.model
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     pieces = encoded["input_ids"]
-    # The window the Predictor reads (its max_length and truncation strategy), as index lists so that
-    # every kept piece still knows its word and characters.
-    # A chunked model (data.long_text chunk) reads every window; gradients go through one, its first.
-    strategy = "head" if getattr(predictor, "long_text", "truncate") == "chunk" else predictor.truncation
-    kept = truncate_ids(list(range(len(pieces))), predictor.max_length - 2, strategy)
-    ids = [tokenizer.cls_token_id, *(pieces[i] for i in kept), tokenizer.sep_token_id]
-    device = predictor.device
-    input_ids = torch.tensor([ids], device=device)
-    mask = torch.ones_like(input_ids)
+    # The windows the Predictor reads, as lists of piece indices so that every attribution still knows
+    # its word and characters: one window cut by its truncation strategy, or a chunked model's windows.
+    if getattr(predictor, "long_text", "truncate") == "chunk":
+        windows = [list(w) for w in chunk_windows(len(pieces), predictor.max_length, predictor.chunk_stride)]
+    else:
+        windows = [truncate_ids(list(range(len(pieces))), predictor.max_length - 2, predictor.truncation)]
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # All windows of a text have one length (the last is moved back to end at the text's end), so they
+    # travel as one row: captum's batch dimension stays the text, and its interpolation steps scale
+    # every window of the text together.
+    width = len(windows[0]) + 2
+    device = predictor.device
+    input_ids = torch.tensor([[cls, *(pieces[i] for i in window), sep] for window in windows], device=device)
     baseline = torch.full_like(input_ids, pad)
-    baseline[0, 0], baseline[0, -1] = ids[0], ids[-1]
+    baseline[:, 0], baseline[:, -1] = cls, sep
+    input_ids, baseline = input_ids.reshape(1, -1), baseline.reshape(1, -1)
 
-    def forward(input_ids, attention_mask):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask.expand(input_ids.shape[0], -1)).logits
-        return _log_probabilities(predictor, logits.float())
+    def forward(flat_ids):
+        ids = flat_ids.reshape(-1, width)
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+        # The Predictor's prediction: the mean of the windows' logits (data.mean_per_document).
+        return _log_probabilities(predictor, logits.reshape(flat_ids.shape[0], len(windows), -1).mean(dim=1))
 
     with torch.no_grad():
-        probabilities = np.exp(forward(input_ids, mask)[0].cpu().numpy().astype(np.float64))
+        log_probabilities = forward(input_ids)[0]
+        probabilities = np.exp(log_probabilities.cpu().numpy().astype(np.float64))
         target = int(probabilities.argmax())
-        baseline_log_probability = float(forward(baseline, mask)[0, target])
+        baseline_log_probability = float(forward(baseline)[0, target])
     ig = LayerIntegratedGradients(forward, model.get_input_embeddings())
-    # Gradients flow to the embeddings only; the weights need none.
+    # Gradients flow to the embeddings only; the weights need none. Each interpolated copy of the text
+    # holds all of its windows, so IG_BATCH bounds windows, not copies, per backward pass.
     with torch.enable_grad():
-        attributions, delta = ig.attribute(
+        attributions = ig.attribute(
             input_ids,
             baselines=baseline,
             target=target,
-            additional_forward_args=(mask,),
             n_steps=steps,
-            internal_batch_size=IG_BATCH,
-            return_convergence_delta=True,
+            internal_batch_size=max(1, IG_BATCH // len(windows)),
         )
-    per_piece = attributions.sum(dim=-1)[0].detach().float().cpu().numpy()[1:-1]
+    per_position = attributions.sum(dim=-1).detach().double().cpu().numpy()[:, 1:-1]
+    # captum's own convergence delta assumes one layer row per example; with several windows per
+    # text it is computed here, from the same two forward passes.
+    delta = float(per_position.sum()) - (float(log_probabilities[target]) - baseline_log_probability)
+    # A piece read by two overlapping windows gets the contributions of both.
+    per_piece: dict[int, float] = {}
+    for window, values in zip(windows, per_position):
+        for piece, value in zip(window, values):
+            per_piece[piece] = per_piece.get(piece, 0.0) + float(value)
     word_ids = encoded.word_ids()
     offsets = encoded["offset_mapping"]
     groups: dict[int, list[int]] = {}
-    for position, piece in enumerate(kept):
+    for piece in sorted(per_piece):
         key = word_ids[piece] if word_ids[piece] is not None else -1 - piece
-        groups.setdefault(key, []).append(position)
+        groups.setdefault(key, []).append(piece)
     words = []
-    for positions in groups.values():
-        start = min(offsets[kept[p]][0] for p in positions)
-        end = max(offsets[kept[p]][1] for p in positions)
+    for group in groups.values():
+        start = min(offsets[p][0] for p in group)
+        end = max(offsets[p][1] for p in group)
         words.append(
             {
                 "word": text[start:end],
                 "start": int(start),
                 "end": int(end),
-                "attribution": float(per_piece[positions].sum()),
+                "attribution": float(sum(per_piece[p] for p in group)),
             }
         )
     return _row(
@@ -185,9 +204,10 @@ def _integrated_gradients(predictor, text: str, steps: int) -> dict:
         "ig",
         words,
         baseline_log_probability=baseline_log_probability,
-        convergence_delta=float(delta.abs().max()),
-        tokens_explained=len(kept),
+        convergence_delta=abs(delta),
+        tokens_explained=len(per_piece),
         tokens_total=len(pieces),
+        windows=len(windows),
         steps=steps,
     )
 

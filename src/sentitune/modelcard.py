@@ -13,8 +13,8 @@ A run's `model/` loads with plain Hugging Face APIs:
     gives the three-line forward that renames it before `PeftModel.from_pretrained`;
   * mean-pooled classifiers (`method.pooling: mean`, the default for minilm-l6): `pipeline` would read
     BERT through [CLS] (methods/pooling.py), so the card shows plain transformers/peft code that loads
-    the same folder and applies the classifier to the masked mean by hand (no remote code), and
-    sentitune's command.
+    the same folder and applies the classifier to the masked mean by hand (no remote code; a prefix
+    run's does it inside the forward that takes the prefixes), and sentitune's command.
 
 Example:
     >>> card = run_card(cfg, metrics, "peft")  # doctest: +SKIP
@@ -116,32 +116,10 @@ def _usage(
             'classifier("A gorgeous, witty film.")\n```\n'
         )
     if kind == "peft" and adapter_type == "PREFIX_TUNING":
-        id2label = dict(enumerate(label_names))
-        label2id = {name: i for i, name in enumerate(label_names)}
         return (
-            "`AutoPeftModelForSequenceClassification` alone fails on these prefixes: peft 0.21 checks for a "
-            "`past_key_values` argument that transformers 5's BERT now calls `cache`. Three lines give the "
-            "model that argument:\n\n"
-            "```python\nimport torch\nfrom peft import PeftConfig, PeftModel\n"
-            "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
-            'folder = "path/to/this/folder"\n'
-            "base = AutoModelForSequenceClassification.from_pretrained(\n"
-            "    PeftConfig.from_pretrained(folder).base_model_name_or_path,\n"
-            f"    num_labels={len(label_names)}, id2label={id2label}, label2id={label2id},\n"
-            ")\n"
-            "forward = type(base).forward\n\n\n"
-            "def prefix_forward(input_ids=None, attention_mask=None, past_key_values=None, **kwargs):\n"
-            "    return forward(\n"
-            "        base, input_ids=input_ids, attention_mask=attention_mask, cache=past_key_values, **kwargs\n"
-            "    )\n\n\n"
-            "base.forward = prefix_forward\n"
-            "model = PeftModel.from_pretrained(base, folder).eval()\n"
-            "tokenizer = AutoTokenizer.from_pretrained(folder)\n"
-            'inputs = tokenizer(["A gorgeous, witty film."], return_tensors="pt", padding=True)\n'
-            "with torch.no_grad():\n"
-            "    probabilities = model(**inputs).logits.softmax(-1)\n"
-            "```\n\nor with sentitune (which adds the same argument at load):\n\n"
-            f'```bash\nsentitune predict --model {predict_target} "A gorgeous, witty film."\n```\n'
+            _prefix_usage(label_names, mean_pooled=False)
+            + "\nor with sentitune (which adds the same argument at load):\n\n"
+            + f'```bash\nsentitune predict --model {predict_target} "A gorgeous, witty film."\n```\n'
         )
     if kind == "peft":
         id2label = dict(enumerate(label_names))
@@ -166,9 +144,73 @@ def _usage(
             "transformers' BERT classifier does not do: loaded without sentitune, it would read [CLS] "
             "instead and predict differently.\n\n"
         )
-        if adapter_type != "PREFIX_TUNING":
+        if adapter_type == "PREFIX_TUNING":
+            why += _prefix_usage(label_names, mean_pooled=True) + "\nor with sentitune:\n\n"
+        else:
             why += _mean_pooling_usage(label_names, adapter_type) + "\nor with sentitune:\n\n"
     return why + f'```bash\nsentitune predict --model {predict_target} "A gorgeous, witty film."\n```\n'
+
+
+def _prefix_usage(label_names: list[str], mean_pooled: bool) -> str:
+    """Plain transformers/peft code for a prefix run: `AutoPeftModelForSequenceClassification` alone
+    fails (peft 0.21 checks for a `past_key_values` argument that transformers 5's BERT calls `cache`;
+    methods/prefix.py), so the base model gets a forward that takes it. A mean-pooled run's forward
+    also pools by hand, as methods/pooled_bert.py does: peft prepends the prefix's positions to the
+    attention mask, not to the hidden states, so the mask is read from its end."""
+    id2label = dict(enumerate(label_names))
+    label2id = {name: i for i, name in enumerate(label_names)}
+    if mean_pooled:
+        intro = (
+            "With plain transformers and peft, a forward that takes the prefixes (peft 0.21 checks for a "
+            "`past_key_values` argument that transformers 5's BERT calls `cache`) and pools by hand:\n\n"
+        )
+        imports = "from transformers.modeling_outputs import SequenceClassifierOutput\n"
+        forward = (
+            "def prefix_forward(input_ids=None, attention_mask=None, past_key_values=None, **kwargs):\n"
+            "    hidden = base.base_model(\n"
+            "        input_ids=input_ids,\n"
+            "        attention_mask=attention_mask,\n"
+            '        token_type_ids=kwargs.get("token_type_ids"),\n'
+            "        cache=past_key_values,\n"
+            "    ).last_hidden_state\n"
+            "    # peft puts the prefix's positions first in the mask; the hidden states are the text's own.\n"
+            "    mask = attention_mask[:, -hidden.shape[1] :].unsqueeze(-1).to(hidden.dtype)\n"
+            "    return SequenceClassifierOutput(logits=base.classifier((hidden * mask).sum(1) / mask.sum(1)))\n"
+        )
+    else:
+        intro = (
+            "`AutoPeftModelForSequenceClassification` alone fails on these prefixes: peft 0.21 checks for a "
+            "`past_key_values` argument that transformers 5's BERT now calls `cache`. Three lines give the "
+            "model that argument:\n\n"
+        )
+        imports = ""
+        forward = (
+            "forward = type(base).forward\n\n\n"
+            "def prefix_forward(input_ids=None, attention_mask=None, past_key_values=None, **kwargs):\n"
+            "    return forward(\n"
+            "        base, input_ids=input_ids, attention_mask=attention_mask, cache=past_key_values, **kwargs\n"
+            "    )\n"
+        )
+    load = (
+        'folder = "path/to/this/folder"\n'
+        "base = AutoModelForSequenceClassification.from_pretrained(\n"
+        "    PeftConfig.from_pretrained(folder).base_model_name_or_path,\n"
+        f"    num_labels={len(label_names)}, id2label={id2label}, label2id={label2id},\n"
+        ")\n"
+    )
+    imports = (
+        "import torch\nfrom peft import PeftConfig, PeftModel\n"
+        f"from transformers import AutoModelForSequenceClassification, AutoTokenizer\n{imports}\n"
+    )
+    return f"{intro}```python\n{imports}{load}{forward}\n\n" + (
+        "base.forward = prefix_forward\n"
+        "model = PeftModel.from_pretrained(base, folder).eval()\n"
+        "tokenizer = AutoTokenizer.from_pretrained(folder)\n"
+        'inputs = tokenizer(["A gorgeous, witty film."], return_tensors="pt", padding=True)\n'
+        "with torch.no_grad():\n"
+        "    probabilities = model(**inputs).logits.softmax(-1)\n"
+        "```\n"
+    )
 
 
 def _mean_pooling_usage(label_names: list[str], adapter_type: str | None) -> str:

@@ -1,5 +1,6 @@
-"""What a run ran on: library versions, the lock, the git commit, the device. Imports only errors from
-the package, so every layer (training, export, compare, the CLI) can record and check provenance.
+"""What a run ran on: library versions, the lock, the git commit, sentitune's code digest, the device.
+Imports only errors from the package, so every layer (training, export, compare, the CLI) can record
+and check provenance.
 
 Example:
     >>> versions = package_versions(("torch",))
@@ -13,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -44,6 +46,18 @@ unless told otherwise)."""
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 """The lock of a source checkout (setup.sh installs from it); absent in a plain `pip install`."""
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+"""The directory of the sentitune package this process imported (a checkout's src/sentitune, or
+site-packages/sentitune of an installed wheel)."""
+
+CODE_DATA_FILES = ("configs/*.yaml", "suites/*.tsv")
+"""Shipped data files that change what a run does (presets, the built-in suite), hashed with the code;
+the report templates are not: they change how a result reads, not what it is."""
+
+SENTITUNE_CODE = "sentitune code"
+"""The name a run's code digest goes by beside the library versions (version_mix, compared_versions):
+a change to sentitune's own code can move a result as much as a library upgrade."""
+
 
 def _git_sha() -> str | None:
     try:
@@ -53,6 +67,40 @@ def _git_sha() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+@functools.cache
+def code_digest(package_dir: Path = PACKAGE_DIR) -> str:
+    """sha256 (first 16 hex digits) over the sorted relative paths and bytes of every `*.py` file and
+    CODE_DATA_FILES under `package_dir`: which sentitune code made a run.
+
+    The scaffolding fingerprint covers the config, not the code, and the git SHA is missing from an
+    installed wheel or a copied tree and blind to uncommitted edits; this digest is neither. It is kept
+    out of the fingerprint on purpose (that would orphan every existing run folder): compare and the
+    report treat it like a library version instead (version_mix). Cached per directory, so a process
+    records the code it started with, not edits made to the files while it trains.
+
+    Example:
+        >>> len(code_digest()) == 16 and code_digest() == code_digest()
+        True
+    """
+    package_dir = Path(package_dir)
+    files = [*package_dir.rglob("*.py"), *(f for pattern in CODE_DATA_FILES for f in package_dir.glob(pattern))]
+    digest = hashlib.sha256()
+    for relative in sorted({f.relative_to(package_dir).as_posix() for f in files if f.is_file()}):
+        # Each file as path, NUL, its own sha256: no two different trees feed the same byte stream.
+        digest.update(relative.encode() + b"\0" + hashlib.sha256((package_dir / relative).read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def compared_versions(provenance: dict[str, Any]) -> dict[str, str]:
+    """A run's provenance as version_mix reads it: its library versions, plus its code digest under
+    SENTITUNE_CODE when it recorded one (runs made before the digest existed have none)."""
+    versions = provenance.get("versions")
+    versions = dict(versions) if isinstance(versions, dict) else {}
+    if provenance.get("code_digest"):
+        versions[SENTITUNE_CODE] = str(provenance["code_digest"])
+    return versions
 
 
 def package_versions(names: tuple[str, ...] = TRAINING_PACKAGES) -> dict[str, str]:
@@ -89,10 +137,14 @@ def version_differences(
 
 
 def version_mix(
-    versions_by_run: dict[str, dict[str, str]], packages: tuple[str, ...] = COMPARED_PACKAGES
+    versions_by_run: dict[str, dict[str, str]],
+    packages: tuple[str, ...] = (*COMPARED_PACKAGES, SENTITUNE_CODE),
 ) -> list[dict[str, Any]]:
     """For each of `packages` with more than one version among the runs: which runs used which
-    (a run that recorded none counts as "not recorded").
+    (a run that recorded none counts as "not recorded"). SENTITUNE_CODE (compared_versions puts a
+    run's code digest there) is one of them: runs made by different sentitune code are a mix too; a
+    run from before the digest existed counts as "not recorded" (unknown), which code_mix_line words
+    as "N runs record no code digest" and compare does not refuse.
 
     Example:
         >>> version_mix({"a": {"torch": "2.13.0"}, "b": {"torch": "2.14.0"}}, ("torch",))
@@ -106,6 +158,24 @@ def version_mix(
         if len(runs) > 1:
             mix.append({"package": name, "versions": runs})
     return mix
+
+
+def code_mix_line(entry: dict[str, Any]) -> str:
+    """A SENTITUNE_CODE entry of version_mix in words, with how many runs each digest made, e.g.
+    "2 runs by sentitune code 1a2b3c4d5e6f7a8b (full-s1, lora-s1); 1 run records no code digest (tfidf-s1)".
+
+    Example:
+        >>> code_mix_line({"package": SENTITUNE_CODE, "versions": {"1a2b": ["a", "b"], "not recorded": ["c"]}})
+        '2 runs by sentitune code 1a2b (a, b); 1 run records no code digest (c)'
+    """
+    parts = []
+    for digest, runs in entry["versions"].items():
+        count = f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+        if digest == "not recorded":
+            parts.append(f"{count} record{'s' if len(runs) == 1 else ''} no code digest ({', '.join(runs)})")
+        else:
+            parts.append(f"{count} by sentitune code {digest} ({', '.join(runs)})")
+    return "; ".join(parts)
 
 
 def device_description() -> dict[str, Any]:
@@ -126,6 +196,7 @@ def provenance() -> dict[str, Any]:
 
     return {
         "git_sha": _git_sha(),
+        "code_digest": code_digest(),
         "versions": package_versions(),
         "lock_sha256": lock_digest(),
         **device_description(),

@@ -160,6 +160,59 @@ def distillation_loss(
     return per_row.mean()
 
 
+def hidden_state_loss(
+    student_states: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    teacher_states: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    attention_mask: torch.Tensor,
+    layer_map: list[int],
+) -> torch.Tensor:
+    """Intermediate-layer matching (TinyBERT, Jiao et al. 2020): the mean over i of the MSE between
+    student_states[i] and teacher_states[layer_map[i]] (each batch x tokens x width, index 0 the
+    embeddings), averaged over the real tokens (attention_mask 1) and the width. Padding positions hold
+    whatever each model computed there and are left out.
+
+    Example:
+        >>> states, mask = (torch.ones(1, 2, 4), torch.zeros(1, 2, 4)), torch.tensor([[1, 0]])
+        >>> [float(hidden_state_loss(states, states, mask, layer_map)) for layer_map in ([0, 1], [1, 1])]
+        [0.0, 0.5]
+    """
+    if student_states[0].shape[-1] != teacher_states[0].shape[-1]:
+        raise ValueError(
+            f"hidden sizes differ: student {student_states[0].shape[-1]}, teacher {teacher_states[0].shape[-1]}"
+        )
+    mask = attention_mask.to(student_states[0].device, torch.float32).unsqueeze(-1)
+    elements = mask.sum().clamp(min=1) * student_states[0].shape[-1]
+    terms = [
+        (((student_states[i].float() - teacher_states[t].float().to(student_states[i].device)) ** 2) * mask).sum()
+        / elements
+        for i, t in enumerate(layer_map)
+    ]
+    return torch.stack(terms).mean()
+
+
+class HiddenMatching:
+    """The teacher model run on each training batch for its hidden states, and how they are matched
+    (distill.hidden_weight, the resolved layer map). Only the batch's states are ever held: nothing is
+    stored across batches."""
+
+    FORWARDED = ("input_ids", "attention_mask", "token_type_ids")
+    """The batch entries the teacher reads; the student's tokenisation is the teacher's (same vocabulary)."""
+
+    def __init__(self, teacher_model: torch.nn.Module, weight: float, layer_map: list[int]):
+        self.teacher = teacher_model.eval()
+        self.weight = weight
+        self.layer_map = list(layer_map)
+
+    def loss(self, inputs: dict, student_states) -> torch.Tensor:
+        device = student_states[0].device
+        self.teacher.to(device)  # a no-op after the first batch
+        with torch.no_grad():  # not inference_mode: its tensors cannot enter the student's autograd graph
+            outputs = self.teacher(
+                **{k: inputs[k].to(device) for k in self.FORWARDED if k in inputs}, output_hidden_states=True
+            )
+        return hidden_state_loss(student_states, outputs.hidden_states, inputs["attention_mask"], self.layer_map)
+
+
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped order drawn from (seed, epoch) alone. The stock sampler draws from the global RNG,
     whose state when an epoch starts depends on everything before it (dropout included), so a run
@@ -193,6 +246,7 @@ class MeasuredTrainer(Trainer):
         last_checkpoint: Callable[[Path], Path | None] | None = None,
         class_weights: torch.Tensor | None = None,
         distillation: tuple[float, float] | None = None,
+        hidden_matching: HiddenMatching | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -202,6 +256,8 @@ class MeasuredTrainer(Trainer):
         self.class_weights = class_weights
         self.distillation = distillation
         """(alpha, temperature) when training rows carry `teacher_logits` (distillation_loss)."""
+        self.hidden_matching = hidden_matching
+        """With distillation and distill.hidden_weight > 0: adds weight x hidden_state_loss."""
         if class_weights is not None or distillation is not None:
             # compute_loss returns a per-micro-batch mean, which the Trainer divides by the accumulation steps.
             self.loss_is_scaled_for_ga = False
@@ -214,16 +270,20 @@ class MeasuredTrainer(Trainer):
             self._signature_columns.append(TEACHER_LOGITS)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """With teacher logits in the batch (distillation), `distillation_loss`; with `class_weights`,
+        """With teacher logits in the batch (distillation), `distillation_loss`, plus `hidden_matching`'s
+        weighted hidden_state_loss when it is set; with `class_weights`,
         weighted cross-entropy (the weighted mean over the micro-batch, as torch's cross_entropy with
         `weight`); otherwise the model's own loss."""
         if self.distillation is not None and TEACHER_LOGITS in inputs:
             inputs = dict(inputs)
             labels, teacher = inputs.pop("labels"), inputs.pop(TEACHER_LOGITS)
-            outputs = model(**inputs)
+            matching = self.hidden_matching
+            outputs = model(**inputs, **({"output_hidden_states": True} if matching is not None else {}))
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
             alpha, temperature = self.distillation
             loss = distillation_loss(logits, teacher.to(logits.device), labels.to(logits.device), alpha, temperature)
+            if matching is not None:
+                loss = loss + matching.weight * matching.loss(inputs, outputs.hidden_states)
             return (loss, outputs) if return_outputs else loss
         if self.distillation is not None and model.training:
             # Without the column the student would train on gold labels alone, silently.

@@ -453,6 +453,9 @@ class Teacher:
     """What the student's metrics.json says about its teacher (teacher_run, teacher_method, ...)."""
     unlabelled: list[str] = field(default_factory=list)
     """Extra texts (distill.unlabelled) the teacher labels and the student learns from by KL alone."""
+    model: Any = None
+    """The teacher's torch classifier (LoRA merged into it), run on each training batch for its hidden
+    states when distill.hidden_weight > 0; None for a teacher without one (tf-idf)."""
 
 
 def unlabelled_texts(cfg: DistillConfig) -> list[str]:
@@ -501,10 +504,39 @@ def with_teacher_logits(teacher: Teacher, cfg: RunConfig, splits: DatasetSplits,
         **teacher.record,
         "distill_alpha": cfg.distill.alpha,
         "distill_temperature": cfg.distill.temperature,
+        "distill_hidden_weight": cfg.distill.hidden_weight,
         "distill_labelled_examples": len(splits.train),
         "distill_unlabelled_examples": len(extra),
         "distill_teacher_seconds": time.perf_counter() - started,
     }
+
+
+def hidden_layer_map(cfg: DistillConfig, teacher_model, student_config, student_layers: int) -> list[int]:
+    """The teacher hidden state matched by each of the student's (DistillConfig.layer_map), after
+    refusing in one ConfigError line a teacher without hidden states (`teacher_model` None) or a
+    student of another hidden size: states are matched without a learned projection."""
+    if teacher_model is None:
+        raise ConfigError("distill.hidden_weight: the teacher has no hidden states (not a neural run); set it to 0")
+    theirs = teacher_model.config
+    if student_config.hidden_size != theirs.hidden_size:
+        raise ConfigError(
+            f"distill.hidden_weight: the student's hidden size ({student_config.hidden_size}) differs from the "
+            f"teacher's ({theirs.hidden_size}); states are matched without a projection, so pick a student of the "
+            "teacher's width (e.g. MODEL:layers=K of the teacher's model) or set it to 0"
+        )
+    return cfg.layer_map(student_layers, theirs.num_hidden_layers)
+
+
+def hidden_matching(teacher: Teacher, cfg: DistillConfig, student):
+    """The trainer's HiddenMatching for distill.hidden_weight > 0 (None at 0): the teacher's model, the
+    weight and hidden_layer_map for the loaded `student`."""
+    if not cfg.hidden_weight:
+        return None
+    from sentitune.trainer import HiddenMatching
+
+    mine = student.config  # a peft model forwards .config to its base model
+    layer_map = hidden_layer_map(cfg, teacher.model, mine, mine.num_hidden_layers)
+    return HiddenMatching(teacher.model, cfg.hidden_weight, layer_map)
 
 
 def teacher_agreement(teacher_logits, student_probabilities, gold) -> dict[str, Any]:
@@ -558,6 +590,9 @@ def _train_neural(
     set_seed(cfg.train.seed)  # before the head is created, so its initialisation follows the seed
     multi_label = cfg.data.problem_type == "multi_label"
     model = method.prepare(load_classifier(source, splits.label_names, multi_label=multi_label), cfg.method)
+    matching = hidden_matching(teacher, cfg.distill, model) if teacher is not None else None
+    if teacher is not None:
+        distilled["distill_hidden_layers"] = matching.layer_map if matching is not None else None
     trainable, total = count_parameters(model)
     precision = resolve_precision(cfg.train.precision)
     cuda = torch.cuda.is_available()
@@ -603,6 +638,7 @@ def _train_neural(
         last_checkpoint=last_complete_checkpoint,
         class_weights=torch.tensor(class_weights, dtype=torch.float32) if class_weights else None,
         distillation=(cfg.distill.alpha, cfg.distill.temperature) if teacher is not None else None,
+        hidden_matching=matching,
     )
     log_tensorboard_into(trainer, output_dir / results.TENSORBOARD_DIR)
     checkpoint = last_complete_checkpoint(checkpoint_dir) if resume else None
@@ -869,6 +905,9 @@ def train(
     """
     import contextlib
 
+    from sentitune.runtime import code_digest
+
+    code_digest()  # hashed (and cached) now: metrics.json names the code this run starts with, not later edits
     output_dir = Path(output_dir)
     if (cfg.distill.teacher is None) != (teacher is None):
         raise ConfigError(

@@ -917,12 +917,15 @@ def distilled_rows(comparison: Comparison, summary: list[dict]) -> list[dict]:
 
 
 def _version_mix(comparison: Comparison) -> str:
-    """'' when every finished run used the same compared library versions, else which runs used which."""
-    from sentitune.runtime import version_mix
+    """'' when every finished run used the same compared library versions and sentitune code, else
+    which runs used which (the code digests with how many runs each, runtime.code_mix_line)."""
+    from sentitune.runtime import SENTITUNE_CODE, code_mix_line, compared_versions, version_mix
 
-    versions = {run.name: (run.metrics.get("provenance") or {}).get("versions") or {} for run in comparison.ok_runs}
+    versions = {run.name: compared_versions(run.metrics.get("provenance") or {}) for run in comparison.ok_runs}
     return " | ".join(
-        f"{mix['package']} " + "; ".join(f"{v} ({', '.join(r)})" for v, r in mix["versions"].items())
+        code_mix_line(mix)
+        if mix["package"] == SENTITUNE_CODE
+        else f"{mix['package']} " + "; ".join(f"{v} ({', '.join(r)})" for v, r in mix["versions"].items())
         for mix in version_mix(versions)
     )
 
@@ -939,6 +942,10 @@ def _setup(comparison: Comparison) -> dict:
     if provenance.get("torch_threads"):
         hardware.append(f"{provenance['torch_threads']} torch threads")
     shas = sorted({(r.metrics.get("provenance") or {}).get("git_sha") or "unknown" for r in comparison.ok_runs})
+    # Which sentitune code made the runs, even without git (a wheel, a copied tree) or with uncommitted edits.
+    digests = sorted(
+        {str(d) for r in comparison.ok_runs if (d := (r.metrics.get("provenance") or {}).get("code_digest"))}
+    )
     models = list(
         dict.fromkeys(r.config.model for r in comparison.ok_runs if r.config is not None and _is_neural(r.method))
     )
@@ -972,6 +979,7 @@ def _setup(comparison: Comparison) -> dict:
         + (f" (lock {provenance['lock_sha256']})" if provenance.get("lock_sha256") else ""),
         "version_mix": _version_mix(comparison),
         "git": ", ".join(s[:12] for s in shas),
+        "code_digest": ", ".join(digests),
         "runs": f"{len(comparison.ok_runs)} finished of {len(comparison.runs)}",
     }
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from sentitune import compare
 from sentitune.cli.options import config_from_args, parse_list
 from sentitune.config import ConfigError
+from sentitune.runtime import SENTITUNE_CODE, code_mix_line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,6 +209,9 @@ def print_summary(document: dict[str, Any], console=None) -> None:
     console.print(table)
     print_search_and_curve(document, console)
     for mix in document.get("version_mix") or []:
+        if mix["package"] == SENTITUNE_CODE:
+            console.print(f"[yellow]warning: runs made by different sentitune code ({code_mix_line(mix)})[/yellow]")
+            continue
         spread = "; ".join(f"{version}: {', '.join(runs)}" for version, runs in mix["versions"].items())
         console.print(f"[yellow]warning: runs made with different {mix['package']} versions ({spread})[/yellow]")
     failed = [r for r in document["runs"] if r["status"] not in ("ok",)]

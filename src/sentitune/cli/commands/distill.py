@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
         {
             "distill.alpha": args.alpha,
             "distill.temperature": args.temperature,
+            "distill.hidden_weight": args.hidden_weight,
             "distill.unlabelled": args.unlabelled,
             "distill.unlabelled_column": args.unlabelled_column,
         }
