@@ -354,7 +354,8 @@ def test_train_on_a_single_file_records_the_carved_split(tmp_path, monkeypatch, 
     assert main(argv) == 0
     metrics = json.loads((tmp_path / "runs" / "reviews-tfidf" / "metrics.json").read_text())
     split = metrics["data_split"]
-    assert split["test_carved_from"] == str(data) and split["test_examples"] == 16 == metrics["test_examples"]
+    # Recorded relative to the working directory (runtime.portable_path): no machine path in a record.
+    assert split["test_carved_from"] == data.name and split["test_examples"] == 16 == metrics["test_examples"]
     assert len(set(split["test_lines"])) == 16 and metrics["train_examples"] == 80 - 16 - 8
 
 

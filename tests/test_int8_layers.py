@@ -78,6 +78,7 @@ def test_auto_measures_every_layer_on_validation_only(lora_run, tmp_path, tiny_d
         export, "choose_fp32_layers", lambda s: {max(s, key=lambda n: s[n]["mean_abs_probability_diff"]): "top"}
     )
     monkeypatch.setattr(export, "KEPT_MUST_IMPROVE", float("inf"))
+    monkeypatch.setattr(export, "INT8_DROP_LIMIT_POINTS", float("-inf"))  # the gate always sends it on
     output = tmp_path / "auto"
     report = export_run(lora_run, output, quantize="int8")
     assert str(tiny_data["test"]) not in opened and str(tiny_data["train"]) in opened
@@ -92,6 +93,33 @@ def test_auto_measures_every_layer_on_validation_only(lora_run, tmp_path, tiny_d
     assert node not in quantised and ops[node] in ("MatMul", "Attention", "Gemm", "EmbedLayerNormalization")
     assert [row["node"] for row in report["int8_fp32_layers"]] == [node]
     assert choice["validation"]["examples"] == min(export.SENSITIVITY_EXAMPLES, 16)
+
+
+def test_auto_keeps_every_layer_int8_when_all_int8_is_within_the_limit_on_validation(lora_run, tmp_path, monkeypatch):
+    measured = []
+    monkeypatch.setattr(export, "INT8_DROP_LIMIT_POINTS", float("inf"))
+    monkeypatch.setattr(export, "quantize_keeping_sensitive_layers", lambda *a, **k: measured.append(a))
+    choice = export_run(lora_run, tmp_path / "gated", quantize="int8", parity=False)["manifest"]["int8_keep_fp32"]
+    gate = choice["validation"]["gate"]
+    assert choice["kept"] == {} and not measured  # no per-layer search once the gate passes
+    assert "every layer is int8, the fastest choice" in choice["decision"]
+    assert gate["examples"] == 16 and 0 <= gate["int8_accuracy"] <= 1 and 0 <= gate["fp32_accuracy"] <= 1
+    assert gate["drop_points"] == pytest.approx(100 * (gate["fp32_accuracy"] - gate["int8_accuracy"]))
+    export_run(lora_run, tmp_path / "none", quantize="int8", parity=False, int8_keep_fp32="none")
+    _, quantised = float_and_quantised(tmp_path / "gated" / "model.int8.onnx")
+    assert quantised == float_and_quantised(tmp_path / "none" / "model.int8.onnx")[1]  # same graph as `none`
+
+
+def test_a_gate_failure_starts_the_layer_search_and_the_decision_says_why(lora_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "INT8_DROP_LIMIT_POINTS", float("-inf"))
+    choice = export_run(lora_run, tmp_path / "searched", quantize="int8", parity=False)["manifest"]["int8_keep_fp32"]
+    assert set(choice["sensitivity"])  # the per-layer search ran
+    assert choice["decision"].startswith("all-int8 loses ") and "(limit -inf)" in choice["decision"]
+    assert choice["validation"]["gate"]["examples"] == 16
+
+
+def test_the_gate_has_no_accuracy_for_multi_hot_labels(tmp_path):
+    assert export.int8_accuracy_gate(tmp_path / "a", tmp_path / "b", None, ["x"], [[0, 1]], 16) is None
 
 
 def test_auto_without_the_validation_data_quantises_everything_and_says_so(lora_run, tmp_path, monkeypatch):

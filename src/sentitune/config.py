@@ -784,6 +784,13 @@ class DistillConfig:
     with the KL term only (augmentation is where distillation gains most)."""
     unlabelled_column: str | None = None
     """Text column of a CSV/TSV/JSONL `unlabelled` file (default: sentence for TSV, else text)."""
+    unlabelled_unit: str = "text"
+    """`text`: each row of `unlabelled` is one example. `sentence`: each row is split into sentences
+    (HTML line breaks such as IMDB's `<br />` count as spaces), so that documents such as reviews give
+    examples shaped like sentence-level training data (SST-2) instead of being cut at max_length."""
+    unlabelled_limit: int | None = None
+    """At most this many unlabelled examples (after splitting), a random sample drawn with data.split_seed
+    in file order; null = all. The teacher labels each one and the student trains on each one per epoch."""
     hidden_weight: float = 0.0
     """Weight of an intermediate-layer term (TinyBERT, Jiao et al. 2020): loss += hidden_weight x the
     mean over matched layers of the MSE between student and teacher hidden states at the real (attention
@@ -795,6 +802,17 @@ class DistillConfig:
     indices into hidden_states (0 = embeddings, k = output of layer k); a K-layer student takes K + 1
     entries. Empty = the uniform map: student state i <- teacher state round(i x T / K) for a T-layer
     teacher (embeddings to embeddings, last layer to last layer)."""
+    attention_weight: float = 0.0
+    """Weight of a self-attention term (MiniLM, Wang et al. 2020): loss += attention_weight x the KL
+    divergence from the teacher's last-layer attention distributions softmax(Q K^T / sqrt(d_head)) to
+    the student's, per head, averaged over the heads and the real query tokens (padded keys and queries
+    left out), plus the same KL for the value relation when `value_relation`. 0 = off. When on, the
+    teacher runs on each training batch (once, shared with hidden_weight). Student and teacher must have
+    the same number of attention heads; their widths and layer counts may differ (a `MODEL:layers=K`
+    student of the teacher's model matches)."""
+    value_relation: bool = True
+    """With attention_weight: also match the value relation softmax(V V^T / sqrt(d_head)) of the last
+    layer, as MiniLM does; false = the attention distributions alone."""
 
     def __post_init__(self) -> None:
         if self.teacher is not None and not self.teacher.strip():
@@ -807,6 +825,9 @@ class DistillConfig:
                 )
         if self.hidden_layers and not self.hidden_weight:
             raise ConfigError("distill.hidden_layers: read only with distill.hidden_weight > 0; set it too")
+        _check_positive("distill", "attention_weight", self.attention_weight, allow_zero=True)
+        if not self.value_relation and not self.attention_weight:
+            raise ConfigError("distill.value_relation: read only with distill.attention_weight > 0; set it too")
         _check_finite("distill", "alpha", self.alpha)
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"distill.alpha: must be between 0 and 1, got {quote(self.alpha)}")
@@ -816,10 +837,19 @@ class DistillConfig:
         if self.teacher is None and (self.unlabelled is not None or self.unlabelled_column is not None):
             field_name = "unlabelled" if self.unlabelled is not None else "unlabelled_column"
             raise ConfigError(f"distill.{field_name}: read only with distill.teacher; give the teacher run too")
-        if self.unlabelled_column is not None and self.unlabelled is None:
-            raise ConfigError("distill.unlabelled_column: read only with distill.unlabelled; give the file too")
-        if self.teacher is None and self.hidden_weight:
-            raise ConfigError("distill.hidden_weight: read only with distill.teacher; give the teacher run too")
+        _check_choice("distill", "unlabelled_unit", self.unlabelled_unit, ("text", "sentence"))
+        if self.unlabelled_limit is not None:
+            _check_positive("distill", "unlabelled_limit", self.unlabelled_limit)
+        for field_name, default in (
+            ("unlabelled_column", None),
+            ("unlabelled_unit", "text"),
+            ("unlabelled_limit", None),
+        ):
+            if getattr(self, field_name) != default and self.unlabelled is None:
+                raise ConfigError(f"distill.{field_name}: read only with distill.unlabelled; give the file too")
+        for field_name in ("hidden_weight", "attention_weight"):
+            if self.teacher is None and getattr(self, field_name):
+                raise ConfigError(f"distill.{field_name}: read only with distill.teacher; give the teacher run too")
 
     def layer_map(self, student_layers: int, teacher_layers: int) -> list[int]:
         """The teacher hidden-state index for each of the student's (hidden_layers, else the uniform

@@ -18,6 +18,7 @@ import functools
 import io
 import json
 import os
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,10 +29,10 @@ import numpy as np
 
 from sentitune.config import DataConfig
 from sentitune.errors import DataError, quote, read_text
+from sentitune.runtime import DATA_DIR_ENV
 
 
 SENTIMENT_NAMES = ["negative", "positive"]
-DATA_DIR_ENV = "SENTITUNE_DATA_DIR"
 
 
 @dataclass
@@ -1140,6 +1141,23 @@ def _jsonl_records(name, lines: Iterable[str]) -> Iterator[tuple[int, dict]]:
         record = parse_jsonl_line(name, number, line)
         if record is not None:
             yield number, record
+
+
+_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+# A sentence ends at . ! or ? (with any closing quotes or brackets) before whitespace and a capital,
+# digit or opening quote: good enough for review prose, and it never splits inside "3.5" or "e.g. the".
+_SENTENCE_END = re.compile(r"([.!?][\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of one text, HTML line breaks read as spaces, blanks dropped.
+
+    Example:
+        >>> split_sentences("Great cast.<br /><br />The plot? Thin, e.g. the ending. 3.5 stars!")
+        ['Great cast.', 'The plot?', 'Thin, e.g. the ending.', '3.5 stars!']
+    """
+    text = " ".join(_HTML_BREAK.sub(" ", text).split())  # also leaves no newline: it marks the ends below
+    return [sentence.strip() for sentence in _SENTENCE_END.sub("\\1\n", text).split("\n") if sentence.strip()]
 
 
 def read_texts(path: str | Path, text_column: str | None = None) -> Iterator[str]:

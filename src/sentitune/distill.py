@@ -16,8 +16,16 @@ the uniform one: a 3-layer student of a 6-layer teacher matches states 0, 2, 4, 
 no_grad, for that batch's hidden states alone; nothing is stored across batches, and the KL term keeps
 the logits computed before training, so hidden_weight is the only thing that changes between a run
 with it and one without. Student and teacher must share the hidden size (no projection is learned):
-a `MODEL:layers=K` student of the teacher's model does. Attention maps are not matched. Metrics.json
-records distill_hidden_weight and the resolved distill_hidden_layers.
+a `MODEL:layers=K` student of the teacher's model does. Metrics.json records distill_hidden_weight and
+the resolved distill_hidden_layers.
+
+Self-attention (MiniLM style), off by default: with `distill.attention_weight` > 0 (`--attention-weight`)
+the loss adds that weight times the KL divergence from the teacher's last-layer attention distributions
+to the student's (trainer.attention_kl_loss, per head, over the real tokens), plus the same KL for the
+value relation (`distill.value_relation`, on by default). The teacher runs on each batch once for both
+terms. The relations are computed from the last layer's query/key/value projections
+(trainer.LastLayerAttention), so the SDPA attention both models load with stays. Student and teacher
+must have the same number of heads. Metrics.json records distill_attention_weight.
 
 Example:
     >>> cfg = student_config("runs/sst2-full", "minilm-l6:layers=3")  # doctest: +SKIP
@@ -35,7 +43,8 @@ from typing import Any
 from sentitune import results
 from sentitune.config import ConfigError, DistillConfig, RunConfig
 from sentitune.errors import quote
-from sentitune.training import Teacher, hidden_layer_map, train, unlabelled_texts
+from sentitune.runtime import portable_path
+from sentitune.training import Teacher, check_attention_heads, hidden_layer_map, train, unlabelled_texts
 
 
 STUDENT_SPEC = re.compile(r"(?P<name>.+):layers=(?P<layers>\d+)")
@@ -141,10 +150,11 @@ def check_vocabularies(teacher_tokenizer, student: str, teacher: str) -> None:
 
 
 def check_hidden_matching(cfg: DistillConfig, teacher_model, student: str) -> None:
-    """With distill.hidden_weight > 0, refuses what training would refuse later, before anything is
-    written: a teacher without hidden states, a student of another hidden size, a distill.hidden_layers
-    that does not fit the two models' layer counts. Reads only the student's config.json."""
-    if not cfg.hidden_weight:
+    """With distill.hidden_weight or distill.attention_weight > 0, refuses what training would refuse
+    later, before anything is written: a teacher without hidden states, a student of another hidden size,
+    a distill.hidden_layers that does not fit the two models' layer counts, a student with another number
+    of attention heads. Reads only the student's config.json."""
+    if not cfg.hidden_weight and not cfg.attention_weight:
         return
     from transformers import AutoConfig
 
@@ -152,13 +162,16 @@ def check_hidden_matching(cfg: DistillConfig, teacher_model, student: str) -> No
 
     name, layers = parse_student(student)
     mine = AutoConfig.from_pretrained(resolve_model(name).location) if teacher_model is not None else None
-    hidden_layer_map(cfg, teacher_model, mine, layers or getattr(mine, "num_hidden_layers", 0))
+    if cfg.hidden_weight:
+        hidden_layer_map(cfg, teacher_model, mine, layers or getattr(mine, "num_hidden_layers", 0))
+    if cfg.attention_weight:
+        check_attention_heads(teacher_model, mine)
 
 
 def teacher_record(path: str, run: results.Run) -> dict[str, Any]:
     """What the student's metrics.json says about its teacher."""
     return {
-        "teacher_run": path,
+        "teacher_run": portable_path(path),  # config.yaml keeps distill.teacher as given: resume reads it
         "teacher_method": run.config.method.name,
         "teacher_model": run.config.model,
         "teacher_test_accuracy": run.metrics.get("test_accuracy"),
@@ -207,7 +220,7 @@ def distill(
         raise ConfigError("distill.teacher: not set; give the teacher's run folder")
     path = cfg.distill.teacher
     run = teacher_run(path)
-    unlabelled = unlabelled_texts(cfg.distill)
+    unlabelled = unlabelled_texts(cfg.distill, seed=cfg.data.split_seed)
     # fp32: the soft targets are computed once and every epoch learns from them.
     predictor = Predictor.load(path, precision="fp32")
     if predictor.tokenizer is not None:

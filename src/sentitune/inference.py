@@ -35,6 +35,7 @@ from sentitune import results
 from sentitune.data import input_format, stream_texts  # noqa: F401 - re-exported for callers of predict
 from sentitune.methods import registry
 from sentitune.metrics import log_probabilities, sigmoid, temperature_scale
+from sentitune.runtime import portable_path
 
 
 EXPORT_MANIFEST = "sentitune.json"
@@ -815,7 +816,7 @@ def score_labelled_file(
     metrics.update(
         {
             "test_ece": expected_calibration_error(gold, probabilities)["ece"],
-            "data_file": str(data_file),
+            "data_file": portable_path(str(data_file)),
             "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest(),
             "test_examples": len(gold),
             "run": predictor.source,

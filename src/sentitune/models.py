@@ -20,6 +20,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from sentitune.errors import ModelNotAvailable, quote
+from sentitune.runtime import portable_path
 
 
 def _bundled_minilm() -> str:
@@ -334,7 +335,7 @@ def shrink_model(name: str, layers: int, output_dir: str | Path, overwrite: bool
     info = {
         "kind": "layer dropping",
         "source_model": name,
-        "source_location": source.location,
+        "source_location": portable_path(source.location),
         "layers_before": total,
         "layers_kept": layers,
         "kept": f"encoder layers 0-{layers - 1} (bottom); embeddings and pooler unchanged",

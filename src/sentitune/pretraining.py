@@ -37,6 +37,7 @@ import numpy as np
 from sentitune import results
 from sentitune.config import ConfigError, DataConfig, _check_choice, _check_finite, _check_positive, _check_seed
 from sentitune.data import DataError, _find_pair, read_texts, resolve_data_dir
+from sentitune.runtime import portable_path
 
 
 PRETRAIN_FILE = "pretrain.json"
@@ -456,8 +457,8 @@ def pretrain(
         "status": "ok",
         "kind": "masked-language-model continued pretraining",
         "source_model": cfg.model,
-        "source_location": source.location,
-        "texts_source": text_source,
+        "source_location": portable_path(source.location),
+        "texts_source": portable_path(text_source),
         "train_texts": len(train_texts),
         "train_examples": len(train_ids),
         "train_tokens": int(sum(map(len, train_ids))),

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,6 +179,75 @@ def code_mix_line(entry: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+# ---- paths as a record names them ---------------------------------------------------------------
+
+DATA_DIR_ENV = "SENTITUNE_DATA_DIR"
+"""Environment variable: the folder the named datasets (sst2, imdb) are read from."""
+
+SITE_PACKAGES = "<site-packages>"
+"""What a recorded path inside an environment's site-packages (or dist-packages) folder starts with."""
+
+_ABSOLUTE_PATH = re.compile(r"(?<![^\s:,;=(\[\"'])/(?!/)[^\s:,;()\[\]\"']*")
+"""An absolute path inside a longer string: a `/` at the start or after a separator (space, `:`, `,`,
+`;`, `=`, an opening bracket or quote), running to the next one. A hub id (`owner/name`) has its `/`
+after a letter and a URL (`https://host/x`) has `//`, so neither matches; a path holding one of the
+separators is cut there and only its first piece is rewritten."""
+
+
+def _portable(path: str, places: list[tuple[Path, str]]) -> str:
+    normal = Path(os.path.normpath(path))
+    for name in ("site-packages", "dist-packages"):
+        if name in normal.parts:
+            index = len(normal.parts) - 1 - normal.parts[::-1].index(name)  # the innermost one
+            return "/".join((SITE_PACKAGES, *normal.parts[index + 1 :]))
+    for folder, label in places:
+        if normal.is_relative_to(folder):
+            rest = normal.relative_to(folder).as_posix()
+            return rest if not label else label if rest == "." else f"{label}/{rest}"
+    return path
+
+
+def portable_path(text: str, *, cwd: str | None = None, home: str | None = None, data_dir: str | None = None) -> str:
+    """`text` with every absolute path in it written as it reads on any machine, for a run record
+    (metrics.json, provenance, a manifest), never for loading: a path inside site-packages or
+    dist-packages -> `<site-packages>/rest`; inside $SENTITUNE_DATA_DIR (as given or resolved) ->
+    `$SENTITUNE_DATA_DIR/rest`; inside the working directory -> relative to it; inside the home folder
+    -> `~/rest`; anything else unchanged, and so is everything around the paths (`local:`, a hub id, a
+    description). `cwd`, `home` and `data_dir` default to this process's.
+
+    Example:
+        >>> where = {"cwd": "/srv/proj", "home": "/home/ann", "data_dir": "/data/sets"}
+        >>> portable_path("/srv/proj/.venv/lib/python3.11/site-packages/gt_minilm/model", **where)
+        '<site-packages>/gt_minilm/model'
+        >>> portable_path("/usr/lib/python3/dist-packages/torch/__init__.py", **where)
+        '<site-packages>/torch/__init__.py'
+        >>> portable_path("local:/data/sets/sst2/train.tsv,/data/sets/sst2/dev.tsv", **where)
+        'local:$SENTITUNE_DATA_DIR/sst2/train.tsv,$SENTITUNE_DATA_DIR/sst2/dev.tsv'
+        >>> portable_path("/srv/proj/runs/full-s1", **where)
+        'runs/full-s1'
+        >>> portable_path("/home/ann/corpus.txt:text", **where)
+        '~/corpus.txt:text'
+        >>> portable_path("GLUE SST-2 TSV (/data/sets/sst2/train.tsv)", **where)
+        'GLUE SST-2 TSV ($SENTITUNE_DATA_DIR/sst2/train.tsv)'
+        >>> portable_path("python -m sentitune train --output-dir /srv/proj/runs/a", **where)
+        'python -m sentitune train --output-dir runs/a'
+        >>> [portable_path(s, **where) for s in ("bert-base-uncased", "hub:stanfordnlp/imdb", "/opt/m")]
+        ['bert-base-uncased', 'hub:stanfordnlp/imdb', '/opt/m']
+        >>> portable_path("https://huggingface.co/x/y", **where)
+        'https://huggingface.co/x/y'
+    """
+    data_dir = os.environ.get(DATA_DIR_ENV) if data_dir is None else data_dir
+    places: list[tuple[Path, str]] = []
+    if data_dir:
+        given = Path(os.path.abspath(os.path.expanduser(data_dir)))
+        places += [(given, f"${DATA_DIR_ENV}"), (given.resolve(), f"${DATA_DIR_ENV}")]
+    for folder, label in ((cwd or os.getcwd(), ""), (home or os.path.expanduser("~"), "~")):
+        folder = Path(os.path.abspath(folder))
+        if len(folder.parts) > 1:  # under `/` is every path: nothing to shorten
+            places.append((folder, label))
+    return _ABSOLUTE_PATH.sub(lambda match: _portable(match.group(), places), text)
+
+
 def device_description() -> dict[str, Any]:
     import torch
 
@@ -203,7 +273,7 @@ def provenance() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cpu": cpu_info(),
         "hostname": platform.node(),
-        "command": " ".join(sys.argv),
+        "command": portable_path(" ".join(sys.argv)),
     }
 
 

@@ -24,7 +24,15 @@ import numpy as np
 
 from sentitune import modelcard, results, runtime
 from sentitune.config import LOWER_IS_BETTER, ConfigError, DistillConfig, RunConfig, scaffolding_differences
-from sentitune.data import DatasetSplits, Split, load_splits, mean_per_document, read_texts, tokenize_split
+from sentitune.data import (
+    DatasetSplits,
+    Split,
+    load_splits,
+    mean_per_document,
+    read_texts,
+    split_sentences,
+    tokenize_split,
+)
 from sentitune.errors import DataError, TrainingError
 from sentitune.methods import registry
 from sentitune.metrics import (
@@ -455,20 +463,27 @@ class Teacher:
     """Extra texts (distill.unlabelled) the teacher labels and the student learns from by KL alone."""
     model: Any = None
     """The teacher's torch classifier (LoRA merged into it), run on each training batch for its hidden
-    states when distill.hidden_weight > 0; None for a teacher without one (tf-idf)."""
+    states when distill.hidden_weight > 0 and/or its attention when distill.attention_weight > 0; None for
+    a teacher without one (tf-idf)."""
 
 
-def unlabelled_texts(cfg: DistillConfig) -> list[str]:
-    """The non-blank texts of distill.unlabelled (none when it is null); a missing file or one with no
-    usable text is one DataError line naming it."""
+def unlabelled_texts(cfg: DistillConfig, seed: int = 0) -> list[str]:
+    """The non-blank texts of distill.unlabelled (none when it is null), split into sentences with
+    unlabelled_unit sentence and sampled down to unlabelled_limit (seeded, file order kept); a missing
+    file or one with no usable text is one DataError line naming it."""
     if cfg.unlabelled is None:
         return []
     path = Path(cfg.unlabelled)
     if not path.is_file():
         raise DataError(f"distill.unlabelled: {path}: {'is a folder' if path.is_dir() else 'file not found'}")
     texts = [text.strip() for text in read_texts(path, cfg.unlabelled_column)]
+    if cfg.unlabelled_unit == "sentence":
+        texts = [sentence for text in texts for sentence in split_sentences(text)]
     if not texts:
         raise DataError(f"distill.unlabelled: {path}: no usable text (every row is empty or blank)")
+    if cfg.unlabelled_limit is not None and len(texts) > cfg.unlabelled_limit:
+        keep = np.random.default_rng(seed).choice(len(texts), size=cfg.unlabelled_limit, replace=False)
+        texts = [texts[i] for i in sorted(keep)]
     return texts
 
 
@@ -505,6 +520,7 @@ def with_teacher_logits(teacher: Teacher, cfg: RunConfig, splits: DatasetSplits,
         "distill_alpha": cfg.distill.alpha,
         "distill_temperature": cfg.distill.temperature,
         "distill_hidden_weight": cfg.distill.hidden_weight,
+        "distill_attention_weight": cfg.distill.attention_weight,
         "distill_labelled_examples": len(splits.train),
         "distill_unlabelled_examples": len(extra),
         "distill_teacher_seconds": time.perf_counter() - started,
@@ -527,16 +543,47 @@ def hidden_layer_map(cfg: DistillConfig, teacher_model, student_config, student_
     return cfg.layer_map(student_layers, theirs.num_hidden_layers)
 
 
+def check_attention_heads(teacher_model, student_config) -> None:
+    """With distill.attention_weight > 0, refuses in one ConfigError line a teacher without attention
+    (`teacher_model` None) or a student with another number of attention heads: MiniLM's relations are
+    matched head by head."""
+    if teacher_model is None:
+        raise ConfigError("distill.attention_weight: the teacher has no attention (not a neural run); set it to 0")
+    theirs = teacher_model.config.num_attention_heads
+    if student_config.num_attention_heads != theirs:
+        raise ConfigError(
+            f"distill.attention_weight: the student has {student_config.num_attention_heads} attention heads, the "
+            f"teacher {theirs}; relations are matched head by head, so pick a student with the teacher's heads "
+            "(e.g. MODEL:layers=K of the teacher's model) or set it to 0"
+        )
+
+
 def hidden_matching(teacher: Teacher, cfg: DistillConfig, student):
-    """The trainer's HiddenMatching for distill.hidden_weight > 0 (None at 0): the teacher's model, the
-    weight and hidden_layer_map for the loaded `student`."""
-    if not cfg.hidden_weight:
+    """The trainer's HiddenMatching when distill.hidden_weight or distill.attention_weight is > 0 (None
+    when both are 0): the teacher's model, the weights, hidden_layer_map for the loaded `student` and,
+    for attention, hooks on both models' last attention layer."""
+    if not cfg.hidden_weight and not cfg.attention_weight:
         return None
-    from sentitune.trainer import HiddenMatching
+    from sentitune.trainer import HiddenMatching, last_attention_projections
 
     mine = student.config  # a peft model forwards .config to its base model
-    layer_map = hidden_layer_map(cfg, teacher.model, mine, mine.num_hidden_layers)
-    return HiddenMatching(teacher.model, cfg.hidden_weight, layer_map)
+    layer_map = hidden_layer_map(cfg, teacher.model, mine, mine.num_hidden_layers) if cfg.hidden_weight else None
+    if cfg.attention_weight:
+        check_attention_heads(teacher.model, mine)
+        for side, model in (("student", student), ("teacher", teacher.model)):
+            if last_attention_projections(model) is None:
+                raise ConfigError(
+                    f"distill.attention_weight: the {side}'s model ({model.config.model_type}) has no query/key/value "
+                    "projections to read attention from (BERT-style models have); set it to 0"
+                )
+    return HiddenMatching(
+        teacher.model,
+        cfg.hidden_weight,
+        layer_map,
+        attention_weight=cfg.attention_weight,
+        student=student,
+        value_relation=cfg.value_relation,
+    )
 
 
 def teacher_agreement(teacher_logits, student_probabilities, gold) -> dict[str, Any]:
@@ -756,7 +803,7 @@ def _train_neural(
         "train_windows": len(train_ds) if chunked else None,
         "test_windows": len(test_ds) if chunked else None,
         "max_length": max_length,
-        "model_location": source.location,
+        "model_location": runtime.portable_path(source.location),
         "thresholds": thresholds,
         "test_logits": test_logits,
         "validation_logits": validation_logits,
@@ -965,7 +1012,7 @@ def _train_in(
     wall_started = time.perf_counter()
     base = {
         "method": cfg.method.name,
-        "model": cfg.model,
+        "model": runtime.portable_path(cfg.model),  # config.yaml keeps the path it loads from
         "dataset": cfg.data.dataset,
         "seed": cfg.train.seed,
         "learning_rate": cfg.learning_rate,
@@ -1043,9 +1090,10 @@ def _train_in(
         # What the method trained (methods.base.Method.checkpoint_pattern): head and bitfit folders
         # also hold a full model copy for plain transformers, which is not what they need.
         "checkpoint_size_mib": results.folder_size_mib(output_dir / results.MODEL_DIR, method.checkpoint_pattern),
-        "data_source": splits.source,
+        "data_source": runtime.portable_path(splits.source),
         "data_notes": splits.notes,
-        "data_split": splits.carved,
+        "data_split": splits.carved
+        and {**splits.carved, "test_carved_from": runtime.portable_path(splits.carved["test_carved_from"])},
         "label_names": splits.label_names,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - wall_started,

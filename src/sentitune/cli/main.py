@@ -427,9 +427,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the hidden-state MSE term, TinyBERT style (default "
         f"{dataclass_default(DistillConfig, 'hidden_weight')}: off; map: --set distill.hidden_layers=[0,2,4,6])",
     )
+    distill.add_argument(
+        "--attention-weight",
+        type=float,
+        help="weight of the last-layer self-attention KL term, MiniLM style (default "
+        f"{dataclass_default(DistillConfig, 'attention_weight')}: off; values too unless "
+        "--set distill.value_relation=false)",
+    )
     distill.add_argument("--unlabelled", help="TXT/CSV/TSV/JSONL file of extra texts the teacher labels")
     distill.add_argument(
         "--unlabelled-column", help="text column of --unlabelled (default: sentence for TSV, else text)"
+    )
+    distill.add_argument(
+        "--unlabelled-unit",
+        choices=("text", "sentence"),
+        help="sentence: split each --unlabelled row into sentences (e.g. IMDB reviews for an SST-2 student); "
+        "default text",
+    )
+    distill.add_argument(
+        "--unlabelled-limit", type=int, help="at most N unlabelled examples, a seeded random sample (default all)"
     )
     distill.add_argument(
         "--students-dir", help="where MODEL:layers=K students are shrunk to (default: students/ beside --output-dir)"

@@ -29,6 +29,7 @@ from sentitune.methods.base import FitContext, FrozenBaseMethod
 from sentitune.methods.logreg import logit_weights, select_logistic_regression
 from sentitune.methods.pooling import model_pooling, pooled_features, resolve_pooling, set_pooling
 from sentitune.methods.registry import register
+from sentitune.runtime import portable_path
 
 
 def device() -> str:
@@ -178,7 +179,7 @@ def embedding_metrics(fitted: EncoderClassifier) -> dict:
     return {
         "pooling": model_pooling(fitted.model),
         "logreg_selected_c": fitted.c,
-        "model_location": fitted.location,
+        "model_location": portable_path(fitted.location),
         "max_length": fitted.max_length,
         "params_total": fitted.total_parameters,
         # The encoder is held in memory too, not only the regression's coefficients.

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sentitune import results
 from sentitune.errors import DataError, OutputNotWritable, RunFolderError
+from sentitune.runtime import portable_path
 from sentitune.scale import require
 
 
@@ -373,8 +374,8 @@ def predict_with_ray(
         manifest = {
             "created_by": "sentitune",
             "engine": "ray",
-            "model": str(model),
-            "inputs": [str(p) for p in files],
+            "model": portable_path(str(model)),
+            "inputs": [portable_path(str(p)) for p in files],
             "output_format": output_format,
             "files": names,
             "rows": rows,

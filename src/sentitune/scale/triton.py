@@ -25,6 +25,7 @@ from sentitune import results
 from sentitune.errors import ConfigError
 from sentitune.export import PARITY_FILE, export_run
 from sentitune.inference import EXPORT_MANIFEST
+from sentitune.runtime import portable_path
 
 
 ENSEMBLE, TOKENIZER, ONNX_MODEL, POSTPROCESS = (
@@ -192,7 +193,7 @@ def export_triton(
             shutil.copy2(onnx_dir / PARITY_FILE, repo / PARITY_FILE)
         repo_manifest = {
             "created_by": "sentitune",
-            "source_run": str(run_dir),
+            "source_run": portable_path(str(run_dir)),
             "variant": variant,
             "models": [ENSEMBLE, TOKENIZER, ONNX_MODEL, POSTPROCESS],
             "instance_kind": INSTANCE_KINDS[kind],
