@@ -2,8 +2,6 @@
 
     python bench/distill.py --teacher runs/sst2-full                      # reuse a teacher, distil minilm-l6:layers=3
     python bench/distill.py --preset sst2-quick --train-subset 200 --max-steps 20 --limit 64   # a smoke run
-    python bench/distill.py --teacher runs/sst2-full --hidden-weight 1 --workdir runs/hidden1  # + hidden states
-    python bench/distill.py --teacher runs/sst2-full --attention-weight 1 --workdir runs/attn1  # + attention (MiniLM)
 
 Without --teacher it first trains one (--teacher-method, default full, on --teacher-model, default minilm-l6,
 with the preset and size flags); then it distils --student (default minilm-l6:layers=3) from it with
@@ -74,8 +72,6 @@ def train_student(args: argparse.Namespace, teacher: Path, folder: Path) -> Path
         **size_overrides(args),
         "distill.alpha": args.alpha,
         "distill.temperature": args.temperature,
-        "distill.hidden_weight": args.hidden_weight,
-        "distill.attention_weight": args.attention_weight,
         "distill.unlabelled": args.unlabelled,
         "distill.unlabelled_unit": args.unlabelled_unit,
         "distill.unlabelled_limit": args.unlabelled_limit,
@@ -124,10 +120,6 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, help="training seed")
     parser.add_argument("--alpha", type=float, help="distill.alpha")
     parser.add_argument("--temperature", type=float, help="distill.temperature")
-    parser.add_argument("--hidden-weight", type=float, help="distill.hidden_weight (hidden-state matching; 0 = off)")
-    parser.add_argument(
-        "--attention-weight", type=float, help="distill.attention_weight (MiniLM attention matching; 0 = off)"
-    )
     parser.add_argument("--unlabelled", help="extra texts the teacher labels (distill.unlabelled)")
     parser.add_argument("--unlabelled-unit", choices=("text", "sentence"), help="distill.unlabelled_unit")
     parser.add_argument("--unlabelled-limit", type=int, help="distill.unlabelled_limit")

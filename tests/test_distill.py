@@ -86,37 +86,7 @@ def test_the_distill_section_is_checked_and_stays_out_of_the_fingerprint(tiny_co
         type(plain).from_dict({**plain.to_dict(), "distill": {"alpah": 0.5}})
 
 
-# ---- hidden-state matching (TinyBERT style) --------------------------------------------------------
-
-
-def test_the_hidden_knobs_are_checked_and_stay_out_of_the_fingerprint(tiny_config):
-    from sentitune.config import ConfigError, DistillConfig
-
-    plain = tiny_config()
-    student = plain.override({"distill.teacher": "runs/teacher"})
-    hidden = student.override({"distill.hidden_weight": 2.0, "distill.hidden_layers": [0, 2]})
-    assert hidden.fingerprint() == plain.fingerprint()
-    assert hidden.to_dict()["distill"]["hidden_layers"] == [0, 2]
-    for overrides, message in [
-        ({"distill.hidden_weight": -0.5}, "distill.hidden_weight: must be >= 0"),
-        ({"distill.hidden_weight": float("nan")}, "distill.hidden_weight: must be a finite number"),
-        ({"distill.hidden_layers": [0, 1]}, "distill.hidden_layers: read only with distill.hidden_weight > 0"),
-        ({"distill.hidden_weight": 1.0, "distill.hidden_layers": [0, -1]}, "distill.hidden_layers: entries are"),
-    ]:
-        with pytest.raises(ConfigError, match=re.escape(message)):
-            student.override(overrides)
-    with pytest.raises(ConfigError, match=re.escape("distill.hidden_weight: read only with distill.teacher")):
-        plain.override({"distill.hidden_weight": 1.0})
-
-    # The uniform map (TinyBERT): embeddings to embeddings, the student's last layer to the teacher's.
-    on = DistillConfig(teacher="t", hidden_weight=1.0)
-    assert on.layer_map(3, 6) == [0, 2, 4, 6] and on.layer_map(1, 2) == [0, 2] and on.layer_map(2, 2) == [0, 1, 2]
-    chosen = DistillConfig(teacher="t", hidden_weight=1.0, hidden_layers=[0, 1])
-    assert chosen.layer_map(1, 2) == [0, 1]
-    with pytest.raises(ConfigError, match=re.escape("distill.hidden_layers: 2 entries for a 2-layer student")):
-        chosen.layer_map(2, 2)
-    with pytest.raises(ConfigError, match=re.escape("distill.hidden_layers: 3 is out of range for a 2-layer")):
-        DistillConfig(teacher="t", hidden_weight=1.0, hidden_layers=[0, 3]).layer_map(1, 2)
+# ---- the trainer's loss ----------------------------------------------------------------------------
 
 
 def _tiny_classifier(folder: Path):
@@ -142,330 +112,24 @@ def tiny_batch(tiny_model_dir):
     }
 
 
-def test_the_hidden_term_is_zero_for_a_copy_and_positive_with_gradients_otherwise(tiny_model_dir, tiny_batch):
-    import copy
-
-    import torch
-
-    from sentitune.trainer import HiddenMatching
-
-    torch.manual_seed(0)
-    student = _tiny_classifier(tiny_model_dir).eval()  # eval: no dropout, so a copy computes the same states
-    inputs = {k: v for k, v in tiny_batch.items() if k not in ("labels", "teacher_logits")}
-    matching = HiddenMatching(copy.deepcopy(student), 1.0, [0, 1, 2])
-    with torch.no_grad():
-        states = student(**inputs, output_hidden_states=True).hidden_states
-    assert float(matching.loss(inputs, states)) == pytest.approx(0.0, abs=1e-10)
-
-    # A teacher whose layers differ: a positive term that reaches the student's weights.
-    teacher = copy.deepcopy(student)
-    with torch.no_grad():
-        for parameter in teacher.bert.encoder.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    student.train()
-    loss = HiddenMatching(teacher, 1.0, [0, 1, 2]).loss(
-        inputs, student(**inputs, output_hidden_states=True).hidden_states
-    )
-    assert float(loss) > 0
-    loss.backward()
-    grads = [p.grad for p in student.bert.encoder.parameters()]
-    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
-    assert all(p.grad is None for p in teacher.parameters())  # the teacher is read, never trained
-
-    # Padding is left out: changing the teacher's states at padded positions does not change the term.
-    from sentitune.trainer import hidden_state_loss
-
-    mask = inputs["attention_mask"]
-    teacher_states = [s.detach().clone() for s in states]
-    shifted = [s + 5.0 * (mask == 0).unsqueeze(-1) for s in teacher_states]
-    assert float(hidden_state_loss(states, shifted, mask, [0, 1, 2])) == pytest.approx(0.0, abs=1e-10)
-
-
-def test_the_trainer_adds_the_weighted_hidden_term_and_nothing_at_weight_zero(tiny_model_dir, tiny_batch, tmp_path):
-    import copy
-
+def test_the_trainer_loss_is_the_distillation_loss(tiny_model_dir, tiny_batch, tmp_path):
+    """With teacher logits in the batch, compute_loss is distillation_loss of the student's logits."""
     import torch
     from transformers import TrainingArguments
 
-    from sentitune.config import DistillConfig
-    from sentitune.trainer import MeasuredTrainer, Meter, distillation_loss, hidden_state_loss
-    from sentitune.training import Teacher, hidden_matching
+    from sentitune.trainer import MeasuredTrainer, Meter, distillation_loss
 
     torch.manual_seed(0)
     student = _tiny_classifier(tiny_model_dir).eval()
-    teacher_model = copy.deepcopy(student)
-    with torch.no_grad():
-        for parameter in teacher_model.bert.encoder.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    teacher = Teacher(logits=lambda texts: None, label_names=["negative", "positive"], model=teacher_model)
-    assert hidden_matching(teacher, DistillConfig(teacher="t"), student) is None  # the default: off
-
-    def loss_with(matching) -> float:
-        args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
-        trainer = MeasuredTrainer(
-            model=student, args=args, meter=Meter(0), sampler_seed=0, distillation=(0.5, 2.0), hidden_matching=matching
-        )
-        with torch.no_grad():
-            return float(trainer.compute_loss(student, dict(tiny_batch)))
-
-    inputs = {k: v for k, v in tiny_batch.items() if k not in ("labels", "teacher_logits")}
-    with torch.no_grad():
-        outputs = student(**inputs, output_hidden_states=True)
-        before = float(distillation_loss(outputs.logits, tiny_batch["teacher_logits"], tiny_batch["labels"], 0.5, 2.0))
-        teacher_states = teacher_model(**inputs, output_hidden_states=True).hidden_states
-        hidden = float(hidden_state_loss(outputs.hidden_states, teacher_states, inputs["attention_mask"], [0, 2, 2]))
-    assert loss_with(None) == pytest.approx(before, rel=1e-6)
-    matching = hidden_matching(teacher, DistillConfig(teacher="t", hidden_weight=3.0, hidden_layers=[0, 2, 2]), student)
-    assert matching.layer_map == [0, 2, 2]
-    assert hidden > 0 and loss_with(matching) == pytest.approx(before + 3.0 * hidden, rel=1e-5)
-
-
-def test_a_student_with_hidden_matching_from_a_lora_teacher(trained_run, tiny_model_dir, tmp_path, capsys):
-    teacher = trained_run("lora")
-    out = tmp_path / "student"
-    argv = _argv(teacher, f"{tiny_model_dir}:layers=1", out, "--hidden-weight", "0.5", "--max-steps", "2")
-    assert main(argv) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"] == "ok" and metrics["teacher_method"] == "lora"
-    assert metrics["distill_hidden_weight"] == 0.5 and metrics["distill_hidden_layers"] == [0, 2]
-    assert math.isfinite(metrics["train_loss"])
-    config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["distill"]["hidden_weight"] == 0.5 and config["distill"]["hidden_layers"] == []
-
-
-def test_hidden_matching_refusals_are_one_line_and_write_nothing(trained_run, tiny_model_dir, tmp_path, capsys):
-    import torch
-    from transformers import BertConfig, BertModel
-
-    teacher = trained_run("full")
-    student = f"{tiny_model_dir}:layers=1"
-    for extra, message in [
-        (["--set", "distill.hidden_layers=[0,5]"], "distill.hidden_layers: read only with distill.hidden_weight > 0"),
-        (["--hidden-weight", "1", "--set", "distill.hidden_layers=[0,5]"], "5 is out of range for a 2-layer teacher"),
-        (["--hidden-weight", "1", "--set", "distill.hidden_layers=[0,1,2]"], "3 entries for a 1-layer student"),
-        (["--hidden-weight", "-1"], "distill.hidden_weight: must be >= 0"),
-    ]:
-        line = _refused(_argv(teacher, student, tmp_path / "out", *extra), capsys)
-        assert message in line, line
-    # Another width: refused (no projection is learned), naming both sizes.
-    wide = tmp_path / "wide"
-    torch.manual_seed(0)
-    BertModel(
-        BertConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
-    ).save_pretrained(wide)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (tiny_model_dir / name).exists():
-            shutil.copy(tiny_model_dir / name, wide / name)
-    line = _refused(_argv(teacher, wide, tmp_path / "out", "--hidden-weight", "1"), capsys)
-    assert "distill.hidden_weight: the student's hidden size (48) differs from the teacher's (32)" in line
-    assert not (tmp_path / "out").exists() and not (tmp_path / "students").exists()
-
-
-# ---- attention matching (MiniLM style) ---------------------------------------------------------------
-
-
-def test_the_attention_knobs_are_checked(tiny_config):
-    from sentitune.config import ConfigError
-
-    plain = tiny_config()
-    student = plain.override({"distill.teacher": "runs/teacher"})
-    on = student.override({"distill.attention_weight": 2.0, "distill.value_relation": False})
-    assert on.fingerprint() == plain.fingerprint()
-    assert on.to_dict()["distill"]["attention_weight"] == 2.0
-    for overrides, message in [
-        ({"distill.attention_weight": -0.5}, "distill.attention_weight: must be >= 0"),
-        ({"distill.attention_weight": float("nan")}, "distill.attention_weight: must be a finite number"),
-        ({"distill.value_relation": False}, "distill.value_relation: read only with distill.attention_weight > 0"),
-    ]:
-        with pytest.raises(ConfigError, match=re.escape(message)):
-            student.override(overrides)
-    with pytest.raises(ConfigError, match=re.escape("distill.attention_weight: read only with distill.teacher")):
-        plain.override({"distill.attention_weight": 1.0})
-
-
-def test_the_attention_kl_is_zero_for_identical_maps_positive_otherwise_and_ignores_padding():
-    import torch
-
-    from sentitune.trainer import attention_kl_loss
-
-    torch.manual_seed(0)
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-    scores = torch.randn(2, 3, 4, 4).masked_fill(mask[:, None, None, :] == 0, float("-inf"))
-    teacher, student = scores.softmax(-1), (scores * 0.5).softmax(-1)
-    assert float(attention_kl_loss(teacher, teacher, mask)) == pytest.approx(0.0, abs=1e-7)
-    kl = float(attention_kl_loss(student, teacher, mask))
-    assert kl > 0
-    # By hand: KL per (row, head, real query), averaged over heads and the 5 real queries.
-    per_query = (teacher * (teacher.clamp_min(1e-30).log() - student.clamp_min(1e-30).log())).sum(-1)
-    expected = sum(float(per_query[b, :, : int(mask[b].sum())].sum()) for b in range(2)) / (5 * 3)
-    assert kl == pytest.approx(expected, rel=1e-5)
-    # Padded queries are left out: what either side holds there does not change the term.
-    garbage = student.clone()
-    garbage[1, :, 2:] = torch.tensor([1.0, 0.0, 0.0, 0.0])
-    assert float(attention_kl_loss(garbage, teacher, mask)) == pytest.approx(kl, rel=1e-6)
-
-
-def test_the_recorded_relations_are_the_models_own_attention(tiny_model_dir, tiny_batch):
-    """The hooks' query/key relation of the last layer equals what eager attention returns for it (in
-    eval mode, where no dropout applies), under the SDPA attention the model was loaded with."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from sentitune.trainer import LastLayerAttention
-
-    model = _tiny_classifier(tiny_model_dir).eval()
-    assert model.config._attn_implementation == "sdpa"
-    inputs = {k: v for k, v in tiny_batch.items() if k not in ("labels", "teacher_logits")}
-    recorder = LastLayerAttention(model, model.config.num_attention_heads)
-    with torch.no_grad():
-        model(**inputs)  # not recording: nothing is kept
-        assert recorder.outputs == {}
-        with recorder.recording():
-            model(**inputs)
-    attention, values = recorder.relations(inputs["attention_mask"], values=True)
-    assert recorder.outputs == {}  # released
-    eager = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, attn_implementation="eager")
-    eager.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        expected = eager.eval()(**inputs, output_attentions=True).attentions[-1]
-    mask = inputs["attention_mask"]
-    real = mask[:, None, :, None].bool() & mask[:, None, None, :].bool()
-    assert torch.allclose(attention[real.expand_as(attention)], expected[real.expand_as(expected)], atol=1e-5)
-    assert values.shape == attention.shape and torch.allclose(values.sum(-1), torch.ones(values.shape[:-1]))
-
-
-def _teacher_calls(model) -> list[int]:
-    calls: list[int] = []
-    model.register_forward_hook(lambda module, args, output: calls.append(1))
-    return calls
-
-
-def test_the_trainer_adds_the_weighted_attention_term_and_runs_the_teacher_once(tiny_model_dir, tiny_batch, tmp_path):
-    import copy
-
-    import torch
-    from transformers import TrainingArguments
-
-    from sentitune.config import DistillConfig
-    from sentitune.trainer import MeasuredTrainer, Meter, attention_kl_loss, distillation_loss, self_relation
-    from sentitune.training import Teacher, hidden_matching
-
-    torch.manual_seed(0)
-    student = _tiny_classifier(tiny_model_dir).eval()
-    teacher_model = copy.deepcopy(student)
-    with torch.no_grad():
-        for parameter in teacher_model.bert.encoder.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    calls = _teacher_calls(teacher_model)
-    teacher = Teacher(logits=lambda texts: None, label_names=["negative", "positive"], model=teacher_model)
-
-    def loss_with(matching) -> float:
-        args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
-        trainer = MeasuredTrainer(
-            model=student, args=args, meter=Meter(0), sampler_seed=0, distillation=(0.5, 2.0), hidden_matching=matching
-        )
-        with torch.no_grad():
-            return float(trainer.compute_loss(student, dict(tiny_batch)))
-
-    # Off (both weights 0): no matching, and the teacher's model is not run on the batch.
-    assert hidden_matching(teacher, DistillConfig(teacher="t"), student) is None
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    trainer = MeasuredTrainer(model=student, args=args, meter=Meter(0), sampler_seed=0, distillation=(0.5, 2.0))
     inputs = {k: v for k, v in tiny_batch.items() if k not in ("labels", "teacher_logits")}
     with torch.no_grad():
         logits = student(**inputs).logits
-    before = float(distillation_loss(logits, tiny_batch["teacher_logits"], tiny_batch["labels"], 0.5, 2.0))
-    assert loss_with(None) == pytest.approx(before, rel=1e-6) and calls == []
-
-    # By hand: the last layer's query/key and value/value relations of both models.
-    def relations(model):
-        kept = {}
-        layer = model.bert.encoder.layer[-1].attention.self
-        hooks = [
-            getattr(layer, name).register_forward_hook(lambda m, a, out, name=name: kept.__setitem__(name, out))
-            for name in ("query", "key", "value")
-        ]
-        with torch.no_grad():
-            model(**inputs)
-        for hook in hooks:
-            hook.remove()
-        mask, heads = inputs["attention_mask"], model.config.num_attention_heads
-        attention = self_relation(kept["query"], kept["key"], mask, heads)
-        return attention, self_relation(kept["value"], kept["value"], mask, heads)
-
-    (s_attn, s_values), (t_attn, t_values) = relations(student), relations(teacher_model)
-    mask = inputs["attention_mask"]
-    attention = float(attention_kl_loss(s_attn, t_attn, mask))
-    value = float(attention_kl_loss(s_values, t_values, mask))
-    assert attention > 0 and value > 0
-    calls.clear()
-
-    matching = hidden_matching(teacher, DistillConfig(teacher="t", attention_weight=2.0), student)
-    assert matching.layer_map is None
-    assert loss_with(matching) == pytest.approx(before + 2.0 * (attention + value), rel=1e-5)
-    assert calls == [1]  # once per batch
-    only = hidden_matching(teacher, DistillConfig(teacher="t", attention_weight=2.0, value_relation=False), student)
-    assert loss_with(only) == pytest.approx(before + 2.0 * attention, rel=1e-5)
-    # With hidden matching as well, the teacher still runs once per batch for both terms.
-    calls.clear()
-    both = hidden_matching(teacher, DistillConfig(teacher="t", hidden_weight=1.0, attention_weight=2.0), student)
-    assert loss_with(both) > before + 2.0 * (attention + value) and calls == [1]
-
-
-def test_the_student_learns_the_attention_term(tiny_model_dir, tiny_batch):
-    import copy
-
-    import torch
-
-    from sentitune.trainer import HiddenMatching
-
-    torch.manual_seed(0)
-    student = _tiny_classifier(tiny_model_dir).train()  # attention dropout on: the term stays finite
-    teacher = copy.deepcopy(student)
-    with torch.no_grad():
-        for parameter in teacher.bert.encoder.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    matching = HiddenMatching(teacher, 0.0, None, attention_weight=1.0, student=student)
-    inputs = {k: v for k, v in tiny_batch.items() if k not in ("labels", "teacher_logits")}
-    with matching.recording_student():
-        student(**inputs)
-    loss = matching.loss(inputs)
-    assert math.isfinite(float(loss)) and float(loss) > 0
-    loss.backward()
-    last = student.bert.encoder.layer[-1].attention.self
-    assert all(float(getattr(last, name).weight.grad.abs().sum()) > 0 for name in ("query", "key", "value"))
-    assert all(p.grad is None for p in teacher.parameters())
-
-
-def test_a_student_with_attention_matching(trained_run, tiny_model_dir, tmp_path, capsys):
-    teacher = trained_run("full")
-    out = tmp_path / "student"
-    argv = _argv(teacher, f"{tiny_model_dir}:layers=1", out, "--attention-weight", "0.5", "--max-steps", "2")
-    assert main(argv) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"] == "ok" and math.isfinite(metrics["train_loss"])
-    assert metrics["distill_attention_weight"] == 0.5 and metrics["distill_hidden_layers"] is None
-    config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["distill"]["attention_weight"] == 0.5 and config["distill"]["value_relation"] is True
-
-
-def test_attention_matching_refusals_are_one_line_and_write_nothing(trained_run, tiny_model_dir, tmp_path, capsys):
-    import torch
-    from transformers import BertConfig, BertModel
-
-    teacher = trained_run("full")
-    line = _refused(_argv(teacher, f"{tiny_model_dir}:layers=1", tmp_path / "out", "--attention-weight", "-1"), capsys)
-    assert "distill.attention_weight: must be >= 0" in line
-    # Another number of heads (same width): refused, naming both counts.
-    heads = tmp_path / "heads"
-    torch.manual_seed(0)
-    BertModel(
-        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
-    ).save_pretrained(heads)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (tiny_model_dir / name).exists():
-            shutil.copy(tiny_model_dir / name, heads / name)
-    line = _refused(_argv(teacher, heads, tmp_path / "out", "--attention-weight", "1"), capsys)
-    assert "distill.attention_weight: the student has 2 attention heads, the teacher 4" in line
-    assert not (tmp_path / "out").exists() and not (tmp_path / "students").exists()
+        expected = float(distillation_loss(logits, tiny_batch["teacher_logits"], tiny_batch["labels"], 0.5, 2.0))
+        plain = float(torch.nn.functional.cross_entropy(logits, tiny_batch["labels"]))
+        loss = float(trainer.compute_loss(student, dict(tiny_batch)))
+    assert loss == pytest.approx(expected, rel=1e-6) and abs(expected - plain) > 1e-3  # not the model's own loss
 
 
 # ---- a student run ---------------------------------------------------------------------------------
@@ -509,13 +173,8 @@ def test_the_student_is_a_normal_run_that_names_its_teacher(student):
         "unlabelled_column": None,
         "unlabelled_unit": "text",
         "unlabelled_limit": None,
-        "hidden_weight": 0.0,
-        "hidden_layers": [],
-        "attention_weight": 0.0,
-        "value_relation": True,
     }
-    assert metrics["distill_hidden_weight"] == 0.0 and metrics["distill_hidden_layers"] is None
-    assert metrics["distill_attention_weight"] == 0.0
+    assert not any(key.startswith(("distill_hidden", "distill_attention")) for key in metrics)
     assert config["train"]["seed"] == 7
     assert json.loads((Path(config["model"]) / "shrink.json").read_text())["layers_kept"] == 1
     # The student trained on the teacher's data: same test rows.
@@ -574,6 +233,55 @@ def test_train_of_a_config_with_a_distill_section_distils(student, tmp_path, mon
     with pytest.raises(ConfigError, match="distill.teacher: set, but no teacher was loaded"):
         train(saved, tmp_path / "plain")
     assert not (tmp_path / "plain").exists()
+
+
+# Written by the intermediate-layer matching that was measured and removed, at its off values.
+RETIRED_DEFAULTS = {"hidden_weight": 0.0, "hidden_layers": [], "attention_weight": 0.0, "value_relation": True}
+
+
+def _with_retired_keys(run: Path, target: Path, **values) -> Path:
+    folder = _copy(run, target)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["distill"].update({**RETIRED_DEFAULTS, **values})
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder
+
+
+def test_a_run_folder_with_the_retired_keys_at_their_defaults_still_loads(student, tmp_path, capsys):
+    from sentitune import results
+    from sentitune.config import RunConfig
+    from sentitune.inference import Predictor
+
+    _, out = student
+    old = _with_retired_keys(out, tmp_path / "old")
+    assert "hidden_weight" in (old / "config.yaml").read_text()
+    run = results.load_run(old, require_ok=True)
+    assert run.config == RunConfig.from_yaml(out / "config.yaml")  # the retired keys are dropped, nothing else
+    assert Predictor.load(old).predict(["a witty film"])[0]["label"] in ("negative", "positive")
+    capsys.readouterr()
+    assert main(["predict", str(old), "a dull film"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["label"] in ("negative", "positive")
+
+
+def test_a_retired_key_that_was_on_is_one_line_naming_it(student, tmp_path, capsys):
+    from sentitune import results
+    from sentitune.config import ConfigError, RunConfig
+    from sentitune.errors import RunFolderError
+
+    _, out = student
+    old = _with_retired_keys(out, tmp_path / "old", hidden_weight=1.0)
+    expected = "distill.hidden_weight: removed (intermediate-layer matching"
+    with pytest.raises(ConfigError, match=re.escape(expected)) as refused:
+        RunConfig.from_yaml(old / "config.yaml")
+    assert "\n" not in str(refused.value) and "sets it to 1.0" in str(refused.value)
+    with pytest.raises(RunFolderError, match=re.escape(expected)):
+        results.load_run(old)
+    # `true` is not the off value 0.0, and `false` is not value_relation's `true`.
+    for values in ({"attention_weight": True}, {"value_relation": False}, {"hidden_layers": [0, 2]}):
+        name = next(iter(values))
+        folder = _with_retired_keys(out, tmp_path / name, **values)
+        with pytest.raises(ConfigError, match=re.escape(f"distill.{name}: removed")):
+            RunConfig.from_yaml(folder / "config.yaml")
 
 
 # ---- bad input: one line each, nothing written ----------------------------------------------------

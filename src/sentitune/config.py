@@ -791,43 +791,10 @@ class DistillConfig:
     unlabelled_limit: int | None = None
     """At most this many unlabelled examples (after splitting), a random sample drawn with data.split_seed
     in file order; null = all. The teacher labels each one and the student trains on each one per epoch."""
-    hidden_weight: float = 0.0
-    """Weight of an intermediate-layer term (TinyBERT, Jiao et al. 2020): loss += hidden_weight x the
-    mean over matched layers of the MSE between student and teacher hidden states at the real (attention
-    mask) tokens, on every row. 0 = off. When on, the teacher runs on each training batch for its hidden
-    states (never stored); the KL term keeps the logits computed before training. Student and teacher
-    must have the same hidden size (a `MODEL:layers=K` student of the teacher's model does)."""
-    hidden_layers: list[int] = field(default_factory=list)
-    """With hidden_weight: the teacher hidden state matched by each of the student's, bottom up, as
-    indices into hidden_states (0 = embeddings, k = output of layer k); a K-layer student takes K + 1
-    entries. Empty = the uniform map: student state i <- teacher state round(i x T / K) for a T-layer
-    teacher (embeddings to embeddings, last layer to last layer)."""
-    attention_weight: float = 0.0
-    """Weight of a self-attention term (MiniLM, Wang et al. 2020): loss += attention_weight x the KL
-    divergence from the teacher's last-layer attention distributions softmax(Q K^T / sqrt(d_head)) to
-    the student's, per head, averaged over the heads and the real query tokens (padded keys and queries
-    left out), plus the same KL for the value relation when `value_relation`. 0 = off. When on, the
-    teacher runs on each training batch (once, shared with hidden_weight). Student and teacher must have
-    the same number of attention heads; their widths and layer counts may differ (a `MODEL:layers=K`
-    student of the teacher's model matches)."""
-    value_relation: bool = True
-    """With attention_weight: also match the value relation softmax(V V^T / sqrt(d_head)) of the last
-    layer, as MiniLM does; false = the attention distributions alone."""
 
     def __post_init__(self) -> None:
         if self.teacher is not None and not self.teacher.strip():
             raise ConfigError("distill.teacher: empty; give the teacher's run folder or leave it null")
-        _check_positive("distill", "hidden_weight", self.hidden_weight, allow_zero=True)
-        for index in self.hidden_layers:
-            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-                raise ConfigError(
-                    f"distill.hidden_layers: entries are hidden-state indices >= 0 (0 = embeddings), got {quote(index)}"
-                )
-        if self.hidden_layers and not self.hidden_weight:
-            raise ConfigError("distill.hidden_layers: read only with distill.hidden_weight > 0; set it too")
-        _check_positive("distill", "attention_weight", self.attention_weight, allow_zero=True)
-        if not self.value_relation and not self.attention_weight:
-            raise ConfigError("distill.value_relation: read only with distill.attention_weight > 0; set it too")
         _check_finite("distill", "alpha", self.alpha)
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"distill.alpha: must be between 0 and 1, got {quote(self.alpha)}")
@@ -847,32 +814,6 @@ class DistillConfig:
         ):
             if getattr(self, field_name) != default and self.unlabelled is None:
                 raise ConfigError(f"distill.{field_name}: read only with distill.unlabelled; give the file too")
-        for field_name in ("hidden_weight", "attention_weight"):
-            if self.teacher is None and getattr(self, field_name):
-                raise ConfigError(f"distill.{field_name}: read only with distill.teacher; give the teacher run too")
-
-    def layer_map(self, student_layers: int, teacher_layers: int) -> list[int]:
-        """The teacher hidden-state index for each of the student's (hidden_layers, else the uniform
-        map), checked against both models' layer counts.
-
-        Example:
-            >>> DistillConfig(teacher="t", hidden_weight=1.0).layer_map(3, 6)
-            [0, 2, 4, 6]
-        """
-        if not self.hidden_layers:
-            return [round(i * teacher_layers / student_layers) for i in range(student_layers + 1)]
-        if len(self.hidden_layers) != student_layers + 1:
-            raise ConfigError(
-                f"distill.hidden_layers: {len(self.hidden_layers)} entries for a {student_layers}-layer student; "
-                f"give {student_layers + 1} (embeddings, then one per layer) or leave it empty for the uniform map"
-            )
-        for index in self.hidden_layers:
-            if index > teacher_layers:
-                raise ConfigError(
-                    f"distill.hidden_layers: {index} is out of range for a {teacher_layers}-layer teacher "
-                    f"(hidden states 0..{teacher_layers})"
-                )
-        return list(self.hidden_layers)
 
 
 @dataclass
@@ -934,7 +875,7 @@ class RunConfig:
         raw = parse_yaml(read_text(path, ConfigError, "config file"), str(path))
         if raw is not None and not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-        return _build(cls, raw or {}, str(path), "")
+        return _build(cls, _drop_retired(raw or {}, str(path)), str(path), "")
 
     # ---- overrides ----------------------------------------------------------------------------
     def override(self, dotted: dict[str, Any]) -> "RunConfig":
@@ -1039,6 +980,43 @@ def scaffolding_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = 
         elif va != vb:
             out.append(f"{name} ({quote(va)} vs {quote(vb)})")
     return out
+
+
+# ---- retired keys -----------------------------------------------------------------------------------
+
+RETIRED_KEYS: dict[str, dict[str, Any]] = {
+    "distill": {"hidden_weight": 0.0, "hidden_layers": [], "attention_weight": 0.0, "value_relation": True},
+}
+"""Fields that were removed, each with the value that meant "off": config.yaml files of run folders
+written before the removal hold them, and still load when they hold that value."""
+RETIRED_WHY = {
+    "distill": "intermediate-layer matching (TinyBERT hidden states, MiniLM attention) did not improve "
+    "validation accuracy over plain distillation on SST-2",
+}
+
+
+def _drop_retired(raw: Any, source: str) -> Any:
+    """`raw` without the RETIRED_KEYS that hold their off value; a retired key set to anything else is
+    one ConfigError line naming it, since that run used an option this code no longer has."""
+    if not isinstance(raw, dict):
+        return raw
+    for section, retired in RETIRED_KEYS.items():
+        node = raw.get(section)
+        if not isinstance(node, dict) or not set(node) & set(retired):
+            continue
+        kept = dict(node)
+        for name, off in retired.items():
+            if name not in kept:
+                continue
+            value = kept.pop(name)
+            # bool is an int subclass: `true` must not pass for 1.0, nor 0 for `false`.
+            if value != off or isinstance(value, bool) != isinstance(off, bool):
+                raise ConfigError(
+                    f"{source}: {section}.{name}: removed ({RETIRED_WHY[section]}); this config sets it to "
+                    f"{quote(value)}: delete the key (its off value {quote(off)} is still accepted)"
+                )
+        raw = {**raw, section: kept}
+    return raw
 
 
 # ---- generic dict -> dataclass with type checks ---------------------------------------------------

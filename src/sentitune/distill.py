@@ -7,26 +7,6 @@ trainer.distillation_loss. The student's run folder is a normal run folder: pred
 export, serve and report read it as any other; its metrics.json also names the teacher and records the
 student's agreement with it on the test split.
 
-Intermediate layers (TinyBERT style), off by default: with `distill.hidden_weight` > 0 (`--hidden-weight`)
-the loss adds that weight times trainer.hidden_state_loss, the MSE between the student's hidden states
-and the teacher's at the real tokens (attention mask), averaged over the matched layers. The map is
-`distill.hidden_layers` (one teacher hidden-state index per student state, 0 = embeddings) or, empty,
-the uniform one: a 3-layer student of a 6-layer teacher matches states 0, 2, 4, 6. The teacher's model
-(a LoRA teacher arrives merged from its Predictor) then also runs on each training batch, under
-no_grad, for that batch's hidden states alone; nothing is stored across batches, and the KL term keeps
-the logits computed before training, so hidden_weight is the only thing that changes between a run
-with it and one without. Student and teacher must share the hidden size (no projection is learned):
-a `MODEL:layers=K` student of the teacher's model does. Metrics.json records distill_hidden_weight and
-the resolved distill_hidden_layers.
-
-Self-attention (MiniLM style), off by default: with `distill.attention_weight` > 0 (`--attention-weight`)
-the loss adds that weight times the KL divergence from the teacher's last-layer attention distributions
-to the student's (trainer.attention_kl_loss, per head, over the real tokens), plus the same KL for the
-value relation (`distill.value_relation`, on by default). The teacher runs on each batch once for both
-terms. The relations are computed from the last layer's query/key/value projections
-(trainer.LastLayerAttention), so the SDPA attention both models load with stays. Student and teacher
-must have the same number of heads. Metrics.json records distill_attention_weight.
-
 Example:
     >>> cfg = student_config("runs/sst2-full", "minilm-l6:layers=3")  # doctest: +SKIP
     >>> metrics = distill(cfg, "runs/sst2-distilled-l3")  # doctest: +SKIP
@@ -41,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from sentitune import results
-from sentitune.config import ConfigError, DistillConfig, RunConfig
+from sentitune.config import ConfigError, RunConfig
 from sentitune.errors import quote
 from sentitune.runtime import portable_path
-from sentitune.training import Teacher, check_attention_heads, hidden_layer_map, train, unlabelled_texts
+from sentitune.training import Teacher, train, unlabelled_texts
 
 
 STUDENT_SPEC = re.compile(r"(?P<name>.+):layers=(?P<layers>\d+)")
@@ -149,25 +129,6 @@ def check_vocabularies(teacher_tokenizer, student: str, teacher: str) -> None:
     )
 
 
-def check_hidden_matching(cfg: DistillConfig, teacher_model, student: str) -> None:
-    """With distill.hidden_weight or distill.attention_weight > 0, refuses what training would refuse
-    later, before anything is written: a teacher without hidden states, a student of another hidden size,
-    a distill.hidden_layers that does not fit the two models' layer counts, a student with another number
-    of attention heads. Reads only the student's config.json."""
-    if not cfg.hidden_weight and not cfg.attention_weight:
-        return
-    from transformers import AutoConfig
-
-    from sentitune.models import resolve_model
-
-    name, layers = parse_student(student)
-    mine = AutoConfig.from_pretrained(resolve_model(name).location) if teacher_model is not None else None
-    if cfg.hidden_weight:
-        hidden_layer_map(cfg, teacher_model, mine, layers or getattr(mine, "num_hidden_layers", 0))
-    if cfg.attention_weight:
-        check_attention_heads(teacher_model, mine)
-
-
 def teacher_record(path: str, run: results.Run) -> dict[str, Any]:
     """What the student's metrics.json says about its teacher."""
     return {
@@ -225,16 +186,9 @@ def distill(
     predictor = Predictor.load(path, precision="fp32")
     if predictor.tokenizer is not None:
         check_vocabularies(predictor.tokenizer, parse_student(cfg.model)[0], path)
-    check_hidden_matching(cfg.distill, predictor.model, cfg.model)
     model = student_folder(cfg.model, output_dir, students_dir)
     record = {**teacher_record(path, run), "distill_student": cfg.model}
     if model != cfg.model:
         cfg = cfg.override({"model": model})
-    teacher = Teacher(
-        logits=predictor.logits,
-        label_names=predictor.label_names,
-        record=record,
-        unlabelled=unlabelled,
-        model=predictor.model,
-    )
+    teacher = Teacher(logits=predictor.logits, label_names=predictor.label_names, record=record, unlabelled=unlabelled)
     return train(cfg, output_dir, overwrite=overwrite, resume=resume, selection_only=selection_only, teacher=teacher)

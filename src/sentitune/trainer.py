@@ -12,8 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -162,200 +160,6 @@ def distillation_loss(
     return per_row.mean()
 
 
-def hidden_state_loss(
-    student_states: tuple[torch.Tensor, ...] | list[torch.Tensor],
-    teacher_states: tuple[torch.Tensor, ...] | list[torch.Tensor],
-    attention_mask: torch.Tensor,
-    layer_map: list[int],
-) -> torch.Tensor:
-    """Intermediate-layer matching (TinyBERT, Jiao et al. 2020): the mean over i of the MSE between
-    student_states[i] and teacher_states[layer_map[i]] (each batch x tokens x width, index 0 the
-    embeddings), averaged over the real tokens (attention_mask 1) and the width. Padding positions hold
-    whatever each model computed there and are left out.
-
-    Example:
-        >>> states, mask = (torch.ones(1, 2, 4), torch.zeros(1, 2, 4)), torch.tensor([[1, 0]])
-        >>> [float(hidden_state_loss(states, states, mask, layer_map)) for layer_map in ([0, 1], [1, 1])]
-        [0.0, 0.5]
-    """
-    if student_states[0].shape[-1] != teacher_states[0].shape[-1]:
-        raise ValueError(
-            f"hidden sizes differ: student {student_states[0].shape[-1]}, teacher {teacher_states[0].shape[-1]}"
-        )
-    mask = attention_mask.to(student_states[0].device, torch.float32).unsqueeze(-1)
-    elements = mask.sum().clamp(min=1) * student_states[0].shape[-1]
-    terms = [
-        (((student_states[i].float() - teacher_states[t].float().to(student_states[i].device)) ** 2) * mask).sum()
-        / elements
-        for i, t in enumerate(layer_map)
-    ]
-    return torch.stack(terms).mean()
-
-
-def self_relation(left: torch.Tensor, right: torch.Tensor, attention_mask: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(left_h right_h^T / sqrt(d_head)) for each head h (MiniLM's self-attention relations): `left`
-    and `right` are batch x tokens x width projections split into `heads` heads of width / heads; the
-    result is batch x heads x tokens x tokens, each row a distribution over the real keys (padded keys,
-    attention_mask 0, get 0). With queries and keys it is the attention distribution BERT computes before
-    its attention dropout; with values and values, MiniLM's value relation.
-
-    Example:
-        >>> x, mask = torch.zeros(1, 3, 4), torch.tensor([[1, 1, 0]])
-        >>> self_relation(x, x, mask, heads=2)[0, 0].tolist()
-        [[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]
-    """
-    batch, tokens, width = left.shape
-    size = width // heads
-
-    def split(x: torch.Tensor) -> torch.Tensor:
-        return x.float().reshape(batch, tokens, heads, size).transpose(1, 2)
-
-    scores = split(left) @ split(right).transpose(-1, -2) / math.sqrt(size)
-    padded = attention_mask.to(scores.device)[:, None, None, :] == 0
-    return scores.masked_fill(padded, torch.finfo(scores.dtype).min).softmax(dim=-1)
-
-
-def attention_kl_loss(student_attn: torch.Tensor, teacher_attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) between attention distributions (batch x heads x queries x keys, each row a
-    distribution over keys), summed over the real keys of each row, averaged over the heads and the real
-    queries (mask: batch x tokens, 1 = real token). Padded keys and queries are left out, so what either
-    model puts there does not count (MiniLM, Wang et al. 2020).
-
-    Example:
-        >>> attn = torch.tensor([[[[0.7, 0.3, 0.0], [0.5, 0.5, 0.0], [0.2, 0.2, 0.6]]]])
-        >>> mask, uniform = torch.tensor([[1, 1, 0]]), torch.full((1, 1, 3, 3), 0.5)
-        >>> float(attention_kl_loss(attn, attn, mask)), float(attention_kl_loss(uniform, attn, mask)) > 0
-        (0.0, True)
-    """
-    student = student_attn.float()
-    teacher = teacher_attn.float().to(student.device)
-    mask = mask.to(student.device, torch.float32)
-    # xlogy: a teacher probability of 0 contributes 0 (0 log 0); the clamp keeps an underflowed student
-    # probability finite.
-    per_key = torch.xlogy(teacher, teacher) - teacher * student.clamp_min(torch.finfo(torch.float32).tiny).log()
-    per_query = (per_key * mask[:, None, None, :]).sum(dim=-1)
-    queries = mask[:, None, :]
-    return (per_query * queries).sum() / (queries.sum().clamp(min=1) * student.shape[1])
-
-
-class LastLayerAttention:
-    """Records the query, key and value projections of a model's last self-attention layer (forward hooks
-    on its BERT-style query/key/value or DistilBERT-style q_lin/k_lin/v_lin modules; a LoRA-wrapped
-    projection's output includes its update) while `recording()`, and turns them into MiniLM's relations.
-
-    Why not `output_attentions=True`: the SDPA attention models.py loads returns no attention weights
-    (eager attention would be needed, slower, on every layer), and eager's weights are taken after
-    attention dropout, so a training student's rows would not be distributions (zeros break the KL).
-    The value relation needs the values, which no model output carries. Computing the relations from
-    the projections gives the pre-dropout distributions under any attention implementation, for the
-    last layer only."""
-
-    PROJECTIONS = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"))
-
-    def __init__(self, model: torch.nn.Module, heads: int):
-        projections = last_attention_projections(model)
-        if projections is None:
-            raise ValueError(f"no query/key/value projections found in {type(model).__name__}")
-        self.heads = heads
-        self.outputs: dict[str, torch.Tensor] = {}
-        self._on = False
-        for name, module in zip(("query", "key", "value"), projections):
-            module.register_forward_hook(self._keep(name))
-
-    def _keep(self, name: str):
-        def hook(module, args, output):
-            if self._on:
-                self.outputs[name] = output
-
-        return hook
-
-    @contextlib.contextmanager
-    def recording(self):
-        self.outputs = {}
-        self._on = True
-        try:
-            yield self
-        finally:
-            self._on = False
-
-    def relations(self, attention_mask: torch.Tensor, values: bool) -> list[torch.Tensor]:
-        """[the attention distributions] (+ [the value relation] when `values`) of the recorded batch;
-        the recorded projections are released."""
-        out, self.outputs = self.outputs, {}
-        found = [self_relation(out["query"], out["key"], attention_mask, self.heads)]
-        if values:
-            found.append(self_relation(out["value"], out["value"], attention_mask, self.heads))
-        return found
-
-
-def last_attention_projections(model: torch.nn.Module) -> list[torch.nn.Module] | None:
-    """The query, key and value modules of the last self-attention layer in `model` (modules are
-    registered bottom up), or None for a model without them."""
-    found = None
-    for module in model.modules():
-        for names in LastLayerAttention.PROJECTIONS:
-            parts = [getattr(module, name, None) for name in names]
-            if all(isinstance(part, torch.nn.Module) for part in parts):
-                found = parts
-    return found
-
-
-class HiddenMatching:
-    """The teacher model run on each training batch for its hidden states and/or its last layer's
-    attention relations, and how they are matched: distill.hidden_weight and the resolved layer map
-    (None when hidden_weight is 0), distill.attention_weight and distill.value_relation (MiniLM; the
-    student's relations come from `student`, whose hooks record while compute_loss runs it). The teacher
-    runs once per batch for both. Only the batch's states are ever held: nothing is stored across
-    batches."""
-
-    FORWARDED = ("input_ids", "attention_mask", "token_type_ids")
-    """The batch entries the teacher reads; the student's tokenisation is the teacher's (same vocabulary)."""
-
-    def __init__(
-        self,
-        teacher_model: torch.nn.Module,
-        weight: float,
-        layer_map: list[int] | None,
-        attention_weight: float = 0.0,
-        student: torch.nn.Module | None = None,
-        value_relation: bool = True,
-    ):
-        self.teacher = teacher_model.eval()
-        self.weight = weight
-        self.layer_map = list(layer_map) if layer_map is not None else None
-        self.attention_weight = attention_weight
-        self.value_relation = value_relation
-        self.attention: tuple[LastLayerAttention, LastLayerAttention] | None = None
-        if attention_weight:
-            if student is None:
-                raise ValueError("attention matching needs the student model, to record its attention")
-            heads = teacher_model.config.num_attention_heads
-            self.attention = (LastLayerAttention(student, heads), LastLayerAttention(teacher_model, heads))
-
-    def recording_student(self):
-        """Around the student's forward pass: records its last layer's projections when attention is matched."""
-        return self.attention[0].recording() if self.attention is not None else contextlib.nullcontext()
-
-    def loss(self, inputs: dict, student_states=None) -> torch.Tensor:
-        """The weighted sum of the terms that are on, for the batch the student has just run on (its
-        hidden states are `student_states`, None when hidden_weight is 0)."""
-        device = student_states[0].device if student_states is not None else inputs["input_ids"].device
-        self.teacher.to(device)  # a no-op after the first batch
-        forwarded = {k: inputs[k].to(device) for k in self.FORWARDED if k in inputs}
-        teacher_attention = self.attention[1].recording() if self.attention else contextlib.nullcontext()
-        with torch.no_grad(), teacher_attention:  # not inference_mode: its tensors cannot enter the student's graph
-            outputs = self.teacher(**forwarded, **({"output_hidden_states": True} if self.weight else {}))
-        mask = inputs["attention_mask"]
-        terms = []
-        if self.weight:
-            terms.append(self.weight * hidden_state_loss(student_states, outputs.hidden_states, mask, self.layer_map))
-        if self.attention is not None:
-            mine, theirs = (side.relations(mask, self.value_relation) for side in self.attention)
-            kl = sum(attention_kl_loss(s, t, mask) for s, t in zip(mine, theirs))
-            terms.append(self.attention_weight * kl)
-        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
-
-
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped order drawn from (seed, epoch) alone. The stock sampler draws from the global RNG,
     whose state when an epoch starts depends on everything before it (dropout included), so a run
@@ -389,7 +193,6 @@ class MeasuredTrainer(Trainer):
         last_checkpoint: Callable[[Path], Path | None] | None = None,
         class_weights: torch.Tensor | None = None,
         distillation: tuple[float, float] | None = None,
-        hidden_matching: HiddenMatching | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -399,8 +202,6 @@ class MeasuredTrainer(Trainer):
         self.class_weights = class_weights
         self.distillation = distillation
         """(alpha, temperature) when training rows carry `teacher_logits` (distillation_loss)."""
-        self.hidden_matching = hidden_matching
-        """With distillation and distill.hidden_weight or distill.attention_weight > 0: adds its loss."""
         if class_weights is not None or distillation is not None:
             # compute_loss returns a per-micro-batch mean, which the Trainer divides by the accumulation steps.
             self.loss_is_scaled_for_ga = False
@@ -413,22 +214,16 @@ class MeasuredTrainer(Trainer):
             self._signature_columns.append(TEACHER_LOGITS)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """With teacher logits in the batch (distillation), `distillation_loss`, plus `hidden_matching`'s
-        weighted hidden-state and attention terms when it is set; with `class_weights`,
+        """With teacher logits in the batch (distillation), `distillation_loss`; with `class_weights`,
         weighted cross-entropy (the weighted mean over the micro-batch, as torch's cross_entropy with
         `weight`); otherwise the model's own loss."""
         if self.distillation is not None and TEACHER_LOGITS in inputs:
             inputs = dict(inputs)
             labels, teacher = inputs.pop("labels"), inputs.pop(TEACHER_LOGITS)
-            matching = self.hidden_matching
-            states = {"output_hidden_states": True} if matching is not None and matching.weight else {}
-            with matching.recording_student() if matching is not None else contextlib.nullcontext():
-                outputs = model(**inputs, **states)
+            outputs = model(**inputs)
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
             alpha, temperature = self.distillation
             loss = distillation_loss(logits, teacher.to(logits.device), labels.to(logits.device), alpha, temperature)
-            if matching is not None:
-                loss = loss + matching.loss(inputs, outputs.hidden_states if matching.weight else None)
             return (loss, outputs) if return_outputs else loss
         if self.distillation is not None and model.training:
             # Without the column the student would train on gold labels alone, silently.

@@ -461,10 +461,6 @@ class Teacher:
     """What the student's metrics.json says about its teacher (teacher_run, teacher_method, ...)."""
     unlabelled: list[str] = field(default_factory=list)
     """Extra texts (distill.unlabelled) the teacher labels and the student learns from by KL alone."""
-    model: Any = None
-    """The teacher's torch classifier (LoRA merged into it), run on each training batch for its hidden
-    states when distill.hidden_weight > 0 and/or its attention when distill.attention_weight > 0; None for
-    a teacher without one (tf-idf)."""
 
 
 def unlabelled_texts(cfg: DistillConfig, seed: int = 0) -> list[str]:
@@ -519,71 +515,10 @@ def with_teacher_logits(teacher: Teacher, cfg: RunConfig, splits: DatasetSplits,
         **teacher.record,
         "distill_alpha": cfg.distill.alpha,
         "distill_temperature": cfg.distill.temperature,
-        "distill_hidden_weight": cfg.distill.hidden_weight,
-        "distill_attention_weight": cfg.distill.attention_weight,
         "distill_labelled_examples": len(splits.train),
         "distill_unlabelled_examples": len(extra),
         "distill_teacher_seconds": time.perf_counter() - started,
     }
-
-
-def hidden_layer_map(cfg: DistillConfig, teacher_model, student_config, student_layers: int) -> list[int]:
-    """The teacher hidden state matched by each of the student's (DistillConfig.layer_map), after
-    refusing in one ConfigError line a teacher without hidden states (`teacher_model` None) or a
-    student of another hidden size: states are matched without a learned projection."""
-    if teacher_model is None:
-        raise ConfigError("distill.hidden_weight: the teacher has no hidden states (not a neural run); set it to 0")
-    theirs = teacher_model.config
-    if student_config.hidden_size != theirs.hidden_size:
-        raise ConfigError(
-            f"distill.hidden_weight: the student's hidden size ({student_config.hidden_size}) differs from the "
-            f"teacher's ({theirs.hidden_size}); states are matched without a projection, so pick a student of the "
-            "teacher's width (e.g. MODEL:layers=K of the teacher's model) or set it to 0"
-        )
-    return cfg.layer_map(student_layers, theirs.num_hidden_layers)
-
-
-def check_attention_heads(teacher_model, student_config) -> None:
-    """With distill.attention_weight > 0, refuses in one ConfigError line a teacher without attention
-    (`teacher_model` None) or a student with another number of attention heads: MiniLM's relations are
-    matched head by head."""
-    if teacher_model is None:
-        raise ConfigError("distill.attention_weight: the teacher has no attention (not a neural run); set it to 0")
-    theirs = teacher_model.config.num_attention_heads
-    if student_config.num_attention_heads != theirs:
-        raise ConfigError(
-            f"distill.attention_weight: the student has {student_config.num_attention_heads} attention heads, the "
-            f"teacher {theirs}; relations are matched head by head, so pick a student with the teacher's heads "
-            "(e.g. MODEL:layers=K of the teacher's model) or set it to 0"
-        )
-
-
-def hidden_matching(teacher: Teacher, cfg: DistillConfig, student):
-    """The trainer's HiddenMatching when distill.hidden_weight or distill.attention_weight is > 0 (None
-    when both are 0): the teacher's model, the weights, hidden_layer_map for the loaded `student` and,
-    for attention, hooks on both models' last attention layer."""
-    if not cfg.hidden_weight and not cfg.attention_weight:
-        return None
-    from sentitune.trainer import HiddenMatching, last_attention_projections
-
-    mine = student.config  # a peft model forwards .config to its base model
-    layer_map = hidden_layer_map(cfg, teacher.model, mine, mine.num_hidden_layers) if cfg.hidden_weight else None
-    if cfg.attention_weight:
-        check_attention_heads(teacher.model, mine)
-        for side, model in (("student", student), ("teacher", teacher.model)):
-            if last_attention_projections(model) is None:
-                raise ConfigError(
-                    f"distill.attention_weight: the {side}'s model ({model.config.model_type}) has no query/key/value "
-                    "projections to read attention from (BERT-style models have); set it to 0"
-                )
-    return HiddenMatching(
-        teacher.model,
-        cfg.hidden_weight,
-        layer_map,
-        attention_weight=cfg.attention_weight,
-        student=student,
-        value_relation=cfg.value_relation,
-    )
 
 
 def teacher_agreement(teacher_logits, student_probabilities, gold) -> dict[str, Any]:
@@ -637,9 +572,6 @@ def _train_neural(
     set_seed(cfg.train.seed)  # before the head is created, so its initialisation follows the seed
     multi_label = cfg.data.problem_type == "multi_label"
     model = method.prepare(load_classifier(source, splits.label_names, multi_label=multi_label), cfg.method)
-    matching = hidden_matching(teacher, cfg.distill, model) if teacher is not None else None
-    if teacher is not None:
-        distilled["distill_hidden_layers"] = matching.layer_map if matching is not None else None
     trainable, total = count_parameters(model)
     precision = resolve_precision(cfg.train.precision)
     cuda = torch.cuda.is_available()
@@ -685,7 +617,6 @@ def _train_neural(
         last_checkpoint=last_complete_checkpoint,
         class_weights=torch.tensor(class_weights, dtype=torch.float32) if class_weights else None,
         distillation=(cfg.distill.alpha, cfg.distill.temperature) if teacher is not None else None,
-        hidden_matching=matching,
     )
     log_tensorboard_into(trainer, output_dir / results.TENSORBOARD_DIR)
     checkpoint = last_complete_checkpoint(checkpoint_dir) if resume else None

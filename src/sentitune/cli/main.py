@@ -421,19 +421,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=f"softmax temperature of the KL term (default {dataclass_default(DistillConfig, 'temperature')})",
     )
-    distill.add_argument(
-        "--hidden-weight",
-        type=float,
-        help="weight of the hidden-state MSE term, TinyBERT style (default "
-        f"{dataclass_default(DistillConfig, 'hidden_weight')}: off; map: --set distill.hidden_layers=[0,2,4,6])",
-    )
-    distill.add_argument(
-        "--attention-weight",
-        type=float,
-        help="weight of the last-layer self-attention KL term, MiniLM style (default "
-        f"{dataclass_default(DistillConfig, 'attention_weight')}: off; values too unless "
-        "--set distill.value_relation=false)",
-    )
     distill.add_argument("--unlabelled", help="TXT/CSV/TSV/JSONL file of extra texts the teacher labels")
     distill.add_argument(
         "--unlabelled-column", help="text column of --unlabelled (default: sentence for TSV, else text)"

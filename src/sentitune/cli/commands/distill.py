@@ -23,8 +23,6 @@ def run(args: argparse.Namespace) -> int:
         {
             "distill.alpha": args.alpha,
             "distill.temperature": args.temperature,
-            "distill.hidden_weight": args.hidden_weight,
-            "distill.attention_weight": args.attention_weight,
             "distill.unlabelled": args.unlabelled,
             "distill.unlabelled_column": args.unlabelled_column,
             "distill.unlabelled_unit": args.unlabelled_unit,
