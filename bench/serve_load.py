@@ -46,10 +46,10 @@ def naive_server(model_dir: str, port: int) -> None:
     """What most tutorials deploy: a FastAPI endpoint that calls the HF pipeline once per request."""
     import uvicorn
     from fastapi import FastAPI
+    from inference import naive_pipeline  # bench/inference.py, beside this script
     from pydantic import BaseModel
-    from transformers import pipeline
 
-    pipe = pipeline("text-classification", model=model_dir, tokenizer=model_dir, device=-1)
+    pipe = naive_pipeline(model_dir)
     app = FastAPI()
 
     class Body(BaseModel):

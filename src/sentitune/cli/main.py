@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--int8-keep-fp32",
         metavar="auto|none|NAMES",
-        help="layers the int8 model keeps in fp32: auto (default: those whose int8 error stands out, measured on "
-        "the run's validation slice), none, or comma-separated layer names ('classifier,layer 5 FFN output')",
+        help="layers the int8 model keeps in fp32: auto (default: none when all-int8 stays within 0.5 accuracy points "
+        "of fp32 on the run's validation slice, else those whose int8 error stands out there), none, or "
+        "comma-separated layer names ('classifier,layer 5 FFN output')",
     )
     export.add_argument("--output-dir", "--output", dest="output", required=True, help="output folder")
     export.add_argument("--parity-data", help="labelled file for the parity report (default: the run's test split)")
