@@ -128,7 +128,7 @@ def test_auto_without_the_validation_data_quantises_everything_and_says_so(lora_
     def missing(run_dir):
         raise DataError("train.csv: no such file")
 
-    monkeypatch.setattr(export, "validation_texts", missing)
+    monkeypatch.setattr(export, "validation_slice", missing)
     choice = export_run(lora_run, tmp_path / "x", quantize="int8", parity=False)["manifest"]["int8_keep_fp32"]
     assert choice["kept"] == {} and "no validation slice" in choice["decision"]
 

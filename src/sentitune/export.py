@@ -338,23 +338,22 @@ def describe_node(name: str) -> str:
     return name
 
 
-def validation_examples(run_dir: str | Path, limit: int = SENSITIVITY_EXAMPLES, seed: int = 0) -> tuple[list, list]:
-    """(texts, labels): up to `limit` examples of the run's validation slice, re-derived from its config
-    with the test split never read (load_splits(with_test=False)): layer choices must not be fitted on test."""
+def validation_slice(run_dir: str | Path) -> tuple[list, list]:
+    """(texts, labels) of the run's whole validation slice, re-derived from its config with the test
+    split never read (load_splits(with_test=False)): layer choices must not be fitted on test."""
     from sentitune.data import load_splits
 
     run = results.load_run(run_dir, require_ok=True)
     validation = load_splits(run.config.data, with_test=False).validation
-    texts, labels = list(validation.texts), list(validation.labels)
-    if len(texts) > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(len(texts), limit, replace=False))
-        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-    return texts, labels
+    return list(validation.texts), list(validation.labels)
 
 
-def validation_texts(run_dir: str | Path, limit: int = SENSITIVITY_EXAMPLES, seed: int = 0) -> list[str]:
-    """The texts of validation_examples."""
-    return validation_examples(run_dir, limit, seed)[0]
+def sample_examples(texts: list, labels: list, limit: int, seed: int = 0) -> tuple[list, list]:
+    """Up to `limit` of (texts, labels), a seeded random sample kept in their order."""
+    if len(texts) <= limit:
+        return texts, labels
+    keep = np.sort(np.random.default_rng(seed).choice(len(texts), limit, replace=False))
+    return [texts[i] for i in keep], [labels[i] for i in keep]
 
 
 def _planned_batches(tokenizer, texts: list[str], max_length: int | None, truncation: str) -> list[tuple]:
@@ -646,8 +645,7 @@ def quantize_for_export(run_dir: Path, predictor, fp32_path: Path, int8_path: Pa
         return {"choice": "none", "kept": {}, "decision": "every layer is int8 (--int8-keep-fp32 none)"}
     if choice == "auto":
         try:
-            texts = validation_texts(run_dir)
-            gate_texts, gate_labels = validation_examples(run_dir, limit=GATE_EXAMPLES)
+            slice_texts, slice_labels = validation_slice(run_dir)  # read once: the gate and the search sample it
         except (DataError, OSError) as exc:
             quantize_int8(fp32_path, int8_path)
             return {
@@ -655,6 +653,7 @@ def quantize_for_export(run_dir: Path, predictor, fp32_path: Path, int8_path: Pa
                 "kept": {},
                 "decision": f"skipped, no validation slice to measure on ({str(exc)[:200]}): every layer is int8",
             }
+        gate_texts, gate_labels = sample_examples(slice_texts, slice_labels, GATE_EXAMPLES)
         quantize_int8(fp32_path, int8_path)
         gate = int8_accuracy_gate(
             fp32_path,
@@ -676,6 +675,7 @@ def quantize_for_export(run_dir: Path, predictor, fp32_path: Path, int8_path: Pa
                     "every layer is int8, the fastest choice"
                 ),
             }
+        texts = sample_examples(slice_texts, slice_labels, SENSITIVITY_EXAMPLES)[0]
         outcome = quantize_keeping_sensitive_layers(
             fp32_path, int8_path, predictor.tokenizer, texts, predictor.max_length, predictor.truncation
         )
